@@ -1,0 +1,258 @@
+//! The ABI shared by leaktrace's kernel programs and its userspace: the records the probes
+//! write to the ring buffer, the per-CPU counters, and the load-time configuration.
+//!
+//! Every type is `#[repr(C)]`, `Copy`, made of fixed-width integers with explicit padding, so
+//! that the kernel side (bpfel) and userspace (x86_64, aarch64) agree byte for byte. Userspace
+//! never transmutes these from the ring buffer: it decodes them with length checks
+//! (`leaktrace::decode`). Kind and counter values are never reused.
+#![no_std]
+
+/// Length of `task_struct::comm`.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Deepest user stack captured at an open. The kernel caps `bpf_get_stack` at
+/// `perf_event_max_stack` (127 by default); a Go gRPC dial is ~25 frames deep.
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// `AF_INET` / `AF_INET6` as the kernel stores them in `skc_family`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `IPPROTO_TCP`: `inet_sock_set_state` also fires for SCTP and MPTCP sockets.
+pub const IPPROTO_TCP: u16 = 6;
+
+/// TCP states, as in `include/net/tcp_states.h`.
+pub mod tcp_state {
+    pub const ESTABLISHED: u32 = 1;
+    pub const SYN_SENT: u32 = 2;
+    pub const SYN_RECV: u32 = 3;
+    pub const FIN_WAIT1: u32 = 4;
+    pub const FIN_WAIT2: u32 = 5;
+    pub const TIME_WAIT: u32 = 6;
+    pub const CLOSE: u32 = 7;
+    pub const CLOSE_WAIT: u32 = 8;
+    pub const LAST_ACK: u32 = 9;
+    pub const LISTEN: u32 = 10;
+    pub const CLOSING: u32 = 11;
+    pub const NEW_SYN_RECV: u32 = 12;
+}
+
+/// What a ring-buffer record is. The first `u32` of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// An active open (CLOSE -> SYN_SENT), taken in the connecting task: [`ConnOpenRecord`].
+    Connect = 1,
+    /// A passive open, taken when the owner accepts it: [`ConnOpenRecord`].
+    Accept = 2,
+    /// A state transition of a tracked socket: [`StateChangeRecord`].
+    StateChange = 3,
+}
+
+impl EventKind {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Connect),
+            2 => Some(Self::Accept),
+            3 => Some(Self::StateChange),
+            _ => None,
+        }
+    }
+}
+
+/// The head of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// CPU the probe ran on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the probe ran.
+    pub ts_ns: u64,
+    /// The `struct sock` address. Reused by the kernel within a second: only
+    /// (`sk`, `birth_ns`) identifies a connection.
+    pub sk: u64,
+    /// CLOCK_MONOTONIC time of the socket's first transition seen (SYN_SENT or SYN_RECV).
+    pub birth_ns: u64,
+    /// Socket cookie where the hook can take it (`tp_btf`), else 0.
+    pub cookie: u64,
+}
+
+/// The connection's addresses. Ports are in host order. IPv4 addresses fill the first four
+/// bytes; IPv6 ones all sixteen (v4-mapped addresses are left as the kernel has them:
+/// userspace normalises).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// The process that owns a connection, taken in its own context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub tgid: u32,
+    pub tid: u32,
+    /// `task->group_leader->start_time` (CLOCK_MONOTONIC ns): with `tgid`, a process identity
+    /// that survives pid reuse.
+    pub process_start_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// A connection's birth, with its owner and the user stack that opened it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnOpenRecord {
+    pub header: EventHeader,
+    pub owner: Owner,
+    pub tuple: Tuple,
+    /// TCP state when the record was taken (SYN_SENT at connect; ESTABLISHED or CLOSE_WAIT
+    /// at accept).
+    pub state: u32,
+    /// Number of valid entries in `stack`.
+    pub stack_depth: u32,
+    /// The negative errno of `bpf_get_stack`, or 0.
+    pub stack_error: i32,
+    pub _pad: u32,
+    pub stack: [u64; MAX_STACK_DEPTH],
+}
+
+/// A transition of a tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateChangeRecord {
+    pub header: EventHeader,
+    /// The addresses as they are at this transition (the local port of an active open is
+    /// only assigned after SYN_SENT).
+    pub tuple: Tuple,
+    pub old_state: u32,
+    pub new_state: u32,
+}
+
+/// Per-CPU counters, indexes into the `COUNTERS` map. Userspace sums them over CPUs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Records the probes tried to write (each is then received or dropped).
+    EventsProduced = 0,
+    /// Ring-buffer reservations that failed: records lost because the buffer was full.
+    EventsDropped = 1,
+    /// Sockets not tracked because the socket map was full.
+    SocketMapFull = 2,
+    /// `bpf_get_stack` failures (the open is still reported, without a stack).
+    StackFailed = 3,
+    /// accept() returned a socket the probes never saw born (opened before leaktrace
+    /// started, or its birth was lost).
+    AcceptUntracked = 4,
+    /// accept() returned an fd that could not be followed to its socket.
+    AcceptUnresolved = 5,
+    /// Passive sockets that closed before anybody accepted them.
+    ClosedBeforeAccept = 6,
+}
+
+pub const COUNTER_SLOTS: u32 = 8;
+
+/// Filter switches in [`Config::filters`].
+pub mod filter {
+    /// Only processes whose tgid is in `FILTER_PIDS`.
+    pub const PIDS: u32 = 1;
+    /// Only tasks whose cgroup id is in `FILTER_CGROUPS`.
+    pub const CGROUPS: u32 = 2;
+    /// Only connections with a local or remote port in `FILTER_PORTS`.
+    pub const PORTS: u32 = 4;
+}
+
+/// Byte offsets of the kernel fields the probes read, resolved from the running kernel's BTF
+/// by userspace at load time (the portable answer where the probes are not CO-RE relocated).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub sock_family: u32,
+    pub sock_state: u32,
+    pub sock_local_port: u32,
+    pub sock_remote_port: u32,
+    pub sock_local_addr4: u32,
+    pub sock_remote_addr4: u32,
+    pub sock_local_addr6: u32,
+    pub sock_remote_addr6: u32,
+    /// `sk_protocol`: byte offset of the 32-bit word holding it, then its shift and width
+    /// (it was a bitfield before 5.6).
+    pub sock_protocol_word: u32,
+    pub sock_protocol_shift: u32,
+    pub sock_protocol_bits: u32,
+    pub task_group_leader: u32,
+    pub task_start_time: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub _pad: u32,
+}
+
+/// Field offsets of the classic `sock:inet_sock_set_state` tracepoint record, read from its
+/// tracefs `format` file (used only when the `tp_btf` hook does not load). The rest of the
+/// socket is read through `skaddr` at the BTF offsets, as on the `tp_btf` path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassicStateFormat {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub protocol: u32,
+}
+
+/// Load-time configuration, written into the programs' read-only `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: KernelOffsets,
+    pub classic: ClassicStateFormat,
+    /// [`filter`] bits.
+    pub filters: u32,
+    /// Wake the reader only when the ring buffer holds more than this many bytes; below it,
+    /// records wait for the reader's timed drain (one wakeup per batch, not per record).
+    pub wakeup_bytes: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for ClassicStateFormat {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// The kernel and userspace must agree on these sizes; a change is an ABI change.
+    #[test]
+    fn record_sizes_are_stable() {
+        assert_eq!(size_of::<EventHeader>(), 40);
+        assert_eq!(size_of::<Tuple>(), 40);
+        assert_eq!(size_of::<Owner>(), 40);
+        assert_eq!(size_of::<StateChangeRecord>(), 88);
+        assert_eq!(size_of::<ConnOpenRecord>(), 136 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
+    }
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for kind in [EventKind::Connect, EventKind::Accept, EventKind::StateChange] {
+            assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(4), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! A TCP socket's life as the probes follow it, whatever hook delivered the transition.
+//!
+//! - CLOSE -> SYN_SENT runs in the connecting task: the owner and its user stack are taken
+//!   here, and the socket is tracked.
+//! - LISTEN -> SYN_RECV is a passive birth. It may run in softirq or in the *client's* task
+//!   (loopback), so no owner is taken: the socket is tracked silently until accept() returns
+//!   it in the acceptor ([`on_accept`]).
+//! - Every other transition of a reported socket becomes a `StateChangeRecord`; the transition
+//!   to CLOSE ends its life and its entry.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+    },
+};
+use core::ffi::c_void;
+use leaktrace_common::{
+    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_STACK_DEPTH, Owner,
+    StateChangeRecord, Tuple, filter, tcp_state,
+};
+
+use crate::{
+    emit, kernel,
+    maps::{
+        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, SOCKET_ACCEPTED, SOCKET_ACTIVE,
+        SOCKET_PASSIVE, SOCKETS, SocketEntry, config, count,
+    },
+};
+
+/// Entry point for every `inet_sock_set_state` of a TCP socket.
+#[inline(always)]
+pub fn on_state_change(ctx: *mut c_void, sk: u64, cookie: u64, old: u32, new: u32) {
+    if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
+        on_connect(ctx, sk, cookie);
+    } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
+        on_passive_birth(sk, cookie);
+    } else {
+        on_transition(sk, old, new);
+    }
+}
+
+#[inline(always)]
+fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !owner_wanted(tgid, cgroup_id) {
+        return;
+    }
+    let mut tuple = Tuple::default();
+    if kernel::sock_tuple(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let entry = SocketEntry { birth_ns: now, cookie, flags: SOCKET_ACTIVE, _pad: 0 };
+    if SOCKETS.insert(&sk, &entry, 0).is_err() {
+        count(Counter::SocketMapFull);
+        return;
+    }
+    let Some(mut record) = emit::reserve::<ConnOpenRecord>() else {
+        // The open is lost (and counted): stop tracking so no orphan transitions follow.
+        let _ = SOCKETS.remove(&sk);
+        return;
+    };
+    let open = unsafe { &mut *record.as_mut_ptr() };
+    open.header = header(EventKind::Connect, now, sk, &entry);
+    fill_owner(&mut open.owner, pid_tgid, cgroup_id);
+    open.tuple = tuple;
+    open.state = tcp_state::SYN_SENT;
+    take_user_stack(ctx, open);
+    record.submit(emit::wakeup_flags());
+}
+
+#[inline(always)]
+fn on_passive_birth(sk: u64, cookie: u64) {
+    let mut tuple = Tuple::default();
+    if kernel::sock_tuple(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
+        return;
+    }
+    let birth_ns = unsafe { bpf_ktime_get_ns() };
+    let entry = SocketEntry { birth_ns, cookie, flags: SOCKET_PASSIVE, _pad: 0 };
+    if SOCKETS.insert(&sk, &entry, 0).is_err() {
+        count(Counter::SocketMapFull);
+    }
+}
+
+#[inline(always)]
+fn on_transition(sk: u64, old: u32, new: u32) {
+    let Some(entry) = SOCKETS.get_ptr_mut(&sk) else {
+        return;
+    };
+    let entry = unsafe { *entry };
+    let accepted = entry.flags & SOCKET_ACCEPTED != 0;
+    if entry.flags & SOCKET_PASSIVE != 0 && !accepted {
+        if new == tcp_state::CLOSE {
+            let _ = SOCKETS.remove(&sk);
+            count(Counter::ClosedBeforeAccept);
+        }
+        return;
+    }
+    if let Some(mut record) = emit::reserve::<StateChangeRecord>() {
+        let change = unsafe { &mut *record.as_mut_ptr() };
+        let now = unsafe { bpf_ktime_get_ns() };
+        change.header = header(EventKind::StateChange, now, sk, &entry);
+        change.tuple = Tuple::default();
+        let _ = kernel::sock_tuple(sk, &mut change.tuple);
+        change.old_state = old;
+        change.new_state = new;
+        record.submit(emit::wakeup_flags());
+    }
+    if new == tcp_state::CLOSE {
+        let _ = SOCKETS.remove(&sk);
+    }
+}
+
+/// accept() returned `fd` in the current task: the passive socket behind it now has an owner.
+#[inline(always)]
+pub fn on_accept(ctx: *mut c_void, fd: u32) {
+    let Ok(sk) = kernel::current_fd_sock(fd) else {
+        count(Counter::AcceptUnresolved);
+        return;
+    };
+    let Some(entry_ptr) = SOCKETS.get_ptr_mut(&sk) else {
+        if kernel::sock_protocol(sk) == Ok(IPPROTO_TCP) {
+            count(Counter::AcceptUntracked);
+        }
+        return;
+    };
+    let mut entry = unsafe { *entry_ptr };
+    if entry.flags & SOCKET_PASSIVE == 0 || entry.flags & SOCKET_ACCEPTED != 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !owner_wanted((pid_tgid >> 32) as u32, cgroup_id) {
+        let _ = SOCKETS.remove(&sk);
+        return;
+    }
+    entry.flags |= SOCKET_ACCEPTED;
+    unsafe { (*entry_ptr).flags = entry.flags };
+    let Some(mut record) = emit::reserve::<ConnOpenRecord>() else {
+        let _ = SOCKETS.remove(&sk);
+        return;
+    };
+    let open = unsafe { &mut *record.as_mut_ptr() };
+    let now = unsafe { bpf_ktime_get_ns() };
+    open.header = header(EventKind::Accept, now, sk, &entry);
+    fill_owner(&mut open.owner, pid_tgid, cgroup_id);
+    open.tuple = Tuple::default();
+    let _ = kernel::sock_tuple(sk, &mut open.tuple);
+    open.state = kernel::sock_state(sk).unwrap_or(0);
+    take_user_stack(ctx, open);
+    record.submit(emit::wakeup_flags());
+}
+
+#[inline(always)]
+fn header(kind: EventKind, now: u64, sk: u64, entry: &SocketEntry) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: now,
+        sk,
+        birth_ns: entry.birth_ns,
+        cookie: entry.cookie,
+    }
+}
+
+#[inline(always)]
+fn fill_owner(owner: &mut Owner, pid_tgid: u64, cgroup_id: u64) {
+    owner.tgid = (pid_tgid >> 32) as u32;
+    owner.tid = pid_tgid as u32;
+    owner.process_start_ns = kernel::current_process_start_ns();
+    owner.cgroup_id = cgroup_id;
+    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+/// The current task's user stack, straight into the record (no copy, no stack-id map whose
+/// hash collisions would silently drop new stacks).
+#[inline(always)]
+fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord) {
+    let bytes = unsafe {
+        bpf_get_stack(
+            ctx,
+            open.stack.as_mut_ptr().cast(),
+            (MAX_STACK_DEPTH * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if bytes < 0 {
+        count(Counter::StackFailed);
+        open.stack_depth = 0;
+        open.stack_error = bytes as i32;
+    } else {
+        open.stack_depth = (bytes as u32) / 8;
+        open.stack_error = 0;
+    }
+    open._pad = 0;
+}
+
+#[inline(always)]
+fn owner_wanted(tgid: u32, cgroup_id: u64) -> bool {
+    let filters = config!(filters);
+    if filters & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
+        return false;
+    }
+    if filters & filter::CGROUPS != 0 && unsafe { FILTER_CGROUPS.get(&cgroup_id) }.is_none() {
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn ports_wanted(tuple: &Tuple) -> bool {
+    if config!(filters) & filter::PORTS == 0 {
+        return true;
+    }
+    unsafe {
+        FILTER_PORTS.get(&tuple.remote_port).is_some()
+            || (tuple.local_port != 0 && FILTER_PORTS.get(&tuple.local_port).is_some())
+    }
+}

@@ -1,0 +1,26 @@
+//! leaktrace's kernel programs: they see every TCP connection from birth to death, attribute
+//! it to the process (and user stack) that opened or accepted it, and report to userspace
+//! through one ring buffer, counting everything they could not report.
+//!
+//! Hooks (userspace picks one per family at load time, by probing what the kernel offers):
+//! - `probes::state`: `inet_sock_set_state`, as `tp_btf` or as the classic tracepoint.
+//! - `probes::accept`: `syscalls:sys_exit_accept{,4}`, where the acceptor is known.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod kernel;
+mod lifecycle;
+mod maps;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this: it is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

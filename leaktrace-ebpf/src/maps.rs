@@ -1,0 +1,73 @@
+//! The maps shared with userspace and the load-time configuration.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use leaktrace_common::{COUNTER_SLOTS, Config, Counter};
+
+/// Written by userspace before load (`EbpfLoader::override_global`). Read one field at a time
+/// through [`config!`], with volatile loads so the compiler cannot fold the zeros it sees here.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// Reads one field of [`CONFIG`], e.g. `config!(offsets.sock_family)`.
+macro_rules! config {
+    ($($field:ident).+) => {
+        $crate::maps::read_config(&raw const $crate::maps::CONFIG.$($field).+)
+    };
+}
+pub(crate) use config;
+
+#[inline(always)]
+pub fn read_config<T: Copy>(field: *const T) -> T {
+    // SAFETY: `field` points into the CONFIG static, which is always initialised.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// Every record for userspace. Userspace resizes it at load (`--ring-buffer-kib`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// What the probes know of each tracked socket, keyed by `struct sock` address. An entry is
+/// made at birth (SYN_SENT, SYN_RECV) and removed at CLOSE, so a reused address starts afresh.
+#[map]
+pub static SOCKETS: HashMap<u64, SocketEntry> = HashMap::with_max_entries(131_072, 0);
+
+/// Per-CPU counters indexed by [`Counter`].
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Filters, consulted only when the matching `filter` bit is set in `CONFIG.filters`.
+#[map]
+pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+#[map]
+pub static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+#[map]
+pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// A tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SocketEntry {
+    pub birth_ns: u64,
+    pub cookie: u64,
+    /// `SOCKET_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Opened by connect().
+pub const SOCKET_ACTIVE: u32 = 1;
+/// Born from a listener (SYN_RECV); reported from its accept on.
+pub const SOCKET_PASSIVE: u32 = 2;
+/// A passive socket that has been accepted: its transitions are reported.
+pub const SOCKET_ACCEPTED: u32 = 4;
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other writer, no atomics needed.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,109 @@
+//! `leaktrace events`: every decoded kernel event as a JSON line, until Ctrl-C, SIGTERM or
+//! `--duration`; then the probes are detached, the buffer drained, and the counters written
+//! as the last line and to stderr.
+use std::io::{self, Write};
+
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{EventsArgs, parse_duration},
+    event::Event,
+    kernel::{KernelCounters, Tracer},
+};
+
+/// The stream's last line.
+#[derive(Serialize)]
+struct CountersLine<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    counters: &'a KernelCounters,
+}
+
+pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
+    let options = args.trace.to_options()?;
+    let duration = parse_duration(args.duration)?;
+    let mut tracer = Tracer::start(options)?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut batch = Vec::new();
+
+    loop {
+        let stop = tokio::select! {
+            read = tracer.next_batch(&mut batch) => { read?; false }
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+            () = sleep_until(deadline) => true,
+        };
+        if !write_events(&mut out, &mut batch)? {
+            return Ok(());
+        }
+        if stop {
+            break;
+        }
+    }
+    let counters = tracer.finish(&mut batch)?;
+    if !write_events(&mut out, &mut batch)? {
+        return Ok(());
+    }
+    let line = serde_json::to_string(&CountersLine { r#type: "counters", counters: &counters })?;
+    if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if !super::is_broken_pipe(&err) {
+            return Err(err.into());
+        }
+    }
+    report_counters(&counters);
+    Ok(())
+}
+
+/// Writes and clears a batch. `false` when stdout was closed by its reader.
+fn write_events(out: &mut impl Write, batch: &mut Vec<Event>) -> anyhow::Result<bool> {
+    let result = batch
+        .drain(..)
+        .try_for_each(|event| {
+            serde_json::to_writer(&mut *out, &event)?;
+            out.write_all(b"\n").map_err(serde_json::Error::io)
+        })
+        .map_err(io::Error::from)
+        .and_then(|()| out.flush());
+    match result {
+        Ok(()) => Ok(true),
+        Err(err) if super::is_broken_pipe(&err) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub fn report_counters(counters: &KernelCounters) {
+    eprintln!(
+        "leaktrace: {} events produced, {} received, {} lost (ring buffer full){}",
+        counters.produced,
+        counters.received,
+        counters.lost,
+        if counters.balanced() { "" } else { " [UNBALANCED: please report]" }
+    );
+    let extra = [
+        (counters.socket_map_full, "sockets untracked (socket map full: raise --max-sockets)"),
+        (counters.stack_failures, "opens without a user stack"),
+        (counters.undecodable, "undecodable records"),
+        (counters.accept_untracked, "accepted sockets born before tracing started"),
+        (counters.accept_unresolved, "accepts whose socket could not be resolved"),
+    ];
+    for (count, what) in extra {
+        if count > 0 {
+            eprintln!("leaktrace: {count} {what}");
+        }
+    }
+    if counters.lost > 0 {
+        eprintln!("hint: raise --ring-buffer-kib or lower --drain-interval-ms to lose fewer events");
+    }
+}

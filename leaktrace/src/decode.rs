@@ -1,0 +1,167 @@
+//! Ring-buffer records to [`Event`]s, with every length checked: a record too short for its
+//! kind, an unknown kind or a stack depth past the array is an error, never a misread.
+use leaktrace_common::{
+    ConnOpenRecord, EventHeader, EventKind, MAX_STACK_DEPTH, StateChangeRecord, Tuple,
+};
+
+use crate::{
+    event::{ConnOpen, Event, EventBody, Owner, SocketId, StateChange, normalise_addr},
+    tcp::TcpState,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than an event header")]
+    TooShort { len: usize },
+    #[error("record kind {kind} is unknown to this build (kernel programs and userspace out of step?)")]
+    UnknownKind { kind: u32 },
+    #[error("{kind:?} record of {len} bytes, expected at least {expected}")]
+    Truncated { kind: EventKind, len: usize, expected: usize },
+    #[error("stack depth {depth} exceeds the {max} frames a record holds")]
+    StackTooDeep { depth: u32, max: usize },
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let header: EventHeader =
+        read_record(bytes).ok_or(DecodeError::TooShort { len: bytes.len() })?;
+    let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
+    let body = match kind {
+        EventKind::Connect | EventKind::Accept => {
+            let record: ConnOpenRecord = read_record(bytes).ok_or(DecodeError::Truncated {
+                kind,
+                len: bytes.len(),
+                expected: size_of::<ConnOpenRecord>(),
+            })?;
+            let open = conn_open(&record)?;
+            if kind == EventKind::Connect { EventBody::Connect(open) } else { EventBody::Accept(open) }
+        }
+        EventKind::StateChange => {
+            let record: StateChangeRecord = read_record(bytes).ok_or(DecodeError::Truncated {
+                kind,
+                len: bytes.len(),
+                expected: size_of::<StateChangeRecord>(),
+            })?;
+            let (local, remote) = endpoints(&record.tuple);
+            EventBody::State(StateChange {
+                old_state: TcpState::from_kernel(record.old_state),
+                new_state: TcpState::from_kernel(record.new_state),
+                local,
+                remote,
+            })
+        }
+    };
+    Ok(Event {
+        ts_ns: header.ts_ns,
+        cpu: header.cpu,
+        socket: SocketId { sk: header.sk, birth_ns: header.birth_ns },
+        cookie: header.cookie,
+        body,
+    })
+}
+
+fn conn_open(record: &ConnOpenRecord) -> Result<ConnOpen, DecodeError> {
+    let depth = record.stack_depth as usize;
+    if depth > MAX_STACK_DEPTH {
+        return Err(DecodeError::StackTooDeep { depth: record.stack_depth, max: MAX_STACK_DEPTH });
+    }
+    let (local, remote) = endpoints(&record.tuple);
+    let comm_len = record.owner.comm.iter().position(|&b| b == 0).unwrap_or(record.owner.comm.len());
+    Ok(ConnOpen {
+        owner: Owner {
+            pid: record.owner.tgid,
+            tid: record.owner.tid,
+            process_start_ns: record.owner.process_start_ns,
+            cgroup_id: record.owner.cgroup_id,
+            comm: String::from_utf8_lossy(&record.owner.comm[..comm_len]).into_owned(),
+        },
+        local,
+        remote,
+        state: TcpState::from_kernel(record.state),
+        stack: record.stack[..depth].to_vec(),
+        stack_error: (record.stack_error != 0).then_some(record.stack_error),
+    })
+}
+
+fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
+    (
+        normalise_addr(tuple.family, &tuple.local_addr, tuple.local_port),
+        normalise_addr(tuple.family, &tuple.remote_addr, tuple.remote_port),
+    )
+}
+
+/// Copies a `#[repr(C)]` plain-data record out of the front of `bytes`, if it is long enough.
+fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>())
+        // SAFETY: the length is checked, `read_unaligned` has no alignment need, and every T
+        // used here is made of integers only, valid for any bit pattern.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use leaktrace_common::{AF_INET, Owner as RawOwner, tcp_state};
+
+    fn as_bytes<T>(value: &T) -> Vec<u8> {
+        // SAFETY: test records are plain integers, fully initialised (zeroed first).
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    fn v4_tuple() -> Tuple {
+        let mut tuple = Tuple { family: AF_INET, local_port: 40000, remote_port: 8080, ..Default::default() };
+        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        tuple
+    }
+
+    fn connect_record(depth: u32) -> ConnOpenRecord {
+        let mut record: ConnOpenRecord = unsafe { std::mem::zeroed() };
+        record.header = EventHeader { kind: EventKind::Connect as u32, cpu: 1, ts_ns: 5, sk: 0xabc, birth_ns: 4, cookie: 9 };
+        record.owner = RawOwner { tgid: 42, tid: 43, process_start_ns: 1, cgroup_id: 2, comm: *b"client\0\0\0\0\0\0\0\0\0\0" };
+        record.tuple = v4_tuple();
+        record.state = tcp_state::SYN_SENT;
+        record.stack_depth = depth;
+        record.stack[0] = 0x1111;
+        record.stack[1] = 0x2222;
+        record
+    }
+
+    #[test]
+    fn decodes_a_connect_with_its_stack() {
+        let event = decode(&as_bytes(&connect_record(2))).unwrap();
+        assert_eq!(event.socket, SocketId { sk: 0xabc, birth_ns: 4 });
+        let EventBody::Connect(open) = event.body else { panic!("not a connect: {event:?}") };
+        assert_eq!(open.owner.pid, 42);
+        assert_eq!(open.owner.comm, "client");
+        assert_eq!(open.stack, vec![0x1111, 0x2222]);
+        assert_eq!(open.remote, "127.0.0.2:8080".parse().unwrap());
+        assert_eq!(open.state, TcpState::SynSent);
+    }
+
+    #[test]
+    fn decodes_a_state_change() {
+        let record = StateChangeRecord {
+            header: EventHeader { kind: EventKind::StateChange as u32, sk: 1, birth_ns: 2, ..Default::default() },
+            tuple: v4_tuple(),
+            old_state: tcp_state::ESTABLISHED,
+            new_state: tcp_state::CLOSE_WAIT,
+        };
+        let event = decode(&as_bytes(&record)).unwrap();
+        let change = event.state_change().unwrap();
+        assert_eq!((change.old_state, change.new_state), (TcpState::Established, TcpState::CloseWait));
+    }
+
+    #[test]
+    fn rejects_short_unknown_and_overdeep_records() {
+        assert_eq!(decode(&[0; 8]), Err(DecodeError::TooShort { len: 8 }));
+        let mut unknown = as_bytes(&StateChangeRecord::default());
+        unknown[0] = 77;
+        assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 77 }));
+        let full = as_bytes(&connect_record(2));
+        assert!(matches!(decode(&full[..200]), Err(DecodeError::Truncated { kind: EventKind::Connect, .. })));
+        assert_eq!(
+            decode(&as_bytes(&connect_record(500))),
+            Err(DecodeError::StackTooDeep { depth: 500, max: MAX_STACK_DEPTH })
+        );
+    }
+}

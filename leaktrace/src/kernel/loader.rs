@@ -1,0 +1,294 @@
+//! Loading and attaching the probes, with errors that say what failed and what to do.
+use std::time::Duration;
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, RingBuf},
+    programs::{BtfTracePoint, ProgramError, TracePoint},
+};
+use leaktrace_common::{ClassicStateFormat, Config, filter};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{
+    btf::{BtfError, KernelBtf},
+    privileges::{self, MissingPrivileges},
+    reader::Reader,
+    tracefs::{self, TracefsError},
+};
+
+/// Which attachment of `inet_sock_set_state` to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateHook {
+    /// `tp_btf` where it loads, else the classic tracepoint.
+    #[default]
+    Auto,
+    /// Only `tp_btf`.
+    Btf,
+    /// Only the classic tracepoint.
+    Classic,
+}
+
+#[derive(Clone, Debug)]
+pub struct TracerOptions {
+    /// Trace only these processes (tgids). Empty: all.
+    pub pids: Vec<u32>,
+    /// Trace only tasks in these cgroups (cgroup v2 ids). Empty: all.
+    pub cgroups: Vec<u64>,
+    /// Trace only connections with one of these local or remote ports. Empty: all.
+    pub ports: Vec<u16>,
+    pub ring_buffer_bytes: u32,
+    pub max_sockets: u32,
+    pub state_hook: StateHook,
+    /// How often the reader drains the ring buffer when no wakeup came.
+    pub drain_interval: Duration,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        Self {
+            pids: Vec::new(),
+            cgroups: Vec::new(),
+            ports: Vec::new(),
+            ring_buffer_bytes: 8 << 20,
+            max_sockets: 131_072,
+            state_hook: StateHook::Auto,
+            drain_interval: Duration::from_millis(25),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Privileges(#[from] MissingPrivileges),
+    #[error("{0}")]
+    Memlock(String),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error(
+        "this leaktrace was built without its kernel programs (AYA_BUILD_SKIP was set)\n\
+         hint: build with `cargo xtask build`, which installs what the eBPF build needs"
+    )]
+    NotEmbedded,
+    #[error("--ring-buffer-kib: {0} bytes is not a power of two of at least one page")]
+    RingBufferSize(u32),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("program {program} is missing from the eBPF object (userspace and kernel programs out of step?)")]
+    ProgramMissing { program: &'static str },
+    #[error("failed to load program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("failed to attach program {program} to {hook}: {source}")]
+    Attach {
+        program: &'static str,
+        hook: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {map}: {message}")]
+    Map { map: &'static str, message: String },
+}
+
+/// A probe and the hook it was attached to, for the user and for the tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedHook {
+    pub program: &'static str,
+    pub hook: String,
+}
+
+/// The loaded, attached probes and their ring-buffer reader.
+pub struct Tracer {
+    pub(super) ebpf: Ebpf,
+    pub(super) reader: Reader,
+    hooks: Vec<AttachedHook>,
+    options: TracerOptions,
+}
+
+#[cfg(leaktrace_ebpf_embedded)]
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
+#[cfg(not(leaktrace_ebpf_embedded))]
+static EBPF_OBJECT: &[u8] = &[];
+
+const STATE_BTF: &str = "inet_sock_set_state_btf";
+const STATE_CLASSIC: &str = "inet_sock_set_state_classic";
+const ACCEPT4: &str = "sys_exit_accept4";
+const ACCEPT: &str = "sys_exit_accept";
+
+impl Tracer {
+    /// Loads and attaches the probes. Must run inside a tokio runtime (the reader registers
+    /// the ring buffer's fd with it).
+    pub fn start(options: TracerOptions) -> Result<Self, LoadError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(LoadError::NotEmbedded);
+        }
+        privileges::check()?;
+        privileges::raise_memlock_rlimit().map_err(LoadError::Memlock)?;
+        let page = 4096;
+        if !options.ring_buffer_bytes.is_power_of_two() || options.ring_buffer_bytes < page {
+            return Err(LoadError::RingBufferSize(options.ring_buffer_bytes));
+        }
+
+        let offsets = KernelBtf::from_sys_fs()?.offsets()?;
+        let (tracefs_root, mounted) = tracefs::ensure_mounted()?;
+        if mounted {
+            log::info!("mounted tracefs at {}", tracefs_root.display());
+        }
+        let classic = classic_state_format(&tracefs_root)?;
+        let config = Config {
+            offsets,
+            classic,
+            filters: filter_bits(&options),
+            // Wake the reader once an eighth of the buffer is pending; below that, the timed
+            // drain collects records in batches.
+            wakeup_bytes: options.ring_buffer_bytes / 8,
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", options.ring_buffer_bytes)
+            .map_max_entries("SOCKETS", options.max_sockets)
+            .load(EBPF_OBJECT)
+            .map_err(LoadError::Object)?;
+        fill_filters(&mut ebpf, &options)?;
+
+        let mut hooks = Vec::new();
+        hooks.push(attach_state_probe(&mut ebpf, options.state_hook)?);
+        hooks.extend(attach_accept_probes(&mut ebpf)?);
+        for hook in &hooks {
+            log::info!("probe {} attached to {}", hook.program, hook.hook);
+        }
+
+        let events = ebpf.take_map("EVENTS").ok_or(LoadError::Map { map: "EVENTS", message: "missing".into() })?;
+        let ring = RingBuf::try_from(events).map_err(|err| LoadError::Map { map: "EVENTS", message: err.to_string() })?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped
+        // with the AsyncFd.
+        let ring: AsyncFd<RingBuf<MapData>> = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|err| LoadError::Map { map: "EVENTS", message: format!("cannot poll the ring buffer: {err}") })?;
+        let reader = Reader::new(ring, options.drain_interval);
+        Ok(Self { ebpf, reader, hooks, options })
+    }
+
+    pub fn hooks(&self) -> &[AttachedHook] {
+        &self.hooks
+    }
+
+    pub fn options(&self) -> &TracerOptions {
+        &self.options
+    }
+
+    /// Detaches every probe: nothing is produced after this returns, so a final drain and
+    /// counter read balance exactly.
+    pub(super) fn detach_all(&mut self) {
+        for hook in &self.hooks {
+            let Some(program) = self.ebpf.program_mut(hook.program) else { continue };
+            let result = match program {
+                aya::programs::Program::BtfTracePoint(p) => p.unload(),
+                aya::programs::Program::TracePoint(p) => p.unload(),
+                _ => Ok(()),
+            };
+            if let Err(err) = result {
+                log::warn!("detaching {}: {err}", hook.program);
+            }
+        }
+    }
+}
+
+fn classic_state_format(root: &std::path::Path) -> Result<ClassicStateFormat, TracefsError> {
+    let offsets = tracefs::field_offsets(
+        root,
+        "sock",
+        "inet_sock_set_state",
+        &["skaddr", "oldstate", "newstate", "protocol"],
+    )?;
+    Ok(ClassicStateFormat { skaddr: offsets[0], oldstate: offsets[1], newstate: offsets[2], protocol: offsets[3] })
+}
+
+fn filter_bits(options: &TracerOptions) -> u32 {
+    let mut bits = 0;
+    if !options.pids.is_empty() {
+        bits |= filter::PIDS;
+    }
+    if !options.cgroups.is_empty() {
+        bits |= filter::CGROUPS;
+    }
+    if !options.ports.is_empty() {
+        bits |= filter::PORTS;
+    }
+    bits
+}
+
+fn fill_filters(ebpf: &mut Ebpf, options: &TracerOptions) -> Result<(), LoadError> {
+    fn fill<K: aya::Pod>(ebpf: &mut Ebpf, map: &'static str, keys: &[K]) -> Result<(), LoadError> {
+        let err = |message: String| LoadError::Map { map, message };
+        let handle = ebpf.map_mut(map).ok_or_else(|| err("missing".into()))?;
+        let mut table: HashMap<_, K, u8> = HashMap::try_from(handle).map_err(|e| err(e.to_string()))?;
+        for key in keys {
+            table.insert(key, 1, 0).map_err(|e| err(format!("too many entries? {e}")))?;
+        }
+        Ok(())
+    }
+    fill(ebpf, "FILTER_PIDS", &options.pids)?;
+    fill(ebpf, "FILTER_CGROUPS", &options.cgroups)?;
+    fill(ebpf, "FILTER_PORTS", &options.ports)?;
+    Ok(())
+}
+
+fn attach_state_probe(ebpf: &mut Ebpf, preference: StateHook) -> Result<AttachedHook, LoadError> {
+    if preference != StateHook::Classic {
+        match attach_state_btf(ebpf) {
+            Ok(hook) => return Ok(hook),
+            Err(err) if preference == StateHook::Btf => return Err(err),
+            Err(err) => log::warn!("tp_btf hook unavailable, falling back to the classic tracepoint: {err}"),
+        }
+    }
+    attach_tracepoint(ebpf, STATE_CLASSIC, "sock", "inet_sock_set_state")
+}
+
+fn attach_state_btf(ebpf: &mut Ebpf) -> Result<AttachedHook, LoadError> {
+    let btf = Btf::from_sys_fs().map_err(|err| LoadError::Program {
+        program: STATE_BTF,
+        source: ProgramError::Btf(err),
+    })?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(STATE_BTF)
+        .ok_or(LoadError::ProgramMissing { program: STATE_BTF })?
+        .try_into()
+        .map_err(|source| LoadError::Program { program: STATE_BTF, source })?;
+    program.load("inet_sock_set_state", &btf).map_err(|source| LoadError::Program { program: STATE_BTF, source })?;
+    let hook = "tp_btf/inet_sock_set_state".to_string();
+    program.attach().map_err(|source| LoadError::Attach { program: STATE_BTF, hook: hook.clone(), source })?;
+    Ok(AttachedHook { program: STATE_BTF, hook })
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<AttachedHook, LoadError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::ProgramMissing { program: name })?
+        .try_into()
+        .map_err(|source| LoadError::Program { program: name, source })?;
+    program.load().map_err(|source| LoadError::Program { program: name, source })?;
+    let hook = format!("tracepoint/{category}/{tracepoint}");
+    program.attach(category, tracepoint).map_err(|source| LoadError::Attach { program: name, hook: hook.clone(), source })?;
+    Ok(AttachedHook { program: name, hook })
+}
+
+/// accept4(2) everywhere; accept(2) where the architecture has it (not on arm64).
+fn attach_accept_probes(ebpf: &mut Ebpf) -> Result<Vec<AttachedHook>, LoadError> {
+    let mut hooks = vec![attach_tracepoint(ebpf, ACCEPT4, "syscalls", "sys_exit_accept4")?];
+    match attach_tracepoint(ebpf, ACCEPT, "syscalls", "sys_exit_accept") {
+        Ok(hook) => hooks.push(hook),
+        Err(err) => log::info!("accept(2) not traced (accept4 is): {err}"),
+    }
+    Ok(hooks)
+}

@@ -1,0 +1,19 @@
+//! The kernel side as userspace sees it: load the probes with this kernel's offsets, attach
+//! each on the best hook this kernel offers, read the ring buffer in batches, and account for
+//! every record (`produced = received + dropped`).
+//!
+//! Hook order for the state probe, tried at load time (not chosen by kernel version):
+//! 1. `tp_btf/inet_sock_set_state`: cheapest, and can take the socket cookie;
+//! 2. the classic tracepoint `sock:inet_sock_set_state` (tracefs).
+//! kprobes are not a fallback worth having: the tracepoints exist since 4.16, and some
+//! kernels (CONFIG_KPROBES=n) have no kprobes at all.
+//! The accept probe uses `syscalls:sys_exit_accept4` / `sys_exit_accept` (tracefs).
+
+pub mod btf;
+mod loader;
+pub mod privileges;
+mod reader;
+pub mod tracefs;
+
+pub use loader::{AttachedHook, LoadError, StateHook, Tracer, TracerOptions};
+pub use reader::{KernelCounters, ReadError};

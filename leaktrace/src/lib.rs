@@ -1,0 +1,12 @@
+//! leaktrace: finds the connections a process opens and never closes, from outside the
+//! process, with eBPF. The binary is thin; everything lives in these modules.
+//!
+//! - [`kernel`]: loads and attaches the probes, reads the ring buffer and the counters.
+//! - [`decode`] / [`event`]: ring-buffer records to aya-free [`event::Event`]s.
+//! - [`cli`] and [`commands`]: the command line.
+pub mod cli;
+pub mod commands;
+pub mod decode;
+pub mod event;
+pub mod kernel;
+pub mod tcp;
