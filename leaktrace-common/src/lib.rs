@@ -155,6 +155,9 @@ pub enum Counter {
     AcceptUnresolved = 5,
     /// Passive sockets that closed before anybody accepted them.
     ClosedBeforeAccept = 6,
+    /// Transitions of a tracked socket that no hook saw: the next transition's old state was
+    /// not the last state recorded (the kernel skips a probe nested in a running one).
+    TransitionsMissed = 7,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;

@@ -7,6 +7,13 @@
 //!   it in the acceptor ([`on_accept`]).
 //! - Every other transition of a reported socket becomes a `StateChangeRecord`; the transition
 //!   to CLOSE ends its life and its entry.
+//!
+//! The kernel skips a tracing program that fires while the same program already runs on that
+//! CPU (a softirq interrupting it): `recursion_misses`, about 1% of transitions under loopback
+//! churn. So userspace attaches this logic twice, as `tp_btf` (guarded per program) and as the
+//! classic tracepoint (guarded by the per-CPU `bpf_prog_active`): when one is skipped the
+//! other runs. Each transition is applied once, by whichever runs first: the entry's
+//! `last_state` says whether it already was.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
@@ -36,12 +43,34 @@ pub fn on_state_change(ctx: *mut c_void, sk: u64, cookie: u64, old: u32, new: u3
     } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
         on_passive_birth(sk, cookie);
     } else {
-        on_transition(sk, old, new);
+        on_transition(sk, cookie, old, new);
+    }
+}
+
+/// Whether the other attachment already applied the transition to `state` of `sk`. If it was
+/// the classic one (no cookie there), the cookie is filled in for the socket's later events.
+#[inline(always)]
+fn already_applied(sk: u64, state: u32, cookie: u64) -> bool {
+    let Some(entry) = SOCKETS.get_ptr_mut(sk) else {
+        return false;
+    };
+    let entry = unsafe { &mut *entry };
+    adopt_cookie(entry, cookie);
+    entry.last_state == state
+}
+
+#[inline(always)]
+fn adopt_cookie(entry: &mut SocketEntry, cookie: u64) {
+    if entry.cookie == 0 && cookie != 0 {
+        entry.cookie = cookie;
     }
 }
 
 #[inline(always)]
 fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
+    if already_applied(sk, tcp_state::SYN_SENT, cookie) {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -53,14 +82,14 @@ fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let entry = SocketEntry { birth_ns: now, cookie, flags: SOCKET_ACTIVE, _pad: 0 };
-    if SOCKETS.insert(&sk, &entry, 0).is_err() {
+    let entry = SocketEntry { birth_ns: now, cookie, flags: SOCKET_ACTIVE, last_state: tcp_state::SYN_SENT };
+    if SOCKETS.insert(sk, entry, 0).is_err() {
         count(Counter::SocketMapFull);
         return;
     }
     let Some(mut record) = emit::reserve::<ConnOpenRecord>() else {
         // The open is lost (and counted): stop tracking so no orphan transitions follow.
-        let _ = SOCKETS.remove(&sk);
+        let _ = SOCKETS.remove(sk);
         return;
     };
     let open = unsafe { &mut *record.as_mut_ptr() };
@@ -74,27 +103,39 @@ fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
 
 #[inline(always)]
 fn on_passive_birth(sk: u64, cookie: u64) {
+    if already_applied(sk, tcp_state::SYN_RECV, cookie) {
+        return;
+    }
     let mut tuple = Tuple::default();
     if kernel::sock_tuple(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
         return;
     }
     let birth_ns = unsafe { bpf_ktime_get_ns() };
-    let entry = SocketEntry { birth_ns, cookie, flags: SOCKET_PASSIVE, _pad: 0 };
-    if SOCKETS.insert(&sk, &entry, 0).is_err() {
+    let entry = SocketEntry { birth_ns, cookie, flags: SOCKET_PASSIVE, last_state: tcp_state::SYN_RECV };
+    if SOCKETS.insert(sk, entry, 0).is_err() {
         count(Counter::SocketMapFull);
     }
 }
 
 #[inline(always)]
-fn on_transition(sk: u64, old: u32, new: u32) {
-    let Some(entry) = SOCKETS.get_ptr_mut(&sk) else {
+fn on_transition(sk: u64, cookie: u64, old: u32, new: u32) {
+    let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
         return;
     };
-    let entry = unsafe { *entry };
+    let entry = unsafe { &mut *entry_ptr };
+    adopt_cookie(entry, cookie);
+    if entry.last_state == new {
+        return;
+    }
+    if entry.last_state != old {
+        count(Counter::TransitionsMissed);
+    }
+    entry.last_state = new;
+    let entry = *entry;
     let accepted = entry.flags & SOCKET_ACCEPTED != 0;
     if entry.flags & SOCKET_PASSIVE != 0 && !accepted {
         if new == tcp_state::CLOSE {
-            let _ = SOCKETS.remove(&sk);
+            let _ = SOCKETS.remove(sk);
             count(Counter::ClosedBeforeAccept);
         }
         return;
@@ -110,7 +151,7 @@ fn on_transition(sk: u64, old: u32, new: u32) {
         record.submit(emit::wakeup_flags());
     }
     if new == tcp_state::CLOSE {
-        let _ = SOCKETS.remove(&sk);
+        let _ = SOCKETS.remove(sk);
     }
 }
 
@@ -121,7 +162,7 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
         count(Counter::AcceptUnresolved);
         return;
     };
-    let Some(entry_ptr) = SOCKETS.get_ptr_mut(&sk) else {
+    let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
         if kernel::sock_protocol(sk) == Ok(IPPROTO_TCP) {
             count(Counter::AcceptUntracked);
         }
@@ -134,13 +175,13 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if !owner_wanted((pid_tgid >> 32) as u32, cgroup_id) {
-        let _ = SOCKETS.remove(&sk);
+        let _ = SOCKETS.remove(sk);
         return;
     }
     entry.flags |= SOCKET_ACCEPTED;
     unsafe { (*entry_ptr).flags = entry.flags };
     let Some(mut record) = emit::reserve::<ConnOpenRecord>() else {
-        let _ = SOCKETS.remove(&sk);
+        let _ = SOCKETS.remove(sk);
         return;
     };
     let open = unsafe { &mut *record.as_mut_ptr() };
@@ -201,10 +242,10 @@ fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord) {
 #[inline(always)]
 fn owner_wanted(tgid: u32, cgroup_id: u64) -> bool {
     let filters = config!(filters);
-    if filters & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
+    if filters & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(tgid) }.is_none() {
         return false;
     }
-    if filters & filter::CGROUPS != 0 && unsafe { FILTER_CGROUPS.get(&cgroup_id) }.is_none() {
+    if filters & filter::CGROUPS != 0 && unsafe { FILTER_CGROUPS.get(cgroup_id) }.is_none() {
         return false;
     }
     true
@@ -216,7 +257,7 @@ fn ports_wanted(tuple: &Tuple) -> bool {
         return true;
     }
     unsafe {
-        FILTER_PORTS.get(&tuple.remote_port).is_some()
-            || (tuple.local_port != 0 && FILTER_PORTS.get(&tuple.local_port).is_some())
+        FILTER_PORTS.get(tuple.remote_port).is_some()
+            || (tuple.local_port != 0 && FILTER_PORTS.get(tuple.local_port).is_some())
     }
 }

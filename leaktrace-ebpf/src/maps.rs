@@ -54,7 +54,9 @@ pub struct SocketEntry {
     pub cookie: u64,
     /// `SOCKET_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The state after the last transition applied. Both attachments of the state probe run
+    /// for every transition; the second finds it applied and does nothing (see `lifecycle`).
+    pub last_state: u32,
 }
 
 /// Opened by connect().

@@ -83,7 +83,7 @@ impl TraceArgs {
         }
         let cgroups = self.cgroups.iter().map(|arg| cgroup_id(arg)).collect::<Result<_, _>>()?;
         let kib = self.ring_buffer_kib;
-        if !kib.is_power_of_two() || kib < 4 || kib > (1 << 21) {
+        if !kib.is_power_of_two() || !(4..=(1 << 21)).contains(&kib) {
             return Err(ArgsError::RingBuffer(kib));
         }
         if self.drain_interval_ms == 0 {

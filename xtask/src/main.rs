@@ -1,1 +1,149 @@
-fn main(){}
+//! `cargo xtask`: the workspace's own build tool, so that a fresh machine needs two commands
+//! (`cargo xtask setup`, then `cargo xtask build` or `test`) and no hand-run toolchain steps.
+
+/// One line of progress (or a warning) on stderr, prefixed so it stands out from cargo's output.
+macro_rules! say {
+    ($($arg:tt)*) => { eprintln!("xtask: {}", format_args!($($arg)*)) };
+}
+
+mod cargo;
+mod cmd;
+mod setup;
+
+use std::{env, ffi::OsString, path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build, run and test leaktrace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building needs (checks first; safe to rerun)
+    ///
+    /// A nightly toolchain with rust-src, and bpf-linker linked against the nightly's LLVM;
+    /// with --test-deps also the end-to-end tests' tools. Mounts tracefs when root.
+    Setup {
+        /// Also install what the end-to-end tests need (gcc, iproute2, Go with grpc-go, python3).
+        #[arg(long)]
+        test_deps: bool,
+        /// Look for and install bpf-linker only in DIR/bin (`cargo install --root DIR`); also
+        /// $XTASK_BPF_LINKER_ROOT, which build, run and test follow too. For testing xtask.
+        #[arg(long, value_name = "DIR", hide = true)]
+        bpf_linker_root: Option<PathBuf>,
+    },
+    /// Set up, then build leaktrace (release unless --debug); prints the binary's path on stdout
+    Build {
+        /// Build the debug profile.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Set up, build, then run leaktrace with ARGS (`cargo xtask run -- events --duration 1`)
+    Run {
+        /// Build and run the debug profile.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for leaktrace.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Set up (with test prerequisites), then `cargo test` the workspace
+    ///
+    /// ARGS go to `cargo test` as given, `--` included (`cargo xtask test -- --nocapture`).
+    /// As root, LEAKTRACE_REQUIRE_PRIVILEGED=1 makes privileged tests fail instead of skipping.
+    Test {
+        /// Arguments for `cargo test`.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Set up, then clippy with warnings denied: host crates, and the eBPF crate with the nightly
+    Clippy,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // What failed and how to fix it, then what caused it (no backtrace, even with
+            // RUST_BACKTRACE set: the chain says enough).
+            say!("error: {err}");
+            for cause in err.chain().skip(1) {
+                say!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    let bpf_linker_root_env = || {
+        env::var_os(setup::BPF_LINKER_ROOT_ENV)
+            .filter(|r| !r.is_empty())
+            .map(PathBuf::from)
+    };
+    let build_opts = || setup::Options {
+        test_deps: false,
+        bpf_linker_root: bpf_linker_root_env(),
+    };
+    match task {
+        Task::Setup {
+            test_deps,
+            bpf_linker_root,
+        } => {
+            let bpf_linker_root = bpf_linker_root.or_else(bpf_linker_root_env);
+            setup::setup(&setup::Options {
+                test_deps,
+                bpf_linker_root,
+            })?;
+            say!("setup: done");
+            Ok(())
+        }
+        Task::Build { debug } => {
+            let ready = setup::setup(&build_opts())?;
+            let binary = cargo::build(&ready, debug)?;
+            println!("{}", binary.display());
+            Ok(())
+        }
+        Task::Run { debug, args } => {
+            let ready = setup::setup(&build_opts())?;
+            cargo::run_leaktrace(&ready, debug, &args)
+        }
+        Task::Test { args } => {
+            let ready = setup::setup(&setup::Options {
+                test_deps: true,
+                bpf_linker_root: bpf_linker_root_env(),
+            })?;
+            // clap drops a `--` that comes first, which `cargo test` needs to tell its own
+            // arguments from the test binaries'; so pass on everything after `test` verbatim.
+            let raw: Vec<OsString> = env::args_os().collect();
+            let args = if raw.get(1).is_some_and(|a| a == "test") {
+                raw[2..].to_vec()
+            } else {
+                args
+            };
+            cargo::test(&ready, &args)
+        }
+        Task::Clippy => {
+            let ready = setup::setup(&build_opts())?;
+            cargo::clippy(&ready)
+        }
+    }
+}

@@ -50,10 +50,10 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let line = serde_json::to_string(&CountersLine { r#type: "counters", counters: &counters })?;
-    if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush()) {
-        if !super::is_broken_pipe(&err) {
-            return Err(err.into());
-        }
+    if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush())
+        && !super::is_broken_pipe(&err)
+    {
+        return Err(err.into());
     }
     report_counters(&counters);
     Ok(())
@@ -97,6 +97,7 @@ pub fn report_counters(counters: &KernelCounters) {
         (counters.undecodable, "undecodable records"),
         (counters.accept_untracked, "accepted sockets born before tracing started"),
         (counters.accept_unresolved, "accepts whose socket could not be resolved"),
+        (counters.transitions_missed, "state transitions missed by every hook"),
     ];
     for (count, what) in extra {
         if count > 0 {

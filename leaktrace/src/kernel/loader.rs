@@ -1,5 +1,6 @@
 //! Loading and attaching the probes, with errors that say what failed and what to do.
 use std::time::Duration;
+use std::os::fd::AsFd;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -19,7 +20,9 @@ use super::{
 /// Which attachment of `inet_sock_set_state` to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum StateHook {
-    /// `tp_btf` where it loads, else the classic tracepoint.
+    /// Both `tp_btf` (where it loads) and the classic tracepoint, each covering the
+    /// transitions the kernel skips for the other (nested runs); every transition is applied
+    /// once.
     #[default]
     Auto,
     /// Only `tp_btf`.
@@ -157,8 +160,7 @@ impl Tracer {
             .map_err(LoadError::Object)?;
         fill_filters(&mut ebpf, &options)?;
 
-        let mut hooks = Vec::new();
-        hooks.push(attach_state_probe(&mut ebpf, options.state_hook)?);
+        let mut hooks = attach_state_probes(&mut ebpf, options.state_hook)?;
         hooks.extend(attach_accept_probes(&mut ebpf)?);
         for hook in &hooks {
             log::info!("probe {} attached to {}", hook.program, hook.hook);
@@ -180,6 +182,16 @@ impl Tracer {
 
     pub fn options(&self) -> &TracerOptions {
         &self.options
+    }
+
+    /// `recursion_misses` summed over the attached programs (0 where the kernel predates it).
+    pub(super) fn nested_skips(&self) -> u64 {
+        self.hooks
+            .iter()
+            .filter_map(|hook| self.ebpf.program(hook.program))
+            .filter_map(|program| program.fd().ok())
+            .map(|fd| super::prog_info::recursion_misses(fd.as_fd()).unwrap_or(0))
+            .sum()
     }
 
     /// Detaches every probe: nothing is produced after this returns, so a final drain and
@@ -239,15 +251,19 @@ fn fill_filters(ebpf: &mut Ebpf, options: &TracerOptions) -> Result<(), LoadErro
     Ok(())
 }
 
-fn attach_state_probe(ebpf: &mut Ebpf, preference: StateHook) -> Result<AttachedHook, LoadError> {
+fn attach_state_probes(ebpf: &mut Ebpf, preference: StateHook) -> Result<Vec<AttachedHook>, LoadError> {
+    let mut hooks = Vec::new();
     if preference != StateHook::Classic {
         match attach_state_btf(ebpf) {
-            Ok(hook) => return Ok(hook),
+            Ok(hook) => hooks.push(hook),
             Err(err) if preference == StateHook::Btf => return Err(err),
-            Err(err) => log::warn!("tp_btf hook unavailable, falling back to the classic tracepoint: {err}"),
+            Err(err) => log::warn!("tp_btf hook unavailable, using the classic tracepoint alone: {err}"),
         }
     }
-    attach_tracepoint(ebpf, STATE_CLASSIC, "sock", "inet_sock_set_state")
+    if preference != StateHook::Btf {
+        hooks.push(attach_tracepoint(ebpf, STATE_CLASSIC, "sock", "inet_sock_set_state")?);
+    }
+    Ok(hooks)
 }
 
 fn attach_state_btf(ebpf: &mut Ebpf) -> Result<AttachedHook, LoadError> {

@@ -2,16 +2,20 @@
 //! each on the best hook this kernel offers, read the ring buffer in batches, and account for
 //! every record (`produced = received + dropped`).
 //!
-//! Hook order for the state probe, tried at load time (not chosen by kernel version):
+//! The state probe, chosen at load time by what loads (not by kernel version):
 //! 1. `tp_btf/inet_sock_set_state`: cheapest, and can take the socket cookie;
-//! 2. the classic tracepoint `sock:inet_sock_set_state` (tracefs).
+//! 2. the classic tracepoint `sock:inet_sock_set_state` (tracefs), attached as well by
+//!    default: the kernel skips a program nested in itself, and each covers the other's skips.
+//!
 //! kprobes are not a fallback worth having: the tracepoints exist since 4.16, and some
 //! kernels (CONFIG_KPROBES=n) have no kprobes at all.
+//!
 //! The accept probe uses `syscalls:sys_exit_accept4` / `sys_exit_accept` (tracefs).
 
 pub mod btf;
 mod loader;
 pub mod privileges;
+mod prog_info;
 mod reader;
 pub mod tracefs;
 

@@ -69,6 +69,12 @@ pub struct KernelCounters {
     pub accept_unresolved: u64,
     /// Connections closed before any process accepted them.
     pub closed_before_accept: u64,
+    /// Transitions of tracked sockets that no attachment saw (a gap in a socket's states).
+    pub transitions_missed: u64,
+    /// Runs the kernel skipped because the same program was already running on that CPU
+    /// (`recursion_misses`, summed over programs). With both state attachments these are
+    /// covered by the other one; `transitions_missed` counts what was really lost.
+    pub nested_skips: u64,
 }
 
 impl KernelCounters {
@@ -117,6 +123,8 @@ impl Tracer {
             accept_untracked: sum(Counter::AcceptUntracked)?,
             accept_unresolved: sum(Counter::AcceptUnresolved)?,
             closed_before_accept: sum(Counter::ClosedBeforeAccept)?,
+            transitions_missed: sum(Counter::TransitionsMissed)?,
+            nested_skips: self.nested_skips(),
         })
     }
 

@@ -70,7 +70,7 @@ fn parse_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?;
         let (decl, rest) = decl.split_once(';')?;
-        let declared = decl.rsplit(|c: char| c == ' ' || c == '*').next()?;
+        let declared = decl.rsplit([' ', '*']).next()?;
         let declared = declared.split('[').next()?;
         if declared != field {
             return None;
