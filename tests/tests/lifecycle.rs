@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use leaktrace::{
-    event::{Event, SocketId},
+    event::{ConnOpen, Event, SocketId},
     kernel::{StateHook, TracerOptions},
 };
 use leaktrace_tests::{
-    ACCEPTED_PEER_CLOSES_FIRST, CLIENT_CLOSES_FIRST, Puppet, TraceSession, closed, first_lifecycle, lifecycle,
+    ACCEPTED_PEER_CLOSES_FIRST, CLIENT_CLOSES_FIRST, Finished, Puppet, TraceSession, closed, first_lifecycle, lifecycle,
     require_privileges, sockets_of,
 };
 
@@ -33,35 +33,78 @@ fn assert_lifecycle(events: &[Event], socket: SocketId, expected: &[&str]) {
     assert_eq!(lifecycle(events, socket), expected, "events of {socket:?}");
 }
 
+/// A server and a client sockpuppet with one connection between them, traced on the server's
+/// port (so other tests' and the host's traffic stays out).
+struct Connection {
+    session: TraceSession,
+    server: Puppet,
+    client: Puppet,
+    client_fd: u32,
+    server_fd: u32,
+    port: u16,
+}
+
+impl Connection {
+    #[track_caller]
+    fn open(listen_host: &str, connect_host: &str, state_hook: StateHook) -> Self {
+        let mut server = Puppet::spawn();
+        let mut client = Puppet::spawn();
+        let (listener, port) = server.listen(listen_host);
+        let session = TraceSession::start(TracerOptions { ports: vec![port], state_hook, ..Default::default() });
+        let client_fd = client.connect(connect_host, port);
+        let server_fd = server.accept(listener);
+        Self { session, server, client, client_fd, server_fd, port }
+    }
+
+    /// The client closes; once its FIN has reached the server, the server closes too.
+    #[track_caller]
+    fn client_closes_then_server(&mut self) {
+        self.client.close(self.client_fd);
+        self.server_closes_after_fin();
+    }
+
+    /// Waits until the server's socket has seen the peer's FIN, then closes it.
+    #[track_caller]
+    fn server_closes_after_fin(&mut self) {
+        let server = self.server.pid();
+        self.session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server).len() == 2);
+        self.server.close(self.server_fd);
+    }
+
+    /// Waits for both sockets to close, stops tracing: (everything seen, client's socket,
+    /// server's socket).
+    #[track_caller]
+    fn finish(self) -> (Finished, SocketId, SocketId) {
+        let client_socket = only_socket(&self.session, self.client.pid());
+        let server_socket = only_socket(&self.session, self.server.pid());
+        (self.session.stop(), client_socket, server_socket)
+    }
+}
+
+/// The socket's `connect` or `accept` event.
+fn open_of(events: &[Event], socket: SocketId) -> ConnOpen {
+    events.iter().find(|e| e.socket == socket).and_then(Event::open).expect("an open event").clone()
+}
+
 #[test]
 fn client_closes_first_then_server_closes() {
     let Some(_guard) = require_privileges("client_closes_first_then_server_closes") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-
-    let fd = client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
-    client.close(fd);
-    // Wait for the FIN to reach the server before it closes, so the order is the textbook one.
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    let done = session.stop();
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
+    // The server closes once the client's FIN reached it: the textbook order.
+    connection.client_closes_then_server();
+    let (client_pid, server_pid, port) = (connection.client.pid(), connection.server.pid(), connection.port);
+    let (done, client_socket, server_socket) = connection.finish();
     assert_lifecycle(&done.events, client_socket, CLIENT_CLOSES_FIRST);
     assert_lifecycle(&done.events, server_socket, ACCEPTED_PEER_CLOSES_FIRST);
 
-    let connect = done.events.iter().find(|e| e.socket == client_socket).unwrap().open().unwrap().clone();
-    assert_eq!(connect.owner.pid, client.pid());
+    let connect = open_of(&done.events, client_socket);
+    assert_eq!(connect.owner.pid, client_pid);
     assert_eq!(connect.owner.comm, "sockpuppet");
     assert!(connect.owner.process_start_ns > 0);
     assert_eq!(connect.remote, format!("127.0.0.1:{port}").parse().unwrap());
     assert!(!connect.stack.is_empty(), "a user stack is taken at connect");
-    let accept = done.events.iter().find(|e| e.socket == server_socket).unwrap().open().unwrap().clone();
-    assert_eq!(accept.owner.pid, server.pid(), "the acceptor owns the passive socket, not the client");
+    let accept = open_of(&done.events, server_socket);
+    assert_eq!(accept.owner.pid, server_pid, "the acceptor owns the passive socket, not the client");
     assert_eq!(accept.local, format!("127.0.0.1:{port}").parse().unwrap());
     // The client's local port is assigned after SYN_SENT: its ESTABLISHED transition has it.
     // (At FIN_WAIT2 -> CLOSE it reads 0 again: the time-wait socket has taken the port over.)
@@ -74,23 +117,14 @@ fn client_closes_first_then_server_closes() {
 #[test]
 fn peer_closes_first_leaves_close_wait_until_the_app_closes() {
     let Some(_guard) = require_privileges("peer_closes_first_leaves_close_wait_until_the_app_closes") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-
-    let fd = client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
-    server.close(accepted);
-    let client_pid = client.pid();
-    session.expect(WAIT, "the client's CLOSE_WAIT", |events| {
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
+    connection.server.close(connection.server_fd);
+    let client_pid = connection.client.pid();
+    connection.session.expect(WAIT, "the client's CLOSE_WAIT", |events| {
         first_lifecycle(events, client_pid).last().is_some_and(|l| l == "ESTABLISHED->CLOSE_WAIT")
     });
-    client.close(fd);
-
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    let done = session.stop();
+    connection.client.close(connection.client_fd);
+    let (done, client_socket, server_socket) = connection.finish();
     assert_lifecycle(
         &done.events,
         client_socket,
@@ -119,18 +153,15 @@ fn refused_connect_is_a_failure_not_a_leak() {
 #[test]
 fn rst_close_with_linger_zero_ends_both_sides_at_once() {
     let Some(_guard) = require_privileges("rst_close_with_linger_zero_ends_both_sides_at_once") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-    let fd = client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
-    client.cmd(&format!("linger0 {fd}"));
-    client.close(fd);
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    server.close(accepted);
-    let done = session.stop();
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
+    let fd = connection.client_fd;
+    connection.client.cmd(&format!("linger0 {fd}"));
+    connection.client.close(fd);
+    // The RST ended the server's socket too, before its owner closes it.
+    let server_socket = only_socket(&connection.session, connection.server.pid());
+    connection.server.close(connection.server_fd);
+    let (done, client_socket, server_socket_again) = connection.finish();
+    assert_eq!(server_socket, server_socket_again);
     assert_lifecycle(&done.events, client_socket, &["connect SYN_SENT", "SYN_SENT->ESTABLISHED", "ESTABLISHED->CLOSE"]);
     assert_lifecycle(&done.events, server_socket, &["accept ESTABLISHED", "ESTABLISHED->CLOSE"]);
 }
@@ -138,21 +169,13 @@ fn rst_close_with_linger_zero_ends_both_sides_at_once() {
 #[test]
 fn ipv6_connections_are_traced() {
     let Some(_guard) = require_privileges("ipv6_connections_are_traced") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("::1");
-    let session = session_for(port);
-    let fd = client.connect("::1", port);
-    let accepted = server.accept(listener);
-    client.close(fd);
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    let done = session.stop();
+    let mut connection = Connection::open("::1", "::1", StateHook::Auto);
+    connection.client_closes_then_server();
+    let port = connection.port;
+    let (done, client_socket, server_socket) = connection.finish();
     assert_lifecycle(&done.events, client_socket, CLIENT_CLOSES_FIRST);
     assert_lifecycle(&done.events, server_socket, ACCEPTED_PEER_CLOSES_FIRST);
-    let accept = done.events.iter().find(|e| e.socket == server_socket).unwrap().open().unwrap().clone();
+    let accept = open_of(&done.events, server_socket);
     assert_eq!(accept.local, format!("[::1]:{port}").parse().unwrap());
     assert!(accept.remote.is_ipv6());
 }
@@ -160,20 +183,12 @@ fn ipv6_connections_are_traced() {
 #[test]
 fn ipv4_client_on_a_dual_stack_listener_reads_as_ipv4() {
     let Some(_guard) = require_privileges("ipv4_client_on_a_dual_stack_listener_reads_as_ipv4") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("::");
-    let session = session_for(port);
-    let fd = client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
-    client.close(fd);
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    let done = session.stop();
+    let mut connection = Connection::open("::", "127.0.0.1", StateHook::Auto);
+    connection.client_closes_then_server();
+    let port = connection.port;
+    let (done, client_socket, server_socket) = connection.finish();
     assert_lifecycle(&done.events, server_socket, ACCEPTED_PEER_CLOSES_FIRST);
-    let accept = done.events.iter().find(|e| e.socket == server_socket).unwrap().open().unwrap().clone();
+    let accept = open_of(&done.events, server_socket);
     assert_eq!(accept.local, format!("127.0.0.1:{port}").parse().unwrap(), "::ffff:127.0.0.1 is normalised");
     assert_eq!(accept.remote.ip().to_string(), "127.0.0.1");
     assert_lifecycle(&done.events, client_socket, CLIENT_CLOSES_FIRST);
@@ -182,18 +197,13 @@ fn ipv4_client_on_a_dual_stack_listener_reads_as_ipv4() {
 /// The kernel closes the sockets of a process that exits (or is killed) with them open; the
 /// transitions still fire and end the lifetime.
 fn exit_with_socket_open(kill: bool) {
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
+    let client = std::mem::replace(&mut connection.client, Puppet::spawn());
     let client_pid = client.pid();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-    client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
     if kill { client.kill() } else { client.exit() }
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-    let client_socket = only_socket(&session, client_pid);
-    let done = session.stop();
+    connection.server_closes_after_fin();
+    let client_socket = only_socket(&connection.session, client_pid);
+    let done = connection.session.stop();
     assert_lifecycle(&done.events, client_socket, CLIENT_CLOSES_FIRST);
 }
 
@@ -212,38 +222,29 @@ fn sigkill_with_a_socket_open_still_ends_it() {
 #[test]
 fn fork_child_closing_last_ends_the_parents_socket() {
     let Some(_guard) = require_privileges("fork_child_closing_last_ends_the_parents_socket") else { return };
-    let mut server = Puppet::spawn();
-    let mut parent = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-    let fd = parent.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
+    let (parent, fd) = (&mut connection.client, connection.client_fd);
     let child = parent.cmd(&format!("fork-hold {fd}"));
     let child = child.strip_prefix("pid ").expect("pid N").to_string();
     parent.close(fd);
     // The child still holds the socket: the parent's close() ended nothing.
     std::thread::sleep(Duration::from_millis(200));
-    let parent_socket = sockets_of(&session.events(), parent.pid())[0];
-    assert_eq!(lifecycle(&session.events(), parent_socket), ["connect SYN_SENT", "SYN_SENT->ESTABLISHED"]);
+    let parent_pid = parent.pid();
+    assert_eq!(first_lifecycle(&connection.session.events(), parent_pid), ["connect SYN_SENT", "SYN_SENT->ESTABLISHED"]);
     parent.cmd(&format!("release {child}"));
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-    let socket = only_socket(&session, parent.pid());
-    let done = session.stop();
+    connection.server_closes_after_fin();
+    let (done, socket, _) = connection.finish();
     assert_lifecycle(&done.events, socket, CLIENT_CLOSES_FIRST);
+    assert_eq!(open_of(&done.events, socket).owner.pid, parent_pid);
     assert_eq!(sockets_of(&done.events, child.parse().unwrap()), [], "the child opened nothing");
 }
 
 #[test]
 fn socket_passed_over_scm_rights_keeps_its_birth_owner() {
     let Some(_guard) = require_privileges("socket_passed_over_scm_rights_keeps_its_birth_owner") else { return };
-    let mut server = Puppet::spawn();
-    let mut opener = Puppet::spawn();
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
     let mut receiver = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-    let fd = opener.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
+    let (opener, fd) = (&mut connection.client, connection.client_fd);
     let path = format!("/tmp/leaktrace-scm-{}.sock", std::process::id());
     receiver.cmd(&format!("unix-listen {path}"));
     opener.cmd(&format!("send-fd {path} {fd}"));
@@ -252,32 +253,23 @@ fn socket_passed_over_scm_rights_keeps_its_birth_owner() {
     opener.close(fd);
     receiver.close(received);
     let _ = std::fs::remove_file(&path);
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-    let socket = only_socket(&session, opener.pid());
-    let done = session.stop();
+    let opener_pid = opener.pid();
+    connection.server_closes_after_fin();
+    let (done, socket, _) = connection.finish();
     assert_lifecycle(&done.events, socket, CLIENT_CLOSES_FIRST);
+    assert_eq!(open_of(&done.events, socket).owner.pid, opener_pid);
     assert_eq!(sockets_of(&done.events, receiver.pid()), [], "the receiver did not open it");
 }
 
 #[test]
 fn classic_tracepoint_fallback_sees_the_same_lifecycle() {
     let Some(_guard) = require_privileges("classic_tracepoint_fallback_sees_the_same_lifecycle") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = TraceSession::start(TracerOptions { ports: vec![port], state_hook: StateHook::Classic, ..Default::default() });
-    let hooks: Vec<&str> = session.hooks().iter().map(|h| h.hook.as_str()).collect();
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Classic);
+    let hooks: Vec<&str> = connection.session.hooks().iter().map(|h| h.hook.as_str()).collect();
     assert_eq!(hooks[0], "tracepoint/sock/inet_sock_set_state");
     assert!(!hooks.contains(&"tp_btf/inet_sock_set_state"));
-    let fd = client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
-    client.close(fd);
-    session.expect(WAIT, "the server to see the client's FIN", |events| first_lifecycle(events, server.pid()).len() == 2);
-    server.close(accepted);
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    let done = session.stop();
+    connection.client_closes_then_server();
+    let (done, client_socket, server_socket) = connection.finish();
     assert_lifecycle(&done.events, client_socket, CLIENT_CLOSES_FIRST);
     assert_lifecycle(&done.events, server_socket, ACCEPTED_PEER_CLOSES_FIRST);
 }
@@ -285,23 +277,14 @@ fn classic_tracepoint_fallback_sees_the_same_lifecycle() {
 #[test]
 fn btf_hook_is_preferred_and_takes_socket_cookies() {
     let Some(_guard) = require_privileges("btf_hook_is_preferred_and_takes_socket_cookies") else { return };
-    let mut server = Puppet::spawn();
-    let mut client = Puppet::spawn();
-    let (listener, port) = server.listen("127.0.0.1");
-    let session = session_for(port);
-    let hooks: Vec<&str> = session.hooks().iter().map(|h| h.hook.as_str()).collect();
+    let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
+    let hooks: Vec<&str> = connection.session.hooks().iter().map(|h| h.hook.as_str()).collect();
     assert_eq!(
         hooks[..3],
         ["tp_btf/inet_sock_set_state", "tracepoint/sock/inet_sock_set_state", "tracepoint/syscalls/sys_exit_accept4"]
     );
-    let fd = client.connect("127.0.0.1", port);
-    let accepted = server.accept(listener);
-    client.cmd(&format!("linger0 {fd}"));
-    client.close(fd);
-    server.close(accepted);
-    let client_socket = only_socket(&session, client.pid());
-    let server_socket = only_socket(&session, server.pid());
-    let done = session.stop();
+    connection.client_closes_then_server();
+    let (done, client_socket, server_socket) = connection.finish();
     // The cookie is taken by the tp_btf attachment; if the kernel skipped it for a socket's
     // birth (a nested run), the classic one reported the open and a later event carries it.
     let cookie = |socket| done.events.iter().filter(|e| e.socket == socket).map(|e| e.cookie).max().unwrap();
