@@ -151,6 +151,26 @@ static int unix_addr(const char *path, struct sockaddr_un *un) {
     return sizeof(*un);
 }
 
+/* One byte of data and room for one SCM_RIGHTS descriptor: what send-fd and recv-fd exchange. */
+struct fd_message {
+    char data;
+    struct iovec iov;
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+};
+
+static struct msghdr fd_message_init(struct fd_message *m) {
+    memset(m, 0, sizeof(*m));
+    m->data = 'f';
+    m->iov.iov_base = &m->data;
+    m->iov.iov_len = 1;
+    struct msghdr msg = {.msg_iov = &m->iov, .msg_iovlen = 1, .msg_control = m->control.buf,
+                         .msg_controllen = sizeof(m->control.buf)};
+    return msg;
+}
+
 static void send_fd(const char *path, int fd) {
     struct sockaddr_un un;
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -158,14 +178,8 @@ static void send_fd(const char *path, int fd) {
         reply("err %d", errno);
         return;
     }
-    char data = 'f';
-    struct iovec iov = {.iov_base = &data, .iov_len = 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof(control.buf)};
+    struct fd_message m;
+    struct msghdr msg = fd_message_init(&m);
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
@@ -181,14 +195,8 @@ static void send_fd(const char *path, int fd) {
 
 static void recv_fd(void) {
     int s = accept(unix_listener, NULL, NULL);
-    char data;
-    struct iovec iov = {.iov_base = &data, .iov_len = 1};
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
-                         .msg_controllen = sizeof(control.buf)};
+    struct fd_message m;
+    struct msghdr msg = fd_message_init(&m);
     if (s < 0 || recvmsg(s, &msg, 0) < 0) {
         reply("err %d", errno);
         return;

@@ -101,14 +101,14 @@ impl Puppet {
     }
 
     /// Tells the puppet to exit with its sockets open, and reaps it.
-    pub fn exit(mut self) {
+    pub fn exit(&mut self) {
         let _ = writeln!(self.stdin, "exit");
         let _ = self.stdin.flush();
         let _ = self.child.wait();
     }
 
     /// SIGKILL with its sockets open, and reaps it.
-    pub fn kill(mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

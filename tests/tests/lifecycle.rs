@@ -198,12 +198,9 @@ fn ipv4_client_on_a_dual_stack_listener_reads_as_ipv4() {
 /// transitions still fire and end the lifetime.
 fn exit_with_socket_open(kill: bool) {
     let mut connection = Connection::open("127.0.0.1", "127.0.0.1", StateHook::Auto);
-    let client = std::mem::replace(&mut connection.client, Puppet::spawn());
-    let client_pid = client.pid();
-    if kill { client.kill() } else { client.exit() }
+    if kill { connection.client.kill() } else { connection.client.exit() }
     connection.server_closes_after_fin();
-    let client_socket = only_socket(&connection.session, client_pid);
-    let done = connection.session.stop();
+    let (done, client_socket, _) = connection.finish();
     assert_lifecycle(&done.events, client_socket, CLIENT_CLOSES_FIRST);
 }
 
