@@ -2,7 +2,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use leaktrace_common::{COUNTER_SLOTS, Config, Counter};
 
@@ -45,6 +45,19 @@ pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, BPF_F
 pub static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 #[map]
 pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
+/// The probes' runtime switch, flipped by userspace while they stay attached
+/// (`Tracer::set_probes_enabled`): slot 0 non-zero means paused. Every probe checks it first
+/// and returns at once when paused. An array starts zeroed, so a fresh load runs.
+#[map]
+pub static PAUSED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether userspace has paused the probes (see [`PAUSED`]). The verifier inlines this lookup
+/// of a one-entry array: a load and a compare.
+#[inline(always)]
+pub fn paused() -> bool {
+    PAUSED.get(0).is_some_and(|flag| *flag != 0)
+}
 
 /// A tracked socket.
 #[repr(C)]

@@ -5,16 +5,31 @@ use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kernel::{StateHook, TracerOptions};
+use crate::{
+    kernel::{StateHook, TracerOptions},
+    tracker::Thresholds,
+};
 
 #[derive(Debug, Parser)]
-#[command(name = "leaktrace", version, about = "Find the TCP connections a process opens and never closes (eBPF).")]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "Find the TCP connections a process opens and never closes (eBPF).",
+    long_about = "Find the TCP connections a process opens and never closes (eBPF).\n\n\
+        Without a subcommand, traces every TCP connection and shows, per call site, the \
+        connections opened and never closed, refreshed every --interval, with a verdict \
+        (leak, suspect, churn, ok). Ends with a final report at Ctrl-C or --duration.\n\n\
+        Exit status: 0 no leak found, 1 leaks found, 2 error.",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// More diagnostics on stderr (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +38,110 @@ pub enum Command {
     /// the recording format for replay). Counters go to stderr, and a final
     /// `{"type":"counters",...}` line ends the stream.
     Events(EventsArgs),
+    /// Build the report from a recording (`leaktrace events > FILE` or `leaktrace --record
+    /// FILE`), offline: an incident analysed after the fact, on another machine.
+    Replay(ReplayArgs),
+}
+
+/// The live view (the default command).
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
+    /// Stop after this many seconds and print the final report (default: until Ctrl-C or
+    /// SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Also write everything traced (events, socket inventories, counters) to FILE as JSON
+    /// lines, for `leaktrace replay FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
+    /// Do not list the connections that existed before start ("born before start").
+    #[arg(long)]
+    pub no_seed: bool,
+    /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub inventory_interval: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The recording (`-` for stdin).
+    #[arg(value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// Keep only this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Keep only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Keep only tasks of this cgroup id (repeatable).
+    #[arg(long = "cgroup", value_name = "ID")]
+    pub cgroups: Vec<u64>,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The live table, refreshed in place on a terminal; the final report at the end.
+    #[default]
+    Table,
+    /// Only the final report, as one JSON object (the documented contract).
+    Json,
+    /// One JSON report per line, every --interval, and the final one last (for streaming
+    /// consumers).
+    Jsonl,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ViewArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Refresh period of the table and of JSON lines (in a replay, of the recording's time).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// Most call sites shown in the table.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+}
+
+/// What counts as a leak: the verdict rules' thresholds (see the README's verdict table).
+#[derive(Debug, Args, Clone)]
+pub struct JudgeArgs {
+    /// Keep only processes with this name, as in /proc/PID/comm (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// A live connection younger than this is not counted as unclosed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub min_age: f64,
+    /// Sliding window over which growth and churn are judged.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub window: u64,
+    /// `leak`: at least this many more live connections, rising in 3+ distinct seconds, with
+    /// at most 10% closed.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub leak_growth: u64,
+    /// `leak`: a connection left in CLOSE_WAIT (peer gone, never closed) for this long.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub close_wait_after: f64,
+    /// `suspect`: a live connection without data for this long counts as idle.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub idle_after: f64,
+    /// `churn`: at least this many connections opened per second...
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 1.0)]
+    pub churn_rate: f64,
+    /// ... with a median lifetime at most this.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub churn_lifetime: f64,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +191,54 @@ pub enum ArgsError {
     Duration(f64),
     #[error("--drain-interval-ms must be at least 1")]
     DrainInterval,
+    #[error("--{flag} {value}: must be a positive number of seconds")]
+    Seconds { flag: &'static str, value: f64 },
+    #[error("--{flag} {value}: must be a positive number")]
+    Positive { flag: &'static str, value: String },
+}
+
+impl JudgeArgs {
+    pub fn thresholds(&self) -> Result<Thresholds, ArgsError> {
+        if self.window == 0 {
+            return Err(ArgsError::Positive { flag: "window", value: "0".into() });
+        }
+        if self.leak_growth == 0 {
+            return Err(ArgsError::Positive { flag: "leak-growth", value: "0".into() });
+        }
+        if !(self.churn_rate.is_finite() && self.churn_rate > 0.0) {
+            return Err(ArgsError::Positive { flag: "churn-rate", value: self.churn_rate.to_string() });
+        }
+        let defaults = Thresholds::default();
+        Ok(Thresholds {
+            window: Duration::from_secs(self.window),
+            min_age: non_negative_seconds("min-age", self.min_age)?,
+            leak_growth: self.leak_growth,
+            close_wait_after: seconds("close-wait-after", self.close_wait_after)?,
+            idle_after: seconds("idle-after", self.idle_after)?,
+            churn_min_rate: self.churn_rate,
+            churn_max_lifetime: seconds("churn-lifetime", self.churn_lifetime)?,
+            ..defaults
+        })
+    }
+}
+
+impl ViewArgs {
+    pub fn interval(&self) -> Result<Duration, ArgsError> {
+        seconds("interval", self.interval)
+    }
+}
+
+/// A flag's value in seconds, which must be positive.
+pub fn seconds(flag: &'static str, value: f64) -> Result<Duration, ArgsError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(ArgsError::Seconds { flag, value })
+    }
+}
+
+fn non_negative_seconds(flag: &'static str, value: f64) -> Result<Duration, ArgsError> {
+    if value == 0.0 { Ok(Duration::ZERO) } else { seconds(flag, value) }
 }
 
 impl TraceArgs {
@@ -130,7 +297,7 @@ mod tests {
         let mut argv = vec!["leaktrace", "events"];
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        let Command::Events(args) = cli.command;
+        let Some(Command::Events(args)) = cli.command else { panic!("parsed as another command") };
         args.trace.to_options().map_err(|e| e.to_string())
     }
 
@@ -157,5 +324,39 @@ mod tests {
         let err = trace_args(&["--port", "70000"]).unwrap_err();
         assert!(err.contains("70000"), "{err}");
         assert_eq!(parse_duration(Some(-1.0)).unwrap_err().to_string(), "--duration -1: must be a positive number of seconds");
+    }
+
+    fn watch(extra: &[&str]) -> Result<WatchArgs, String> {
+        let mut argv = vec!["leaktrace"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        assert!(cli.command.is_none());
+        Ok(cli.watch)
+    }
+
+    #[test]
+    fn the_live_view_is_the_default_command() {
+        let args = watch(&["--format", "json", "--comm", "grpcleak", "--close-wait-after", "3", "--port", "9000"]).unwrap();
+        assert_eq!(args.view.format, Format::Json);
+        assert_eq!(args.trace.ports, vec![9000]);
+        let thresholds = args.judge.thresholds().unwrap();
+        assert_eq!(thresholds.close_wait_after, Duration::from_secs(3));
+        assert_eq!(thresholds.window, Duration::from_secs(10));
+        assert_eq!(args.judge.comms, vec!["grpcleak".to_string()]);
+        // Watch flags do not mix with a subcommand.
+        assert!(watch(&["--format", "json", "events"]).is_err());
+        let err = watch(&["--interval", "0"]).unwrap().view.interval().unwrap_err().to_string();
+        assert_eq!(err, "--interval 0: must be a positive number of seconds");
+        let err = watch(&["--window", "0"]).unwrap().judge.thresholds().unwrap_err().to_string();
+        assert_eq!(err, "--window 0: must be a positive number");
+        assert!(watch(&["--format", "xml"]).unwrap_err().contains("possible values: table, json, jsonl"));
+    }
+
+    #[test]
+    fn replay_takes_a_file_and_userspace_filters() {
+        let cli = Cli::try_parse_from(["leaktrace", "replay", "trace.jsonl", "--pid", "7", "--format", "jsonl"]).unwrap();
+        let Some(Command::Replay(args)) = cli.command else { panic!("not replay") };
+        assert_eq!(args.file, std::path::PathBuf::from("trace.jsonl"));
+        assert_eq!((args.pids, args.view.format), (vec![7], Format::Jsonl));
     }
 }

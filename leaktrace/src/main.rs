@@ -1,5 +1,5 @@
-//! The leaktrace binary: parse the command line, run the command, map errors to exit codes
-//! (0: done, 2: error; a closed stdout is not an error).
+//! The leaktrace binary: parse the command line, run the command, map the outcome to exit
+//! codes (0: no leak found, 1: leaks found, 2: error; a closed stdout is not an error).
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -29,11 +29,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Events(args) => commands::events::run(args).await,
+            None => commands::watch::run(&cli.watch).await,
+            Some(Command::Events(args)) => commands::events::run(args).await.map(|()| false),
+            Some(Command::Replay(args)) => commands::replay::run(args),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::from(1),
         Err(err) => {
             eprintln!("leaktrace: {err:#}");
             ExitCode::from(2)

@@ -6,8 +6,14 @@
 //! - [`TraceSession`]: a tracer on its own thread, collecting events.
 //! - [`Puppet`]: the `sockpuppet` C helper, driven one socket operation at a time.
 //! - [`lifecycle`]: a socket's events as short strings, for exact assertions.
+//! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
+//! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
+//! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
+pub mod cli;
+pub mod go;
 pub mod puppet;
 pub mod session;
+pub mod tcp_table;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -4,7 +4,7 @@
 //! `sys_exit_*` event is the common header, `int __syscall_nr`, then `long ret` at offset 16.
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 
-use crate::lifecycle;
+use crate::{lifecycle, maps::paused};
 
 const SYS_EXIT_RET_OFFSET: usize = 16;
 
@@ -22,6 +22,9 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_accept_return(ctx: &TracePointContext) {
+    if paused() {
+        return;
+    }
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(SYS_EXIT_RET_OFFSET) }) else {
         return;
     };

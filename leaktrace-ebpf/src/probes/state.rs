@@ -14,10 +14,13 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use leaktrace_common::IPPROTO_TCP;
 
-use crate::{kernel, lifecycle, maps::config};
+use crate::{kernel, lifecycle, maps::{config, paused}};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    if paused() {
+        return 0;
+    }
     let sk: *mut c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
@@ -31,6 +34,9 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_classic(ctx: TracePointContext) -> i32 {
+    if paused() {
+        return 0;
+    }
     let _ = try_classic(&ctx);
     0
 }

@@ -1,35 +1,34 @@
 //! `leaktrace events`: every decoded kernel event as a JSON line, until Ctrl-C, SIGTERM or
 //! `--duration`; then the probes are detached, the buffer drained, and the counters written
-//! as the last line and to stderr.
+//! to stderr and as the stream's `counters` line, before its `end` line. The stream opens with
+//! a `start` line: it is a recording `leaktrace replay` reads.
 use std::io::{self, Write};
 
-use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::clock::{monotonic_ns, sleep_until};
 use crate::{
     cli::{EventsArgs, parse_duration},
     event::Event,
     kernel::{KernelCounters, Tracer},
+    recording::{Mark, RECORDING_VERSION, write_line},
 };
-
-/// The stream's last line.
-#[derive(Serialize)]
-struct CountersLine<'a> {
-    r#type: &'static str,
-    #[serde(flatten)]
-    counters: &'a KernelCounters,
-}
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let options = args.trace.to_options()?;
     let duration = parse_duration(args.duration)?;
     let mut tracer = Tracer::start(options)?;
+    let start = Mark::Start { ts_ns: monotonic_ns(), version: RECORDING_VERSION };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut batch = Vec::new();
+    match write_line(&mut out, &start).and_then(|()| out.flush()) {
+        Err(err) if super::is_broken_pipe(&err) => return Ok(()),
+        result => result?,
+    }
 
     loop {
         let stop = tokio::select! {
@@ -49,8 +48,10 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     if !write_events(&mut out, &mut batch)? {
         return Ok(());
     }
-    let line = serde_json::to_string(&CountersLine { r#type: "counters", counters: &counters })?;
-    if let Err(err) = writeln!(out, "{line}").and_then(|()| out.flush())
+    let end = Mark::End { ts_ns: monotonic_ns() };
+    if let Err(err) = write_line(&mut out, &Mark::Counters(counters))
+        .and_then(|()| write_line(&mut out, &end))
+        .and_then(|()| out.flush())
         && !super::is_broken_pipe(&err)
     {
         return Err(err.into());
@@ -63,23 +64,12 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
 fn write_events(out: &mut impl Write, batch: &mut Vec<Event>) -> anyhow::Result<bool> {
     let result = batch
         .drain(..)
-        .try_for_each(|event| {
-            serde_json::to_writer(&mut *out, &event)?;
-            out.write_all(b"\n").map_err(serde_json::Error::io)
-        })
-        .map_err(io::Error::from)
+        .try_for_each(|event| write_line(&mut *out, &event))
         .and_then(|()| out.flush());
     match result {
         Ok(()) => Ok(true),
         Err(err) if super::is_broken_pipe(&err) => Ok(false),
         Err(err) => Err(err.into()),
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -1,5 +1,10 @@
-//! One module per subcommand.
+//! One module per subcommand, and what they share (the clock, the output, the inventory).
+pub mod clock;
 pub mod events;
+mod inventory;
+pub mod replay;
+mod view;
+pub mod watch;
 
 /// Where a command's output went: a closed stdout (`leaktrace events | head`) is not an error.
 pub fn is_broken_pipe(err: &std::io::Error) -> bool {

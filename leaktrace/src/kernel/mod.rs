@@ -17,7 +17,11 @@ mod loader;
 pub mod privileges;
 mod prog_info;
 mod reader;
+mod stats;
+mod switch;
 pub mod tracefs;
 
 pub use loader::{AttachedHook, LoadError, StateHook, Tracer, TracerOptions};
 pub use reader::{KernelCounters, ReadError};
+pub use stats::{MapMemory, ProgramStats, RunTimeStats, StatsError};
+pub use switch::SwitchError;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use leaktrace_common::Counter;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use super::loader::Tracer;
@@ -49,7 +49,8 @@ impl Reader {
 }
 
 /// The kernel's counters, summed over CPUs, with what userspace received.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct KernelCounters {
     /// Records the probes tried to write.
     pub produced: u64,

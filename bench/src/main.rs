@@ -1,0 +1,43 @@
+//! leaktrace-bench: the parts of `cargo xtask bench` that need leaktrace's library (xtask itself
+//! must build before the BPF toolchain is set up, so it cannot link it). Each subcommand talks
+//! to xtask in JSON lines on stdout; diagnostics go to stderr.
+//!
+//! - `trace`: hosts the real probes (`leaktrace::kernel::Tracer`), optionally paused or with
+//!   BPF run-time statistics on, drains and decodes every event as leaktrace does, and reports
+//!   counters, per-program cost and map memory when asked.
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "leaktrace-bench", about = "Benchmark helpers that need leaktrace's library (run by `cargo xtask bench`)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the probes, drain their events, answer `snapshot` / `snapshot sockets`
+    /// lines on stdin with a JSON line, and stop at `stop`, stdin EOF, SIGINT or SIGTERM with a
+    /// `final` line.
+    Trace(trace::TraceArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // No logger is installed: leaktrace's `log` messages (hooks attached...) are dropped, as a
+    // benchmark wants; errors still reach stderr below.
+    let result = match cli.command {
+        Command::Trace(args) => trace::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("leaktrace-bench: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Recordings: the JSON-lines stream `leaktrace events` writes and `leaktrace --record` keeps,
+//! read back by `leaktrace replay` to build the same report offline. Besides the events
+//! (`connect`, `accept`, `state`), a recording carries what the tracker learned elsewhere:
+//! `start` and `end` (the trace's bounds), `seed` and `inventory` (socket inventories) and the
+//! kernel's final `counters`.
+use std::io::{self, BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{event::Event, kernel::KernelCounters, tracker::Inventory};
+
+pub const RECORDING_VERSION: u32 = 1;
+
+/// One line of a recording.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    Event(Event),
+    Mark(Mark),
+}
+
+/// Every line that is not an event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Mark {
+    /// Tracing began at `ts_ns` (CLOCK_MONOTONIC, like the events).
+    Start { ts_ns: u64, version: u32 },
+    /// Connections that existed at start.
+    Seed(Inventory),
+    /// A later inventory: idle times, and connections gone without a seen CLOSE.
+    Inventory(Inventory),
+    /// The kernel's final accounting.
+    Counters(KernelCounters),
+    /// Tracing ended at `ts_ns`.
+    End { ts_ns: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("line {line}: {message}")]
+    Parse { line: u64, message: String },
+    #[error("reading the recording: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Deserialize)]
+struct TypeOnly<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+}
+
+impl Record {
+    /// Parses one line; `Ok(None)` for a blank line or a type this version does not know (a
+    /// newer leaktrace may add some).
+    pub fn parse(text: &str, line: u64) -> Result<Option<Self>, RecordingError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let error = |err: serde_json::Error| RecordingError::Parse { line, message: err.to_string() };
+        let kind = serde_json::from_str::<TypeOnly>(text).map_err(error)?.kind;
+        match kind {
+            "connect" | "accept" | "state" => Ok(Some(Self::Event(serde_json::from_str(text).map_err(error)?))),
+            "start" | "seed" | "inventory" | "counters" | "end" => Ok(Some(Self::Mark(serde_json::from_str(text).map_err(error)?))),
+            other => {
+                log::debug!("line {line}: skipping a record of unknown type {other:?}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads a recording line by line.
+pub fn read(input: impl BufRead) -> impl Iterator<Item = Result<Record, RecordingError>> {
+    input.lines().enumerate().filter_map(|(index, line)| {
+        let number = index as u64 + 1;
+        match line {
+            Err(err) => Some(Err(RecordingError::Io(err))),
+            Ok(text) => Record::parse(&text, number).transpose(),
+        }
+    })
+}
+
+/// Writes one line of a recording.
+pub fn write_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::from)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{EventBody, SocketId, StateChange},
+        tcp::TcpState,
+    };
+
+    #[test]
+    fn every_kind_of_line_round_trips() {
+        let event = Event {
+            ts_ns: 5,
+            cpu: 0,
+            socket: SocketId { sk: 0x10, birth_ns: 1 },
+            cookie: 3,
+            body: EventBody::State(StateChange {
+                old_state: TcpState::Established,
+                new_state: TcpState::CloseWait,
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+            }),
+        };
+        let marks = [
+            Mark::Start { ts_ns: 1, version: RECORDING_VERSION },
+            Mark::Seed(Inventory { ts_ns: 2, complete: true, sockets: vec![] }),
+            Mark::Inventory(Inventory { ts_ns: 3, complete: false, sockets: vec![] }),
+            Mark::Counters(KernelCounters { produced: 9, received: 9, ..KernelCounters::default() }),
+            Mark::End { ts_ns: 7 },
+        ];
+        let mut text = Vec::new();
+        write_line(&mut text, &event).unwrap();
+        for mark in &marks {
+            write_line(&mut text, mark).unwrap();
+        }
+        text.extend_from_slice(b"\n{\"type\":\"from_the_future\"}\n");
+        let records: Vec<Record> = read(&text[..]).collect::<Result<_, _>>().unwrap();
+        let mut expected = vec![Record::Event(event)];
+        expected.extend(marks.into_iter().map(Record::Mark));
+        assert_eq!(records, expected);
+        let line = String::from_utf8(text).unwrap();
+        assert!(line.contains(r#"{"type":"end","ts_ns":7}"#), "{line}");
+    }
+
+    #[test]
+    fn a_bad_line_names_its_number() {
+        let err = read(&b"{\"type\":\"end\",\"ts_ns\":1}\nnot json\n"[..]).nth(1).unwrap().unwrap_err();
+        assert!(err.to_string().starts_with("line 2: "), "{err}");
+        let err = read(&b"{\"type\":\"connect\"}\n"[..]).next().unwrap().unwrap_err();
+        assert!(err.to_string().contains("line 1: missing field"), "{err}");
+    }
+}

@@ -1,0 +1,151 @@
+//! The report as text: the live table (one row per call site, sorted by live and growth, with
+//! the lost-event count in the header) and, at the end, each leaking or suspect call site with
+//! its reasons and its whole stack.
+use std::fmt::Write as _;
+
+use super::{CallSite, Report};
+use crate::tracker::{Verdict, verdict::duration};
+
+/// Widest a call site's frame is shown in the table.
+const FRAME_WIDTH: usize = 44;
+
+/// The table: a header line, one row per call site (at most `max_rows`), then the reasons of
+/// every leak and suspect shown.
+pub fn render_table(report: &Report, max_rows: usize) -> String {
+    let mut out = String::new();
+    header(&mut out, report);
+    let _ = writeln!(
+        out,
+        "{:>7} {:<15} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
+        "PID",
+        "COMM",
+        "DIR",
+        "CALL SITE",
+        "LIVE",
+        "GROWTH/s",
+        "OPENED",
+        "CLOSED",
+        "CLOSE_WAIT",
+        "OLDEST",
+        "IDLE",
+        "VERDICT",
+        w = FRAME_WIDTH
+    );
+    for site in report.call_sites.iter().take(max_rows) {
+        let _ = writeln!(
+            out,
+            "{:>7} {:<15} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
+            site.pid,
+            clip(&site.comm, 15),
+            direction(site),
+            clip(&site.telling_frame_text(), FRAME_WIDTH),
+            site.live,
+            format!("{:+.1}", site.growth_per_s),
+            site.opened,
+            site.closed,
+            site.close_wait,
+            if site.live > 0 { duration(site.oldest_age_s) } else { "-".into() },
+            site.max_idle_s.map_or_else(|| "-".into(), duration),
+            site.verdict.name().to_uppercase(),
+            w = FRAME_WIDTH
+        );
+    }
+    let hidden = report.call_sites.len().saturating_sub(max_rows);
+    if hidden > 0 {
+        let _ = writeln!(out, "... and {hidden} more call sites");
+    }
+    let notable: Vec<&CallSite> =
+        report.call_sites.iter().take(max_rows).filter(|site| site.verdict >= Verdict::Suspect).collect();
+    if !notable.is_empty() {
+        out.push('\n');
+        for site in notable {
+            for finding in &site.findings {
+                let _ = writeln!(
+                    out,
+                    "{:<7} pid {} {} {}: {}",
+                    finding.verdict.name().to_uppercase(),
+                    site.pid,
+                    site.comm,
+                    site.telling_frame_text(),
+                    finding.why
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The final report: the table, then every leak and suspect with its destinations and stack,
+/// frames one per line as `perf script` and `pprof -traces` print them.
+pub fn render_final(report: &Report, max_rows: usize) -> String {
+    let mut out = render_table(report, max_rows);
+    for site in report.call_sites.iter().filter(|site| site.verdict >= Verdict::Suspect) {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{} · pid {} {}{} · {} · {} live, {} opened, {} closed, {:+.1}/s",
+            site.verdict.name().to_uppercase(),
+            site.pid,
+            site.comm,
+            site.exe.as_deref().map(|exe| format!(" ({exe})")).unwrap_or_default(),
+            direction(site),
+            site.live,
+            site.opened,
+            site.closed,
+            site.growth_per_s
+        );
+        for finding in &site.findings {
+            let _ = writeln!(out, "  why: {}", finding.why);
+        }
+        let peers: Vec<String> =
+            site.destinations.iter().map(|d| format!("{} ({} live / {} opened)", d.address, d.live, d.opened)).collect();
+        if !peers.is_empty() {
+            let label = if site.direction == crate::tracker::Direction::Connect { "to" } else { "from" };
+            let _ = writeln!(out, "  {label}: {}", peers.join(", "));
+        }
+        if site.frames.is_empty() {
+            let _ = writeln!(out, "  {}", site.telling_frame_text());
+        }
+        for line in site.trace_lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+fn header(out: &mut String, report: &Report) {
+    let leaks = report.leaks();
+    let suspects = report.call_sites.iter().filter(|site| site.verdict == Verdict::Suspect).count();
+    let _ = write!(
+        out,
+        "leaktrace {} · {} processes · {} call sites · {} live",
+        duration(report.duration_s),
+        report.processes.len(),
+        report.call_sites.len(),
+        report.call_sites.iter().map(|site| site.live).sum::<u64>()
+    );
+    if let Some(events) = &report.events {
+        let _ = write!(out, " · {} events, {} lost", events.received, events.lost);
+        if events.socket_map_full > 0 {
+            let _ = write!(out, ", {} untracked (socket map full)", events.socket_map_full);
+        }
+    }
+    let _ = writeln!(out, " · {leaks} leak(s), {suspects} suspect");
+}
+
+fn direction(site: &CallSite) -> &'static str {
+    match site.direction {
+        crate::tracker::Direction::Connect => "connect",
+        crate::tracker::Direction::Accept => "accept",
+    }
+}
+
+/// Cuts text to `width` characters, marking the cut with `…`.
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut clipped: String = text.chars().take(width.saturating_sub(1)).collect();
+    clipped.push('…');
+    clipped
+}

@@ -1,0 +1,128 @@
+//! Golden tests: the JSON report and the text views of a fixed synthetic stream, compared with
+//! files under `report/golden/` (`UPDATE_GOLDEN=1` rewrites them after an intended change).
+use std::path::Path;
+
+use super::*;
+use crate::{
+    event::{ConnOpen, Event, EventBody, Owner, SocketId, StateChange},
+    tcp::TcpState,
+    tracker::{Filter, Inventory, Limits, ObservedOwner, ObservedSocket, Tracker},
+};
+
+const S: u64 = 1_000_000_000;
+const START: u64 = 500 * S;
+
+fn event(sk: u64, ts_ns: u64, body: EventBody) -> Event {
+    Event { ts_ns, cpu: 0, socket: SocketId { sk, birth_ns: START }, cookie: sk, body }
+}
+
+fn connect(sk: u64, ts_ns: u64, pid: u32, comm: &str, stack: &[u64], remote: &str, accept: bool) -> Event {
+    let open = ConnOpen {
+        owner: Owner { pid, tid: pid, process_start_ns: S, cgroup_id: 1, comm: comm.into() },
+        local: "127.0.0.1:0".parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        state: if accept { TcpState::Established } else { TcpState::SynSent },
+        stack: stack.to_vec(),
+        stack_error: None,
+    };
+    event(sk, ts_ns, if accept { EventBody::Accept(open) } else { EventBody::Connect(open) })
+}
+
+fn change(sk: u64, ts_ns: u64, old: TcpState, new: TcpState) -> Event {
+    let change = StateChange {
+        old_state: old,
+        new_state: new,
+        local: "127.0.0.1:40000".parse().unwrap(),
+        remote: "127.0.0.1:9000".parse().unwrap(),
+    };
+    event(sk, ts_ns, EventBody::State(change))
+}
+
+/// Three programs: one leaking, one churning, one server stuck in CLOSE_WAIT; and a
+/// connection born before start.
+fn scenario() -> Report {
+    let mut tracker = Tracker::new(Thresholds::default(), Limits::default(), Filter::default(), START);
+    tracker.seed(&Inventory {
+        ts_ns: START,
+        complete: true,
+        sockets: vec![ObservedSocket {
+            cookie: 1,
+            state: TcpState::Established,
+            local: "10.1.0.2:39000".parse().unwrap(),
+            remote: "10.1.0.3:5432".parse().unwrap(),
+            direction: None,
+            idle_ms: Some(1500),
+            owner: Some(ObservedOwner { pid: 300, start_ns: S, comm: "pgclient".into(), cgroup_id: 1 }),
+        }],
+    });
+    let mut sk = 0x1000;
+    for i in 0..100 {
+        let ts = START + i * S / 20;
+        sk += 1;
+        tracker.apply(&connect(sk, ts, 100, "grpcleak", &[0x4a1000, 0x4a2000, 0x401000], "127.0.0.1:9000", false));
+        tracker.apply(&change(sk, ts + 1000, TcpState::SynSent, TcpState::Established));
+        sk += 1;
+        tracker.apply(&connect(sk, ts, 200, "fixed", &[0x4b1000, 0x401000], "127.0.0.1:9000", false));
+        tracker.apply(&change(sk, ts + 1000, TcpState::SynSent, TcpState::Established));
+        tracker.apply(&change(sk, ts + 3_000_000, TcpState::Established, TcpState::FinWait1));
+        tracker.apply(&change(sk, ts + 3_100_000, TcpState::FinWait1, TcpState::FinWait2));
+        tracker.apply(&change(sk, ts + 3_200_000, TcpState::FinWait2, TcpState::Close));
+    }
+    for i in 0..2 {
+        sk += 1;
+        tracker.apply(&connect(sk, START + i * S, 400, "server", &[0x4c1000], "10.1.0.9:51000", true));
+        tracker.apply(&change(sk, START + i * S + 1000, TcpState::Established, TcpState::CloseWait));
+    }
+    let snapshot = tracker.snapshot(START + 15 * S);
+    let counters = KernelCounters { produced: 1206, received: 1206, ..KernelCounters::default() };
+    Report::new(&snapshot, Some(counters), tracker.thresholds(), &AddressesOnly)
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden").join(name);
+    if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert!(expected == actual, "{name} differs from {}:\n{actual}", path.display());
+}
+
+#[test]
+fn json_report_matches_the_contract() {
+    let report = scenario();
+    let json = serde_json::to_value(&report).unwrap();
+    // The contract's fields, by name and type.
+    assert_eq!(json["version"], 1);
+    assert!(json["duration_s"].is_f64());
+    assert!(json["events"]["received"].is_u64() && json["events"]["lost"].is_u64());
+    let sites = json["call_sites"].as_array().unwrap();
+    for site in sites {
+        for field in ["pid", "opened", "closed", "live", "close_wait"] {
+            assert!(site[field].is_u64(), "{field} in {site}");
+        }
+        assert!(site["comm"].is_string() && site["oldest_age_s"].is_f64());
+        assert!(["connect", "accept"].contains(&site["direction"].as_str().unwrap()));
+        assert!(["leak", "suspect", "churn", "ok"].contains(&site["verdict"].as_str().unwrap()));
+        for frame in site["frames"].as_array().unwrap() {
+            assert!(frame["address"].as_str().unwrap().starts_with("0x"));
+            for field in ["function", "file", "line", "module"] {
+                assert!(frame.get(field).is_some(), "{field} missing from {frame}");
+            }
+        }
+    }
+    let lives: Vec<u64> = sites.iter().map(|site| site["live"].as_u64().unwrap()).collect();
+    assert!(lives.windows(2).all(|pair| pair[0] >= pair[1]), "most live first: {lives:?}");
+    let verdicts: Vec<(&str, &str)> =
+        sites.iter().map(|site| (site["comm"].as_str().unwrap(), site["verdict"].as_str().unwrap())).collect();
+    assert_eq!(verdicts, [("grpcleak", "leak"), ("server", "leak"), ("pgclient", "ok"), ("fixed", "churn")]);
+    golden("report.json", &(serde_json::to_string_pretty(&report).unwrap() + "\n"));
+}
+
+#[test]
+fn table_and_final_report_read_as_expected() {
+    let report = scenario();
+    golden("table.txt", &table::render_table(&report, 20));
+    golden("final.txt", &table::render_final(&report, 20));
+    let two_rows = table::render_table(&report, 2);
+    assert!(two_rows.contains("... and 2 more call sites"), "{two_rows}");
+}

@@ -1,0 +1,297 @@
+//! Function names and file:line for stripped Go binaries, from `.gopclntab`.
+//!
+//! `go build -ldflags="-s -w"` drops `.symtab` and DWARF, which is all blazesym reads, but the
+//! Go runtime needs its own PC table (for tracebacks and the GC) so it survives stripping; Go
+//! profilers read it the same way. Supported layouts: Go 1.16-1.17 (magic `0xfffffffa`),
+//! 1.18-1.19 (`0xfffffff0`) and 1.20+ (`0xfffffff1`); the format is documented by Go's
+//! `runtime/symtab.go` and `debug/gosym`. No crate for it builds here and is kept up, hence
+//! this reader. It does not expand inlined calls (their tree lives outside the table).
+use std::fs::File;
+
+use memmap2::Mmap;
+use object::{Object, ObjectSection, ObjectSegment};
+
+/// One function's entry in a Go binary's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoLocation {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    Go116,
+    Go118,
+    Go120,
+}
+
+/// A Go binary's PC table, mapped from the pinned file.
+pub struct GoTable {
+    map: Mmap,
+    /// Where `.gopclntab` starts in the file, and its length.
+    table: std::ops::Range<usize>,
+    version: Version,
+    ptr_size: usize,
+    min_lc: u64,
+    nfunc: usize,
+    text_start: u64,
+    funcnametab: usize,
+    cutab: usize,
+    filetab: usize,
+    pctab: usize,
+    pclntab: usize,
+    /// `(virtual address, file offset, size)` of each loadable segment, to turn the file
+    /// offsets of a process's mapping into the addresses the table uses.
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl std::fmt::Debug for GoTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoTable").field("version", &self.version).field("nfunc", &self.nfunc).finish()
+    }
+}
+
+/// What a binary is, as far as Go symbolization cares.
+pub enum GoBinary {
+    /// Not Go, or Go with a symbol table blazesym reads better (DWARF gives inlined frames).
+    NotNeeded,
+    /// A Go binary without `.symtab`: its table is the only source of names.
+    Stripped(GoTable),
+}
+
+impl GoBinary {
+    /// Looks at `file` (an ELF) and reads its table if it is a stripped Go binary.
+    pub fn open(file: &File) -> Self {
+        // SAFETY: the file is pinned read-only; a binary rewritten in place while mapped would
+        // give wrong names, not unsoundness we act on (every read below is bounds-checked).
+        let Ok(map) = (unsafe { Mmap::map(file) }) else { return Self::NotNeeded };
+        match GoTable::parse(map) {
+            Some(table) => Self::Stripped(table),
+            None => Self::NotNeeded,
+        }
+    }
+}
+
+impl GoTable {
+    fn parse(map: Mmap) -> Option<Self> {
+        let (table, segments, text_section) = {
+            let elf = object::File::parse(&*map).ok()?;
+            if elf.section_by_name(".symtab").is_some() {
+                return None;
+            }
+            let table = match elf.section_by_name(".gopclntab").and_then(|section| section.file_range()) {
+                Some((offset, size)) => offset as usize..(offset + size) as usize,
+                // PIE and externally linked builds keep the table inside .data.rel.ro.
+                None => find_by_magic(&map)?,
+            };
+            let segments = elf
+                .segments()
+                .filter_map(|segment| {
+                    let (offset, size) = segment.file_range();
+                    (size > 0).then(|| (segment.address(), offset, size))
+                })
+                .collect::<Vec<_>>();
+            let text = elf.section_by_name(".text").map(|section| section.address());
+            (table, segments, text)
+        };
+        let data = map.get(table.clone())?;
+        let version = match read_u32(data, 0)? {
+            0xffff_fffa => Version::Go116,
+            0xffff_fff0 => Version::Go118,
+            0xffff_fff1 => Version::Go120,
+            _ => return None,
+        };
+        let min_lc = u64::from(*data.get(6)?);
+        let ptr_size = usize::from(*data.get(7)?);
+        if data.get(4..6)? != [0, 0] || !matches!(min_lc, 1 | 2 | 4) || !matches!(ptr_size, 4 | 8) {
+            return None;
+        }
+        let word = |index: usize| read_word(data, 8 + index * ptr_size, ptr_size);
+        let nfunc = usize::try_from(word(0)?).ok()?;
+        let (text_start, offsets_from) = match version {
+            Version::Go116 => (0, 2),
+            Version::Go118 | Version::Go120 => (word(2)?, 3),
+        };
+        // PIE binaries relocate textStart at load time; the file may hold 0 there.
+        let text_start = if text_start == 0 && version != Version::Go116 { text_section? } else { text_start };
+        let offset = |index: usize| word(offsets_from + index).and_then(|value| usize::try_from(value).ok());
+        let parsed = Self {
+            version,
+            ptr_size,
+            min_lc,
+            nfunc,
+            text_start,
+            funcnametab: offset(0)?,
+            cutab: offset(1)?,
+            filetab: offset(2)?,
+            pctab: offset(3)?,
+            pclntab: offset(4)?,
+            segments,
+            table,
+            map,
+        };
+        // The function table must fit: a wrong magic hit fails here.
+        parsed.functab_entry(nfunc)?;
+        Some(parsed)
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.map[self.table.clone()]
+    }
+
+    /// The virtual address a file offset of this binary is loaded at.
+    pub fn file_offset_to_address(&self, file_offset: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(_, offset, size)| (*offset..offset + size).contains(&file_offset))
+            .map(|(address, offset, _)| address + (file_offset - offset))
+    }
+
+    /// `(entry pc, offset of its _func)` of function `index` (`index == nfunc` is the end).
+    fn functab_entry(&self, index: usize) -> Option<(u64, usize)> {
+        let data = self.data();
+        match self.version {
+            Version::Go116 => {
+                let at = self.pclntab + index * 2 * self.ptr_size;
+                let entry = read_word(data, at, self.ptr_size)?;
+                let func = read_word(data, at + self.ptr_size, self.ptr_size)?;
+                Some((entry, usize::try_from(func).ok()?))
+            }
+            Version::Go118 | Version::Go120 => {
+                let at = self.pclntab + index * 8;
+                let entry = u64::from(read_u32(data, at)?);
+                let func = read_u32(data, at + 4)? as usize;
+                Some((self.text_start + entry, func))
+            }
+        }
+    }
+
+    /// The function, file and line of virtual address `address`.
+    pub fn lookup(&self, address: u64) -> Option<GoLocation> {
+        let (first, _) = self.functab_entry(0)?;
+        let (end, _) = self.functab_entry(self.nfunc)?;
+        if address < first || address >= end {
+            return None;
+        }
+        // The last function whose entry is <= address.
+        let (mut low, mut high) = (0usize, self.nfunc);
+        while high - low > 1 {
+            let middle = (low + high) / 2;
+            if self.functab_entry(middle)?.0 <= address {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        let (entry, func) = self.functab_entry(low)?;
+        let func = self.pclntab + func;
+        let data = self.data();
+        // Field offsets in runtime._func: the 1.16 layout starts with a pointer-sized entry.
+        let base = match self.version {
+            Version::Go116 => func + self.ptr_size,
+            Version::Go118 | Version::Go120 => func + 4,
+        };
+        let name_offset = read_u32(data, base)? as usize;
+        let pcfile = read_u32(data, base + 16)?;
+        let pcln = read_u32(data, base + 20)?;
+        let cu_offset = read_u32(data, base + 28)? as usize;
+        let function = c_string(data, self.funcnametab + name_offset)?;
+        let line = self.pc_value(pcln, entry, address).and_then(|line| u32::try_from(line).ok());
+        let file = self.pc_value(pcfile, entry, address).and_then(|file_index| {
+            let file_index = usize::try_from(file_index).ok()?;
+            let file_offset = read_u32(data, self.cutab + (cu_offset + file_index) * 4)?;
+            (file_offset != u32::MAX).then_some(())?;
+            c_string(data, self.filetab + file_offset as usize)
+        });
+        Some(GoLocation { function, file, line })
+    }
+
+    /// Runs the PC-value table at `offset` from `entry` up to `target` (runtime.pcvalue).
+    fn pc_value(&self, offset: u32, entry: u64, target: u64) -> Option<i64> {
+        if offset == 0 {
+            return None;
+        }
+        let data = self.data();
+        let mut at = self.pctab + offset as usize;
+        let (mut pc, mut value, mut first) = (entry, -1i64, true);
+        loop {
+            let value_delta = read_uvarint(data, &mut at)?;
+            if value_delta == 0 && !first {
+                return None;
+            }
+            first = false;
+            // Zig-zag: the low bit is the sign.
+            let delta = if value_delta & 1 != 0 { !(value_delta >> 1) as i64 } else { (value_delta >> 1) as i64 };
+            value = value.wrapping_add(delta);
+            pc += read_uvarint(data, &mut at)? * self.min_lc;
+            if target < pc {
+                return Some(value);
+            }
+        }
+    }
+}
+
+/// Finds a pcHeader by its magic where the table has no section of its own.
+fn find_by_magic(map: &[u8]) -> Option<std::ops::Range<usize>> {
+    const MAGICS: [[u8; 4]; 3] = [[0xf1, 0xff, 0xff, 0xff], [0xf0, 0xff, 0xff, 0xff], [0xfa, 0xff, 0xff, 0xff]];
+    map.windows(8).position(|window| {
+        MAGICS.iter().any(|magic| window[..4] == *magic)
+            && window[4..6] == [0, 0]
+            && matches!(window[6], 1 | 2 | 4)
+            && matches!(window[7], 4 | 8)
+    })
+    .map(|start| start..map.len())
+}
+
+fn read_u32(data: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn read_word(data: &[u8], at: usize, ptr_size: usize) -> Option<u64> {
+    match ptr_size {
+        4 => read_u32(data, at).map(u64::from),
+        _ => Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?)),
+    }
+}
+
+fn read_uvarint(data: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *data.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+fn c_string(data: &[u8], at: usize) -> Option<String> {
+    let bytes = data.get(at..)?;
+    let end = bytes.iter().position(|&byte| byte == 0)?;
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uvarints_decode_like_go() {
+        let data = [0x05, 0xac, 0x02, 0xff, 0xff, 0x03];
+        let mut at = 0;
+        assert_eq!(read_uvarint(&data, &mut at), Some(5));
+        assert_eq!(read_uvarint(&data, &mut at), Some(300));
+        assert_eq!(read_uvarint(&data, &mut at), Some(0xffff));
+        assert_eq!(at, data.len());
+        assert_eq!(read_uvarint(&[0x80], &mut 0), None);
+    }
+
+    #[test]
+    fn c_strings_end_at_nul() {
+        assert_eq!(c_string(b"main.main\0net.Dial\0", 10).as_deref(), Some("net.Dial"));
+        assert_eq!(c_string(b"unterminated", 0), None);
+    }
+}

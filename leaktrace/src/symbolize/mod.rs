@@ -1,0 +1,282 @@
+//! Symbolized call sites (issue 4): the raw user stacks the kernel takes at connect/accept,
+//! turned into frames people read (function, file, line, module, inlined calls), for native,
+//! Rust, Go (stripped too), JIT and containerised programs, and for processes that have exited.
+//!
+//! - [`Symbolizer`]: the handle the event loop and the views share. [`Symbolizer::note_process`]
+//!   is called at every open event and costs a hash lookup; a capture thread then records the
+//!   process's mappings and pins its files ([`capture`]). [`Symbolizer::symbolize`] resolves
+//!   stacks on the symbolizer thread that owns blazesym ([`engine`]), each distinct stack once.
+//! - [`Frame`], [`SymbolizedStack`]: what the JSON report and the text views show; the text form
+//!   lives in [`format`], the choice of the most telling frame in [`telling`], the truncation
+//!   mark in [`truncation`].
+//! - Sources: blazesym (ELF symbols, DWARF), `.gopclntab` for stripped Go ([`gopclntab`]), perf
+//!   maps for JIT code ([`perfmap`]).
+pub mod capture;
+mod engine;
+pub mod format;
+pub mod gopclntab;
+pub mod perfmap;
+pub mod telling;
+pub mod truncation;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use capture::{CaptureError, ProcessKey, Registry, Slot, SlotState};
+
+/// How many processes' captures are kept (oldest forgotten first).
+const MAX_PROCESSES: usize = 16_384;
+
+/// One frame of a user stack, as the JSON report shows it (design contract: function, file,
+/// line, module, address as "0x..." hex string).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The address the kernel recorded (a return address for every frame but the first).
+    #[serde(with = "crate::event::hex_u64")]
+    pub address: u64,
+    /// Demangled function name.
+    pub function: Option<String>,
+    /// Source file, as the debug information (or Go's table) names it: usually a full path.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The mapped file (as the process sees its path), `[vdso]`, `[anon]` (JIT code without a
+    /// perf map), the perf map's path for JIT code it names, or null (in no mapping).
+    pub module: Option<String>,
+    /// An inlined call: listed before the frame it was inlined into, same address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+/// A stack's frames, innermost first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SymbolizedStack {
+    pub frames: Vec<Frame>,
+    /// Index in `frames` of the most telling frame: the first that belongs to the application
+    /// rather than to a runtime, standard library or libc (issue item 6).
+    pub telling_frame: Option<usize>,
+    /// The frame-pointer walk is known to have stopped short of the thread's root (issue item 7).
+    pub truncated: bool,
+}
+
+impl SymbolizedStack {
+    /// A stack nothing could be said about: its addresses alone.
+    pub fn addresses_only(stack: &[u64]) -> Self {
+        let frames = stack
+            .iter()
+            .map(|&address| Frame { address, function: None, file: None, line: None, module: None, inlined: false })
+            .collect();
+        Self { frames, telling_frame: None, truncated: false }
+    }
+
+    /// The most telling frame, if one was chosen.
+    pub fn telling(&self) -> Option<&Frame> {
+        self.frames.get(self.telling_frame?)
+    }
+}
+
+/// A stack to symbolize: the owner's (pid, start time) from [`crate::event::Owner`] and the raw
+/// stack from [`crate::event::ConnOpen::stack`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StackRequest {
+    pub pid: u32,
+    pub process_start_ns: u64,
+    pub stack: Vec<u64>,
+}
+
+/// What symbolization has cost so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SymbolizerStats {
+    /// Distinct processes noted, and how many of them were captured / could not be.
+    pub processes_noted: u64,
+    pub processes_captured: u64,
+    /// Gone before the capture thread reached them (or pid reused).
+    pub processes_missed: u64,
+    /// Stacks asked for that were already symbolized.
+    pub stack_cache_hits: u64,
+    /// Distinct stacks symbolized.
+    pub stacks_symbolized: u64,
+    /// Per-address (file, offset) cache, shared across processes mapping the same binary.
+    pub address_cache_hits: u64,
+    pub address_cache_misses: u64,
+    /// Time spent symbolizing the distinct stacks (cache misses).
+    pub symbolize_time: Duration,
+}
+
+impl SymbolizerStats {
+    /// Share of stack requests answered from the cache.
+    pub fn stack_hit_rate(&self) -> f64 {
+        let total = self.stack_cache_hits + self.stacks_symbolized;
+        if total == 0 { 0.0 } else { self.stack_cache_hits as f64 / total as f64 }
+    }
+
+    /// Distinct stacks symbolized per second of symbolizing.
+    pub fn stacks_per_second(&self) -> f64 {
+        let seconds = self.symbolize_time.as_secs_f64();
+        if seconds == 0.0 { 0.0 } else { self.stacks_symbolized as f64 / seconds }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    processes_noted: AtomicU64,
+    processes_captured: AtomicU64,
+    processes_missed: AtomicU64,
+    stack_cache_hits: AtomicU64,
+    stacks_symbolized: AtomicU64,
+    address_cache_hits: AtomicU64,
+    address_cache_misses: AtomicU64,
+    symbolize_ns: AtomicU64,
+}
+
+impl Counters {
+    fn count_capture(&self, key: ProcessKey, outcome: &Result<(), CaptureError>) {
+        match outcome {
+            Ok(()) => self.processes_captured.fetch_add(1, Ordering::Relaxed),
+            Err(err) => {
+                log::debug!("no symbols for pid {} (started at {} ns): {err}", key.pid, key.start_ns);
+                self.processes_missed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// State both threads and every handle share.
+struct Shared {
+    registry: Registry,
+    counters: Counters,
+}
+
+enum CaptureMessage {
+    Capture(ProcessKey, Arc<Slot>),
+    /// Answered once every capture queued before it is done.
+    Flush(mpsc::Sender<()>),
+}
+
+struct SymbolizeMessage {
+    requests: Vec<StackRequest>,
+    reply: mpsc::Sender<Vec<SymbolizedStack>>,
+}
+
+/// Owns the blazesym Symbolizer on its own thread (it is !Send); cheap to clone, Send + Sync.
+/// The threads end when the last handle is dropped.
+#[derive(Clone)]
+pub struct Symbolizer {
+    shared: Arc<Shared>,
+    captures: mpsc::Sender<CaptureMessage>,
+    requests: mpsc::Sender<SymbolizeMessage>,
+}
+
+impl Symbolizer {
+    /// Starts the capture and symbolizer threads.
+    pub fn spawn() -> Self {
+        let shared = Arc::new(Shared { registry: Registry::new(MAX_PROCESSES), counters: Counters::default() });
+        let (captures, capture_rx) = mpsc::channel::<CaptureMessage>();
+        let (requests, request_rx) = mpsc::channel::<SymbolizeMessage>();
+        let capturer = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("leaktrace-capture".into())
+            .spawn(move || {
+                for message in capture_rx {
+                    match message {
+                        CaptureMessage::Capture(key, slot) => {
+                            if let (_, Some(outcome)) = capturer.registry.fill(key, &slot) {
+                                capturer.counters.count_capture(key, &outcome);
+                            }
+                        }
+                        CaptureMessage::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .expect("starting the symbolizer's capture thread: the system is out of threads");
+        let engine_shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("leaktrace-symbolize".into())
+            .spawn(move || {
+                let mut engine = engine::Engine::new(engine_shared);
+                for message in request_rx {
+                    let _ = message.reply.send(engine.symbolize(&message.requests));
+                }
+            })
+            .expect("starting the symbolizer thread: the system is out of threads");
+        Self { shared, captures, requests }
+    }
+
+    /// Called by the event loop at every open event (must return in microseconds: it will be
+    /// called at 50k connections/s); at the first sight of a process (pid, process_start_ns)
+    /// queue the capture of what symbolizing it later needs (mappings, pinned files), so stacks
+    /// still symbolize after it exits.
+    pub fn note_process(&self, pid: u32, process_start_ns: u64) {
+        let key = ProcessKey { pid, start_ns: process_start_ns };
+        if let SlotState::New(slot) = self.shared.registry.slot(key) {
+            self.shared.counters.processes_noted.fetch_add(1, Ordering::Relaxed);
+            let _ = self.captures.send(CaptureMessage::Capture(key, slot));
+        }
+    }
+
+    /// Waits until every process noted so far has been captured (or found gone). For tests and
+    /// for a final report that must not race the capture thread.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.captures.send(CaptureMessage::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Symbolize stacks (cached per distinct (process, stack)); blocking, called by the views
+    /// once per refresh for the call sites they show. Answers in the order asked.
+    pub fn symbolize(&self, requests: Vec<StackRequest>) -> Vec<SymbolizedStack> {
+        let (reply, answer) = mpsc::channel();
+        let fallback: Vec<SymbolizedStack> =
+            requests.iter().map(|request| SymbolizedStack::addresses_only(&request.stack)).collect();
+        if self.requests.send(SymbolizeMessage { requests, reply }).is_err() {
+            log::error!("the symbolizer thread has stopped; showing raw addresses");
+            return fallback;
+        }
+        answer.recv().unwrap_or_else(|_| {
+            log::error!("the symbolizer thread panicked; showing raw addresses");
+            fallback
+        })
+    }
+
+    pub fn stats(&self) -> SymbolizerStats {
+        let counters = &self.shared.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        SymbolizerStats {
+            processes_noted: load(&counters.processes_noted),
+            processes_captured: load(&counters.processes_captured),
+            processes_missed: load(&counters.processes_missed),
+            stack_cache_hits: load(&counters.stack_cache_hits),
+            stacks_symbolized: load(&counters.stacks_symbolized),
+            address_cache_hits: load(&counters.address_cache_hits),
+            address_cache_misses: load(&counters.address_cache_misses),
+            symbolize_time: Duration::from_nanos(load(&counters.symbolize_ns)),
+        }
+    }
+}
+
+impl Symbolizer {
+    /// The executable of a process noted earlier, as it saw the path at its capture (`None` if
+    /// it was never noted, not captured yet, or gone before its capture).
+    pub fn executable(&self, pid: u32, process_start_ns: u64) -> Option<String> {
+        let key = ProcessKey { pid, start_ns: process_start_ns };
+        match self.shared.registry.slot(key) {
+            SlotState::Known(slot) => slot.get().cloned().flatten()?.exe.clone(),
+            // Not noted before: the lookup just made an empty slot; fill it like a first sight.
+            SlotState::New(slot) => {
+                let _ = self.captures.send(CaptureMessage::Capture(key, slot));
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! A call site: the process, the direction and the user stack that opened connections, with
+//! everything counted about them (opens, closes, failures, lifetimes, destinations, the trend).
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::{ProcessKey, window::RateWindow};
+
+/// Which end opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Connect,
+    Accept,
+}
+
+/// What makes two connections the same call site.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    pub process: ProcessKey,
+    pub direction: Direction,
+    /// The user stack at connect/accept, innermost first. Empty for connections born before
+    /// tracing started (no stack was ever seen: none is made up).
+    pub stack: Arc<[u64]>,
+    pub born_before_start: bool,
+}
+
+/// Most distinct destinations kept per call site; the rest are summed as "other".
+const MAX_DESTINATIONS: usize = 32;
+
+pub struct Site {
+    pub key: SiteKey,
+    /// The errno of a failed stack capture, if that is why `stack` is empty.
+    pub stack_error: Option<i32>,
+    pub first_seen_ns: u64,
+    pub last_event_ns: u64,
+    pub opened: u64,
+    pub closed: u64,
+    /// Connects that never reached ESTABLISHED (refused, timed out, reset).
+    pub failed: u64,
+    pub live: u64,
+    pub close_wait: u64,
+    /// Distinct seconds in which connections were opened here, and the last of them: a
+    /// trend spread over time, unlike a pool opened in one burst.
+    pub open_seconds: u32,
+    last_open_second: Option<u64>,
+    pub last_open_ns: u64,
+    /// Lifetimes of the closed connections, in microseconds (allocated at the first close).
+    lifetimes_us: Option<Box<Histogram<u32>>>,
+    pub window: RateWindow,
+    destinations: HashMap<SocketAddr, Destination>,
+    other_destinations: Destination,
+}
+
+/// Connections to (connect) or from (accept) one peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Destination {
+    pub opened: u64,
+    pub live: u64,
+}
+
+/// Percentiles of a call site's closed connections' lifetimes, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Lifetimes {
+    pub count: u64,
+    pub p50_s: f64,
+    pub p90_s: f64,
+    pub p99_s: f64,
+    pub max_s: f64,
+}
+
+impl Site {
+    pub fn new(key: SiteKey, stack_error: Option<i32>, now_ns: u64, window_secs: u64) -> Self {
+        Self {
+            key,
+            stack_error,
+            first_seen_ns: now_ns,
+            last_event_ns: now_ns,
+            opened: 0,
+            closed: 0,
+            failed: 0,
+            live: 0,
+            close_wait: 0,
+            open_seconds: 0,
+            last_open_second: None,
+            last_open_ns: now_ns,
+            lifetimes_us: None,
+            window: RateWindow::new(window_secs),
+            destinations: HashMap::new(),
+            other_destinations: Destination::default(),
+        }
+    }
+
+    /// The peer a connection is grouped under: the remote address and port for a connect; the
+    /// remote address alone for an accept (client ports are ephemeral).
+    pub fn peer_key(&self, remote: SocketAddr) -> SocketAddr {
+        match self.key.direction {
+            Direction::Connect => remote,
+            Direction::Accept => SocketAddr::new(remote.ip(), 0),
+        }
+    }
+
+    fn destination(&mut self, peer: SocketAddr) -> &mut Destination {
+        if self.destinations.len() >= MAX_DESTINATIONS && !self.destinations.contains_key(&peer) {
+            return &mut self.other_destinations;
+        }
+        self.destinations.entry(peer).or_default()
+    }
+
+    /// A connection opened (or seeded) here.
+    pub fn open(&mut self, ts_ns: u64, remote: SocketAddr, counts_as_open: bool) {
+        self.last_event_ns = self.last_event_ns.max(ts_ns);
+        self.live += 1;
+        let peer = self.peer_key(remote);
+        let destination = self.destination(peer);
+        destination.live += 1;
+        if counts_as_open {
+            destination.opened += 1;
+            self.opened += 1;
+            self.window.record_open(ts_ns);
+            let second = ts_ns / 1_000_000_000;
+            if self.last_open_second != Some(second) {
+                self.last_open_second = Some(second);
+                self.open_seconds += 1;
+            }
+            self.last_open_ns = self.last_open_ns.max(ts_ns);
+        }
+    }
+
+    /// A connection of this site ended. `lifetime_ns` is `None` when it is not known (born
+    /// before start, or a close inferred from the socket's absence).
+    pub fn close(&mut self, ts_ns: u64, remote: SocketAddr, established: bool, lifetime_ns: Option<u64>) {
+        self.last_event_ns = self.last_event_ns.max(ts_ns);
+        self.live = self.live.saturating_sub(1);
+        let peer = self.peer_key(remote);
+        let destination = match self.destinations.get_mut(&peer) {
+            Some(destination) => destination,
+            None => &mut self.other_destinations,
+        };
+        destination.live = destination.live.saturating_sub(1);
+        if established {
+            self.closed += 1;
+        } else {
+            self.failed += 1;
+        }
+        if !self.key.born_before_start {
+            self.window.record_close(ts_ns);
+        }
+        if let (true, Some(lifetime_ns)) = (established, lifetime_ns) {
+            let histogram = self.lifetimes_us.get_or_insert_with(|| {
+                // 1 us .. 1 day at 2 significant digits; counts saturate at u32::MAX.
+                Box::new(Histogram::new_with_bounds(1, 86_400_000_000, 2).expect("valid histogram bounds"))
+            });
+            histogram.saturating_record((lifetime_ns / 1000).max(1));
+        }
+    }
+
+    pub fn lifetimes(&self) -> Option<Lifetimes> {
+        let histogram = self.lifetimes_us.as_deref()?;
+        let seconds = |us: u64| us as f64 / 1e6;
+        Some(Lifetimes {
+            count: histogram.len(),
+            p50_s: seconds(histogram.value_at_quantile(0.5)),
+            p90_s: seconds(histogram.value_at_quantile(0.9)),
+            p99_s: seconds(histogram.value_at_quantile(0.99)),
+            max_s: seconds(histogram.max()),
+        })
+    }
+
+    /// The busiest peers: most live first, then most opened.
+    pub fn top_destinations(&self, n: usize) -> Vec<(Option<SocketAddr>, Destination)> {
+        let mut all: Vec<(Option<SocketAddr>, Destination)> =
+            self.destinations.iter().map(|(addr, dest)| (Some(*addr), *dest)).collect();
+        if self.other_destinations.opened > 0 || self.other_destinations.live > 0 {
+            all.push((None, self.other_destinations));
+        }
+        all.sort_by(|a, b| (b.1.live, b.1.opened, a.0).cmp(&(a.1.live, a.1.opened, b.0)));
+        all.truncate(n);
+        all
+    }
+}
