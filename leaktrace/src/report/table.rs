@@ -9,8 +9,8 @@ use crate::tracker::{Verdict, verdict::duration};
 /// Widest a call site's frame is shown in the table.
 const FRAME_WIDTH: usize = 44;
 
-/// The table: a header line, one row per call site (at most `max_rows`), then the reasons of
-/// every leak and suspect shown.
+/// The table: a header line, one row per call site (at most `max_rows`), then the deciding
+/// reason of every leak and suspect shown.
 pub fn render_table(report: &Report, max_rows: usize) -> String {
     let mut out = String::new();
     header(&mut out, report);
@@ -59,7 +59,8 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
     if !notable.is_empty() {
         out.push('\n');
         for site in notable {
-            for finding in &site.findings {
+            // The deciding reason only; the final report lists them all.
+            if let Some(finding) = site.findings.first() {
                 let _ = writeln!(
                     out,
                     "{:<7} pid {} {} {}: {}",

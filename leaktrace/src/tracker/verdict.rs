@@ -142,6 +142,10 @@ impl Rule for GrowingInconclusive {
     fn check(&self, facts: &SiteFacts, t: &Thresholds) -> Option<Finding> {
         let w = &facts.window;
         let growth = w.opened.saturating_sub(w.closed);
+        // A trend the leak rules already call a leak is not "inconclusive".
+        if Growing.check(facts, t).is_some() || NeverClosed.check(facts, t).is_some() {
+            return None;
+        }
         (growth >= t.suspect_growth && w.rising_seconds >= 2 && w.closed * 2 <= w.opened && facts.unclosed > 0).then(|| Finding {
             verdict: Verdict::Suspect,
             rule: "growing_slowly",
@@ -360,7 +364,7 @@ mod tests {
         let (verdict, findings) = judge(&facts, &Thresholds::default());
         assert_eq!(verdict, Verdict::Leak);
         let rules: Vec<_> = findings.iter().map(|f| f.rule).collect();
-        assert_eq!(rules, ["growing", "never_closed", "close_wait", "growing_slowly", "idle"]);
+        assert_eq!(rules, ["growing", "never_closed", "close_wait", "idle"]);
     }
 
     #[test]
