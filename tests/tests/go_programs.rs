@@ -57,7 +57,11 @@ fn leak_holds_one_connection_per_message_and_so_does_the_server() {
 #[test]
 fn churn_closes_every_connection_it_dials() {
     let (server, client) = after_messages(ClientMode::Churn);
-    assert_eq!(established_to(client.pid(), server.port()), 0, "client: {}", client.process.stderr());
+    // grpc-go closes gracefully: when the health check's stream is still being retired as
+    // Close() returns, the socket closes a moment later, on grpc's reader goroutine. So the
+    // last message's connection may still be open at "handled 20", and then goes.
+    let client_holds = settles_at(0, || established_to(client.pid(), server.port()));
+    assert_eq!(client_holds, 0, "client: {}", client.process.stderr());
     // The server closes its side once the client's FIN arrives.
     assert_eq!(settles_at(0, || established_on(server.pid(), server.port())), 0);
 }

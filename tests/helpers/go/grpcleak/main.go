@@ -165,7 +165,9 @@ func handleMessage(c *consumer) error {
 		// The right design: every message reuses the connection dialed at start.
 		return c.shared.call()
 	case modeChurn:
-		// The fix: a connection per message, closed after use (churn, not a leak).
+		// The fix: a connection per message, closed after use (churn, not a leak). grpc-go
+		// closes gracefully: if the call's stream is still being retired when Close returns,
+		// the socket is closed a moment later by grpc's reader goroutine.
 		conn, err := dialBackend(c.mode, c.target)
 		if err != nil {
 			return err
