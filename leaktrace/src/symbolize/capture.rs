@@ -59,7 +59,10 @@ impl PinnedFile {
 #[derive(Clone, Debug)]
 pub enum Region {
     /// A file: `path` as the process sees it (its module name), `file` pinned when it could be.
-    File { path: String, file: Option<Arc<PinnedFile>> },
+    File {
+        path: String,
+        file: Option<Arc<PinnedFile>>,
+    },
     /// The kernel's vDSO.
     Vdso,
     /// Anonymous executable memory (JIT code), or a pseudo-path such as `[anon:...]`.
@@ -94,14 +97,19 @@ pub struct ProcessImage {
 impl ProcessImage {
     /// The mapping that holds `address`.
     pub fn mapping_at(&self, address: u64) -> Option<&Mapping> {
-        let index = self.mappings.partition_point(|mapping| mapping.start <= address);
+        let index = self
+            .mappings
+            .partition_point(|mapping| mapping.start <= address);
         let mapping = self.mappings.get(index.checked_sub(1)?)?;
         (address < mapping.end).then_some(mapping)
     }
 
     /// Where this process's perf map lives, seen from the host (through its root).
     pub fn perf_map_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root/tmp/perf-{}.map", self.key.pid, self.namespaced_pid))
+        PathBuf::from(format!(
+            "/proc/{}/root/tmp/perf-{}.map",
+            self.key.pid, self.namespaced_pid
+        ))
     }
 }
 
@@ -113,7 +121,11 @@ pub enum CaptureError {
     #[error(
         "pid {pid} now belongs to another process (started at {found_ns} ns, not {expected_ns} ns)"
     )]
-    PidReused { pid: u32, expected_ns: u64, found_ns: u64 },
+    PidReused {
+        pid: u32,
+        expected_ns: u64,
+        found_ns: u64,
+    },
     #[error("reading /proc/{pid}/{what}: {source}")]
     Proc {
         pid: u32,
@@ -130,9 +142,21 @@ pub struct Pins {
 }
 
 impl Pins {
-    fn pin(&self, pid: u32, mapping: &procfs_core::process::MemoryMap, path: &str) -> Option<Arc<PinnedFile>> {
-        let id = FileId { major: mapping.dev.0, minor: mapping.dev.1, inode: mapping.inode };
-        let mut files = self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn pin(
+        &self,
+        pid: u32,
+        mapping: &procfs_core::process::MemoryMap,
+        path: &str,
+    ) -> Option<Arc<PinnedFile>> {
+        let id = FileId {
+            major: mapping.dev.0,
+            minor: mapping.dev.1,
+            inode: mapping.inode,
+        };
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(pinned) = files.get(&id).and_then(Weak::upgrade) {
             return Some(pinned);
         }
@@ -152,20 +176,32 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
     let pid = key.pid;
     let proc_error = |what: &'static str| {
         move |err: std::io::Error| {
-            if err.kind() == std::io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH) {
+            if err.kind() == std::io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
+            {
                 CaptureError::Gone { pid }
             } else {
-                CaptureError::Proc { pid, what, source: err.into() }
+                CaptureError::Proc {
+                    pid,
+                    what,
+                    source: err.into(),
+                }
             }
         }
     };
     let stat = File::open(format!("/proc/{pid}/stat")).map_err(proc_error("stat"))?;
-    let stat = Stat::from_read(stat).map_err(|err| CaptureError::Proc { pid, what: "stat", source: err.into() })?;
+    let stat = Stat::from_read(stat).map_err(|err| CaptureError::Proc {
+        pid,
+        what: "stat",
+        source: err.into(),
+    })?;
     check_start_time(key, stat.starttime)?;
 
     let maps = std::fs::read(format!("/proc/{pid}/maps")).map_err(proc_error("maps"))?;
-    let maps = MemoryMaps::from_buf_read(&maps[..])
-        .map_err(|err| CaptureError::Proc { pid, what: "maps", source: err.into() })?;
+    let maps = MemoryMaps::from_buf_read(&maps[..]).map_err(|err| CaptureError::Proc {
+        pid,
+        what: "maps",
+        source: err.into(),
+    })?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .map(|path| strip_deleted(&path.to_string_lossy()).to_string());
@@ -190,10 +226,21 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
             MMapPath::Vdso => Region::Vdso,
             _ => Region::Anonymous,
         };
-        mappings.push(Mapping { start: mapping.address.0, end: mapping.address.1, offset: mapping.offset, region });
+        mappings.push(Mapping {
+            start: mapping.address.0,
+            end: mapping.address.1,
+            offset: mapping.offset,
+            region,
+        });
     }
     mappings.sort_by_key(|mapping| mapping.start);
-    let mut image = ProcessImage { key, mappings, exe, namespaced_pid, perf_map: None };
+    let mut image = ProcessImage {
+        key,
+        mappings,
+        exe,
+        namespaced_pid,
+        perf_map: None,
+    };
     image.perf_map = File::open(image.perf_map_path()).ok();
     Ok(image)
 }
@@ -207,21 +254,34 @@ fn strip_deleted(path: &str) -> &str {
 /// A mismatch beyond two ticks means the pid was reused.
 fn check_start_time(key: ProcessKey, start_ticks: u64) -> Result<(), CaptureError> {
     // SAFETY: sysconf has no preconditions.
-    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
-    let suspended_ns = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
-    let found_ns = (start_ticks.saturating_mul(1_000_000_000) / ticks_per_s).saturating_sub(suspended_ns);
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    let suspended_ns =
+        clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+    let found_ns =
+        (start_ticks.saturating_mul(1_000_000_000) / ticks_per_s).saturating_sub(suspended_ns);
     let tolerance_ns = 2 * 1_000_000_000 / ticks_per_s + 1_000_000;
     if found_ns.abs_diff(key.start_ns) > tolerance_ns {
-        return Err(CaptureError::PidReused { pid: key.pid, expected_ns: key.start_ns, found_ns });
+        return Err(CaptureError::PidReused {
+            pid: key.pid,
+            expected_ns: key.start_ns,
+            found_ns,
+        });
     }
     Ok(())
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `now` is a valid timespec for clock_gettime to fill.
     unsafe { libc::clock_gettime(clock, &mut now) };
-    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 /// A process's start time as the kernel events give it (CLOCK_MONOTONIC ns), read from
@@ -229,8 +289,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 pub fn process_start_ns(pid: u32) -> Option<u64> {
     let stat = Stat::from_read(File::open(format!("/proc/{pid}/stat")).ok()?).ok()?;
     // SAFETY: sysconf has no preconditions.
-    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?.max(1);
-    let suspended_ns = clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    let suspended_ns =
+        clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
     Some((stat.starttime.saturating_mul(1_000_000_000) / ticks_per_s).saturating_sub(suspended_ns))
 }
 
@@ -260,7 +323,10 @@ pub enum SlotState {
 impl Registry {
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(RegistryInner { slots: HashMap::new(), order: VecDeque::new() }),
+            inner: Mutex::new(RegistryInner {
+                slots: HashMap::new(),
+                order: VecDeque::new(),
+            }),
             pins: Pins::default(),
             capacity: capacity.max(1),
         }
@@ -268,7 +334,10 @@ impl Registry {
 
     /// The slot for `key`, created empty when the process was never seen.
     pub fn slot(&self, key: ProcessKey) -> SlotState {
-        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(slot) = inner.slots.get(&key) {
             return SlotState::Known(Arc::clone(slot));
         }
@@ -283,10 +352,30 @@ impl Registry {
         SlotState::New(slot)
     }
 
+    /// Captures `key` again (a process that exec'd or loaded a library since its first capture)
+    /// and keeps the new capture if the process is still there.
+    pub fn recapture(&self, key: ProcessKey) -> Option<Arc<ProcessImage>> {
+        let image = Arc::new(capture(key, &self.pins).ok()?);
+        let slot = Arc::new(Slot::new());
+        let _ = slot.set(Some(Arc::clone(&image)));
+        let mut inner = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if inner.slots.insert(key, slot).is_none() {
+            inner.order.push_back(key);
+        }
+        Some(image)
+    }
+
     /// Fills `slot` by capturing `key` now, unless it is filled already (or being filled, in
     /// which case this waits for it). Returns the image and, when this call did the capture, its
     /// outcome.
-    pub fn fill(&self, key: ProcessKey, slot: &Slot) -> (Option<Arc<ProcessImage>>, Option<Result<(), CaptureError>>) {
+    pub fn fill(
+        &self,
+        key: ProcessKey,
+        slot: &Slot,
+    ) -> (Option<Arc<ProcessImage>>, Option<Result<(), CaptureError>>) {
         let mut outcome = None;
         let image = slot.get_or_init(|| match capture(key, &self.pins) {
             Ok(image) => {

@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     fs::File,
     sync::{Arc, atomic::Ordering},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use blazesym::symbolize::{self as blaze, Input, Symbolized};
@@ -20,13 +20,16 @@ use super::{
     capture::{FileId, PinnedFile, ProcessImage, ProcessKey, Region, SlotState},
     gopclntab::GoBinary,
     perfmap::PerfMap,
-    telling, truncation,
+    recover, telling, truncation,
 };
 
 /// Cache bounds: past them a cache is emptied and refilled (distinct stacks are few in
 /// practice; these only stop a pathological stream from growing memory without end).
 const MAX_CACHED_STACKS: usize = 1 << 16;
 const MAX_CACHED_SITES: usize = 1 << 20;
+const MAX_PERF_MAPS: usize = 1 << 12;
+/// How often a live process whose stacks fall outside its captured mappings is captured again.
+const RECAPTURE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What one resolved address says, before the module and address are attached.
 #[derive(Clone, Debug, Default)]
@@ -46,6 +49,8 @@ pub(super) struct Engine {
     go: HashMap<FileId, GoBinary>,
     /// Perf maps by process: the file (pinned at capture, or opened later) and its last parse.
     perf_maps: HashMap<ProcessKey, (Option<File>, PerfMap)>,
+    /// When each process was last captured again (see `needs_recapture`).
+    recaptured: HashMap<ProcessKey, Instant>,
 }
 
 impl Engine {
@@ -63,40 +68,113 @@ impl Engine {
             sites: HashMap::new(),
             go: HashMap::new(),
             perf_maps: HashMap::new(),
+            recaptured: HashMap::new(),
         }
     }
 
     pub fn symbolize(&mut self, requests: &[StackRequest]) -> Vec<SymbolizedStack> {
-        requests.iter().map(|request| self.symbolize_stack(request)).collect()
+        requests
+            .iter()
+            .map(|request| self.symbolize_stack(request))
+            .collect()
     }
 
     fn symbolize_stack(&mut self, request: &StackRequest) -> SymbolizedStack {
-        let key = ProcessKey { pid: request.pid, start_ns: request.process_start_ns };
-        if let Some(hit) = self.stacks.get(&key).and_then(|stacks| stacks.get(request.stack.as_slice())) {
-            self.shared.counters.stack_cache_hits.fetch_add(1, Ordering::Relaxed);
+        let key = ProcessKey {
+            pid: request.pid,
+            start_ns: request.process_start_ns,
+        };
+        if let Some(hit) = self
+            .stacks
+            .get(&key)
+            .and_then(|stacks| stacks.get(request.stack.as_slice()))
+        {
+            self.shared
+                .counters
+                .stack_cache_hits
+                .fetch_add(1, Ordering::Relaxed);
             return hit.clone();
         }
         let started = Instant::now();
-        let image = self.image(key);
+        let mut image = self.image(key);
+        if image
+            .as_deref()
+            .is_some_and(|image| self.needs_recapture(image, &request.stack))
+        {
+            if let Some(fresh) = self.shared.registry.recapture(key) {
+                image = Some(fresh);
+            }
+            if self.recaptured.len() >= MAX_CACHED_STACKS {
+                self.recaptured
+                    .retain(|_, last| last.elapsed() < RECAPTURE_INTERVAL);
+            }
+            self.recaptured.insert(key, Instant::now());
+        }
         let mut frames = Vec::with_capacity(request.stack.len());
         for (index, &address) in request.stack.iter().enumerate() {
-            let lookup = if index == 0 { address } else { address.saturating_sub(1) };
+            if index == 1
+                && let Some(lost) = image
+                    .as_deref()
+                    .and_then(|image| self.lost_caller(image, address, &frames))
+            {
+                frames.push(lost);
+            }
+            let lookup = if index == 0 {
+                address
+            } else {
+                address.saturating_sub(1)
+            };
             self.frames_at(image.as_deref(), address, lookup, &mut frames);
         }
-        let truncated =
-            !frames.is_empty() && truncation::is_truncated(&frames, request.stack.len(), leaktrace_common::MAX_STACK_DEPTH);
-        let stack = SymbolizedStack { telling_frame: telling::pick(&frames), frames, truncated };
+        // Without a capture nothing is known about the stack, its end included.
+        let truncated = image.is_some()
+            && !frames.is_empty()
+            && truncation::is_truncated(
+                &frames,
+                request.stack.len(),
+                leaktrace_common::MAX_STACK_DEPTH,
+            );
+        let stack = SymbolizedStack {
+            telling_frame: telling::pick(&frames),
+            frames,
+            truncated,
+        };
 
         if self.cached_stacks >= MAX_CACHED_STACKS {
             self.stacks.clear();
             self.cached_stacks = 0;
         }
-        self.stacks.entry(key).or_default().insert(request.stack.clone(), stack.clone());
+        self.stacks
+            .entry(key)
+            .or_default()
+            .insert(request.stack.clone(), stack.clone());
         self.cached_stacks += 1;
         let counters = &self.shared.counters;
         counters.stacks_symbolized.fetch_add(1, Ordering::Relaxed);
-        counters.symbolize_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        counters
+            .symbolize_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         stack
+    }
+
+    /// Whether `stack` has return addresses outside every mapping captured for its process, as
+    /// after an exec or a dlopen since the capture (not for addresses too low to be code: those
+    /// are the garbage of a walk through frameless code). At most once a second a process.
+    fn needs_recapture(&self, image: &ProcessImage, stack: &[u64]) -> bool {
+        const LOWEST_CODE_ADDRESS: u64 = 0x10000;
+        let missing = stack.iter().enumerate().any(|(index, &address)| {
+            let lookup = if index == 0 {
+                address
+            } else {
+                address.saturating_sub(1)
+            };
+            lookup >= LOWEST_CODE_ADDRESS && image.mapping_at(lookup).is_none()
+        });
+        missing
+            && self
+                .recaptured
+                .get(&image.key)
+                .is_none_or(|last| last.elapsed() >= RECAPTURE_INTERVAL)
     }
 
     /// The capture of `key`, taking it now if the process was never noted (or its capture is
@@ -112,8 +190,22 @@ impl Engine {
         image
     }
 
-    fn frames_at(&mut self, image: Option<&ProcessImage>, address: u64, lookup: u64, frames: &mut Vec<Frame>) {
-        let unknown = |module: Option<String>| Frame { address, function: None, file: None, line: None, module, inlined: false };
+    fn frames_at(
+        &mut self,
+        image: Option<&ProcessImage>,
+        address: u64,
+        lookup: u64,
+        frames: &mut Vec<Frame>,
+    ) {
+        let unknown = |module: Option<String>| Frame {
+            address,
+            function: None,
+            file: None,
+            line: None,
+            module,
+            inlined: false,
+            recovered: false,
+        };
         let Some(image) = image else {
             frames.push(unknown(None));
             return;
@@ -123,7 +215,10 @@ impl Engine {
             return;
         };
         match &mapping.region {
-            Region::File { path, file: Some(pinned) } => {
+            Region::File {
+                path,
+                file: Some(pinned),
+            } => {
                 let offset = lookup - mapping.start + mapping.offset;
                 for located in self.locate_in_file(pinned, offset).iter() {
                     frames.push(Frame {
@@ -133,6 +228,7 @@ impl Engine {
                         line: located.line,
                         module: Some(path.clone()),
                         inlined: located.inlined,
+                        recovered: false,
                     });
                 }
             }
@@ -156,18 +252,30 @@ impl Engine {
             counters.address_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Arc::clone(hit);
         }
-        counters.address_cache_misses.fetch_add(1, Ordering::Relaxed);
-        let go = self.go.entry(pinned.id).or_insert_with(|| GoBinary::open(pinned.file()));
+        counters
+            .address_cache_misses
+            .fetch_add(1, Ordering::Relaxed);
+        let go = self
+            .go
+            .entry(pinned.id)
+            .or_insert_with(|| GoBinary::open(pinned.file()));
         let located: Arc<[Located]> = match go {
             GoBinary::Stripped(table) => {
-                let location = table.file_offset_to_address(offset).and_then(|address| table.lookup(address));
-                let location = location.map(|location| Located {
-                    function: Some(location.function),
-                    file: location.file,
-                    line: location.line,
-                    inlined: false,
-                });
-                Arc::new([location.unwrap_or_default()])
+                let locations = table
+                    .file_offset_to_address(offset)
+                    .and_then(|address| table.lookup(address));
+                match locations {
+                    Some(locations) => locations
+                        .into_iter()
+                        .map(|location| Located {
+                            function: Some(location.function),
+                            file: location.file,
+                            line: location.line,
+                            inlined: location.inlined,
+                        })
+                        .collect(),
+                    None => Arc::new([Located::default()]),
+                }
             }
             GoBinary::NotNeeded => self.locate_with_blazesym(pinned, offset).into(),
         };
@@ -180,7 +288,10 @@ impl Engine {
 
     fn locate_with_blazesym(&self, pinned: &PinnedFile, offset: u64) -> Vec<Located> {
         let source = blaze::source::Source::Elf(blaze::source::Elf::new(pinned.path()));
-        let sym = match self.blaze.symbolize_single(&source, Input::FileOffset(offset)) {
+        let sym = match self
+            .blaze
+            .symbolize_single(&source, Input::FileOffset(offset))
+        {
             Ok(Symbolized::Sym(sym)) => sym,
             Ok(Symbolized::Unknown(_)) => return vec![Located::default()],
             Err(err) => {
@@ -189,7 +300,10 @@ impl Engine {
             }
         };
         let code = |info: Option<&blaze::CodeInfo<'_>>| match info {
-            Some(info) => (Some(info.to_path().to_string_lossy().into_owned()), info.line),
+            Some(info) => (
+                Some(info.to_path().to_string_lossy().into_owned()),
+                info.line,
+            ),
             None => (None, None),
         };
         // blazesym lists inlined calls outermost first, each with the location inside it; the
@@ -200,27 +314,140 @@ impl Engine {
             .rev()
             .map(|inlined| {
                 let (file, line) = code(inlined.code_info.as_ref());
-                Located { function: Some(inlined.name.to_string()), file, line, inlined: true }
+                Located {
+                    function: Some(inlined.name.to_string()),
+                    file,
+                    line,
+                    inlined: true,
+                }
             })
             .collect();
         let (file, line) = code(sym.code_info.as_deref());
-        located.push(Located { function: Some(sym.name.to_string()), file, line, inlined: false });
+        located.push(Located {
+            function: Some(sym.name.to_string()),
+            file,
+            line,
+            inlined: false,
+        });
         located
+    }
+
+    /// The caller a frame-pointer walk loses when the innermost function keeps no frame (libc's
+    /// `connect`): the walk resumes at its caller's return address, skipping the caller. The
+    /// call instruction just before that return address names the function it called; when
+    /// that is a function entry other than the innermost frame's, it is the lost caller.
+    /// Recovered with its name and module, without a line (where in it the call was is lost).
+    fn lost_caller(
+        &mut self,
+        image: &ProcessImage,
+        return_address: u64,
+        inner: &[Frame],
+    ) -> Option<Frame> {
+        let innermost = inner
+            .iter()
+            .rfind(|frame| !frame.inlined)?
+            .function
+            .as_deref()?;
+        let mapping = image.mapping_at(return_address.checked_sub(1)?)?;
+        let Region::File {
+            file: Some(pinned), ..
+        } = &mapping.region
+        else {
+            return None;
+        };
+        let target = recover::direct_call_target(
+            pinned.file(),
+            return_address - mapping.start + mapping.offset,
+        )
+        .map(|relative| return_address.wrapping_add_signed(relative))?;
+        let target_mapping = image.mapping_at(target)?;
+        let Region::File {
+            path,
+            file: Some(target_file),
+        } = &target_mapping.region
+        else {
+            return None;
+        };
+        let offset = target - target_mapping.start + target_mapping.offset;
+        let (name, file) = self.function_starting_at(target_file, offset)?;
+        // Only a call to some other function than the innermost names a lost caller.
+        if name == innermost {
+            return None;
+        }
+        self.shared
+            .counters
+            .callers_recovered
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Frame {
+            address: target,
+            function: Some(name),
+            file,
+            line: None,
+            module: Some(path.clone()),
+            inlined: false,
+            recovered: true,
+        })
+    }
+
+    /// The function (and its source file) that starts exactly at `offset` of `pinned`: only a
+    /// call to the very start of a named function counts (not a PLT stub, not bytes that merely
+    /// look like a call).
+    fn function_starting_at(
+        &mut self,
+        pinned: &PinnedFile,
+        offset: u64,
+    ) -> Option<(String, Option<String>)> {
+        let go = self
+            .go
+            .entry(pinned.id)
+            .or_insert_with(|| GoBinary::open(pinned.file()));
+        if let GoBinary::Stripped(table) = go {
+            let name = table.function_starting_at(table.file_offset_to_address(offset)?)?;
+            let file = table
+                .lookup(table.file_offset_to_address(offset)?)?
+                .pop()?
+                .file;
+            return Some((name, file));
+        }
+        let source = blaze::source::Source::Elf(blaze::source::Elf::new(pinned.path()));
+        let Ok(Symbolized::Sym(sym)) = self
+            .blaze
+            .symbolize_single(&source, Input::FileOffset(offset))
+        else {
+            return None;
+        };
+        if sym.offset != 0 || sym.name.ends_with("@plt") {
+            return None;
+        }
+        let file = sym
+            .code_info
+            .as_deref()
+            .map(|info| info.to_path().to_string_lossy().into_owned());
+        Some((sym.name.into_owned(), file))
     }
 
     /// The perf-map name of a JIT address, re-reading the map if it grew.
     fn perf_map_symbol(&mut self, image: &ProcessImage, address: u64) -> Option<String> {
+        if self.perf_maps.len() >= MAX_PERF_MAPS && !self.perf_maps.contains_key(&image.key) {
+            self.perf_maps.clear();
+        }
         let (file, map) = self.perf_maps.entry(image.key).or_insert_with(|| {
-            (image.perf_map.as_ref().and_then(|file| file.try_clone().ok()), PerfMap::default())
+            (
+                image
+                    .perf_map
+                    .as_ref()
+                    .and_then(|file| file.try_clone().ok()),
+                PerfMap::default(),
+            )
         });
         if file.is_none() {
             // Not there at capture: the runtime may have written it since (while it lives).
             *file = File::open(image.perf_map_path()).ok();
         }
-        if let Some(file) = file {
-            if let Err(err) = map.refresh(file) {
-                log::debug!("reading the perf map of pid {}: {err}", image.key.pid);
-            }
+        if let Some(file) = file
+            && let Err(err) = map.refresh(file)
+        {
+            log::debug!("reading the perf map of pid {}: {err}", image.key.pid);
         }
         map.lookup(address).map(str::to_string)
     }

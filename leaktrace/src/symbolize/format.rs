@@ -1,6 +1,6 @@
 //! Frames as text, the way `perf script` and `go tool pprof -traces` users read them: one frame
 //! a line, innermost first, address, function, `file:line`, and the module in parentheses;
-//! inlined calls marked; the most telling frame flagged with `=>`.
+//! inlined calls and recovered callers marked; the most telling frame flagged with `=>`.
 use std::fmt;
 
 use super::{Frame, SymbolizedStack};
@@ -43,9 +43,17 @@ impl Frame {
 /// pprof adds.
 impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x} {}", self.address, self.function.as_deref().unwrap_or(UNKNOWN))?;
+        write!(
+            f,
+            "{:#x} {}",
+            self.address,
+            self.function.as_deref().unwrap_or(UNKNOWN)
+        )?;
         if self.inlined {
             write!(f, " (inlined)")?;
+        }
+        if self.recovered {
+            write!(f, " (recovered caller)")?;
         }
         if let Some(location) = self.location() {
             write!(f, " {location}")?;
@@ -63,12 +71,19 @@ impl SymbolizedStack {
             .iter()
             .enumerate()
             .map(|(index, frame)| {
-                let marker = if Some(index) == self.telling_frame { "=>" } else { "  " };
+                let marker = if Some(index) == self.telling_frame {
+                    "=>"
+                } else {
+                    "  "
+                };
                 format!("{marker} {frame}")
             })
             .collect();
         if self.truncated {
-            lines.push("   ... (stack truncated: the frame-pointer walk stopped before the thread's root)".into());
+            lines.push(
+                "   ... (stack truncated: the frame-pointer walk stopped before the thread's root)"
+                    .into(),
+            );
         }
         lines
     }
@@ -96,19 +111,38 @@ mod tests {
             line: Some(42),
             module: Some("/usr/local/bin/grpcleak".into()),
             inlined: false,
+            recovered: false,
         };
-        assert_eq!(frame.to_string(), "0x4011f6 main.dialBackend main.go:42 (/usr/local/bin/grpcleak)");
+        assert_eq!(
+            frame.to_string(),
+            "0x4011f6 main.dialBackend main.go:42 (/usr/local/bin/grpcleak)"
+        );
         assert_eq!(frame.short(), "main.dialBackend main.go:42");
-        let unknown = Frame { function: None, file: None, line: None, module: None, ..frame.clone() };
+        let unknown = Frame {
+            function: None,
+            file: None,
+            line: None,
+            module: None,
+            ..frame.clone()
+        };
         assert_eq!(unknown.to_string(), "0x4011f6 [unknown] ([unknown])");
         assert_eq!(unknown.short(), "0x4011f6");
         let stack = SymbolizedStack {
-            frames: vec![Frame { inlined: true, ..frame.clone() }, frame],
+            frames: vec![
+                Frame {
+                    inlined: true,
+                    ..frame.clone()
+                },
+                frame,
+            ],
             telling_frame: Some(1),
             truncated: true,
         };
         let lines = stack.trace_lines();
-        assert_eq!(lines[0], "   0x4011f6 main.dialBackend (inlined) main.go:42 (/usr/local/bin/grpcleak)");
+        assert_eq!(
+            lines[0],
+            "   0x4011f6 main.dialBackend (inlined) main.go:42 (/usr/local/bin/grpcleak)"
+        );
         assert!(lines[1].starts_with("=> 0x4011f6 main.dialBackend"));
         assert!(lines[2].contains("truncated"));
     }

@@ -5,7 +5,8 @@
 //! profilers read it the same way. Supported layouts: Go 1.16-1.17 (magic `0xfffffffa`),
 //! 1.18-1.19 (`0xfffffff0`) and 1.20+ (`0xfffffff1`); the format is documented by Go's
 //! `runtime/symtab.go` and `debug/gosym`. No crate for it builds here and is kept up, hence
-//! this reader. It does not expand inlined calls (their tree lives outside the table).
+//! this reader. Inlined calls are expanded (Go 1.18+) from each function's inline tree, found
+//! through the module data the way the runtime's own unwinder finds it.
 use std::fs::File;
 
 use memmap2::Mmap;
@@ -17,6 +18,8 @@ pub struct GoLocation {
     pub function: String,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// A call inlined into the next location of the list.
+    pub inlined: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +47,16 @@ pub struct GoTable {
     /// `(virtual address, file offset, size)` of each loadable segment, to turn the file
     /// offsets of a process's mapping into the addresses the table uses.
     segments: Vec<(u64, u64, u64)>,
+    /// `moduledata.gofunc`: the base of funcdata offsets (inline trees), when found.
+    gofunc: Option<u64>,
 }
 
 impl std::fmt::Debug for GoTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoTable").field("version", &self.version).field("nfunc", &self.nfunc).finish()
+        f.debug_struct("GoTable")
+            .field("version", &self.version)
+            .field("nfunc", &self.nfunc)
+            .finish()
     }
 }
 
@@ -65,7 +73,9 @@ impl GoBinary {
     pub fn open(file: &File) -> Self {
         // SAFETY: the file is pinned read-only; a binary rewritten in place while mapped would
         // give wrong names, not unsoundness we act on (every read below is bounds-checked).
-        let Ok(map) = (unsafe { Mmap::map(file) }) else { return Self::NotNeeded };
+        let Ok(map) = (unsafe { Mmap::map(file) }) else {
+            return Self::NotNeeded;
+        };
         match GoTable::parse(map) {
             Some(table) => Self::Stripped(table),
             None => Self::NotNeeded,
@@ -80,7 +90,10 @@ impl GoTable {
             if elf.section_by_name(".symtab").is_some() {
                 return None;
             }
-            let table = match elf.section_by_name(".gopclntab").and_then(|section| section.file_range()) {
+            let table = match elf
+                .section_by_name(".gopclntab")
+                .and_then(|section| section.file_range())
+            {
                 Some((offset, size)) => offset as usize..(offset + size) as usize,
                 // PIE and externally linked builds keep the table inside .data.rel.ro.
                 None => find_by_magic(&map)?,
@@ -92,9 +105,18 @@ impl GoTable {
                     (size > 0).then(|| (segment.address(), offset, size))
                 })
                 .collect::<Vec<_>>();
-            let text = elf.section_by_name(".text").map(|section| section.address());
-            (table, segments, text)
+            let text = elf
+                .section_by_name(".text")
+                .map(|section| section.address());
+            let table_address = elf
+                .section_by_name(".gopclntab")
+                .map(|section| section.address());
+            let noptrdata = elf
+                .section_by_name(".noptrdata")
+                .and_then(|section| section.file_range());
+            (table, segments, (text, table_address, noptrdata))
         };
+        let (text_section, table_address, noptrdata) = text_section;
         let data = map.get(table.clone())?;
         let version = match read_u32(data, 0)? {
             0xffff_fffa => Version::Go116,
@@ -114,8 +136,13 @@ impl GoTable {
             Version::Go118 | Version::Go120 => (word(2)?, 3),
         };
         // PIE binaries relocate textStart at load time; the file may hold 0 there.
-        let text_start = if text_start == 0 && version != Version::Go116 { text_section? } else { text_start };
-        let offset = |index: usize| word(offsets_from + index).and_then(|value| usize::try_from(value).ok());
+        let text_start = if text_start == 0 && version != Version::Go116 {
+            text_section?
+        } else {
+            text_start
+        };
+        let offset =
+            |index: usize| word(offsets_from + index).and_then(|value| usize::try_from(value).ok());
         let parsed = Self {
             version,
             ptr_size,
@@ -130,9 +157,12 @@ impl GoTable {
             segments,
             table,
             map,
+            gofunc: None,
         };
         // The function table must fit: a wrong magic hit fails here.
         parsed.functab_entry(nfunc)?;
+        let mut parsed = parsed;
+        parsed.gofunc = parsed.find_gofunc(table_address, noptrdata);
         Some(parsed)
     }
 
@@ -167,8 +197,42 @@ impl GoTable {
         }
     }
 
-    /// The function, file and line of virtual address `address`.
-    pub fn lookup(&self, address: u64) -> Option<GoLocation> {
+    /// The function, file and line of virtual address `address`, with the calls inlined there
+    /// first (innermost first, like blazesym's frames).
+    pub fn lookup(&self, address: u64) -> Option<Vec<GoLocation>> {
+        let (entry, func) = self.function_at(address)?;
+        let func = Func::read(self, self.pclntab + func)?;
+        let mut locations = Vec::new();
+        let mut pc = address;
+        // Each inlined call at `pc` names the callee; its caller's position is at parentPc.
+        // Bounded: a corrupt tree must not loop.
+        for _ in 0..64 {
+            let Some(call) = self.inlined_call(&func, entry, pc) else {
+                break;
+            };
+            let (file, line) = self.file_line(&func, entry, pc);
+            locations.push(GoLocation {
+                function: call.name,
+                file,
+                line,
+                inlined: true,
+            });
+            pc = entry + call.parent_pc;
+        }
+        let data = self.data();
+        let (file, line) = self.file_line(&func, entry, pc);
+        let function = c_string(data, self.funcnametab + func.name_offset)?;
+        locations.push(GoLocation {
+            function,
+            file,
+            line,
+            inlined: false,
+        });
+        Some(locations)
+    }
+
+    /// The entry and `_func` offset of the function holding `address`.
+    fn function_at(&self, address: u64) -> Option<(u64, usize)> {
         let (first, _) = self.functab_entry(0)?;
         let (end, _) = self.functab_entry(self.nfunc)?;
         if address < first || address >= end {
@@ -184,27 +248,113 @@ impl GoTable {
                 high = middle;
             }
         }
-        let (entry, func) = self.functab_entry(low)?;
-        let func = self.pclntab + func;
+        self.functab_entry(low)
+    }
+
+    /// The name of the function that starts exactly at `address`.
+    pub fn function_starting_at(&self, address: u64) -> Option<String> {
+        let (entry, func) = self.function_at(address)?;
+        (entry == address).then_some(())?;
+        let func = Func::read(self, self.pclntab + func)?;
+        c_string(self.data(), self.funcnametab + func.name_offset)
+    }
+
+    fn file_line(&self, func: &Func, entry: u64, pc: u64) -> (Option<String>, Option<u32>) {
         let data = self.data();
-        // Field offsets in runtime._func: the 1.16 layout starts with a pointer-sized entry.
-        let base = match self.version {
-            Version::Go116 => func + self.ptr_size,
-            Version::Go118 | Version::Go120 => func + 4,
+        let line = self
+            .pc_value(func.pcln, entry, pc)
+            .and_then(|line| u32::try_from(line).ok());
+        let file = self
+            .pc_value(func.pcfile, entry, pc)
+            .and_then(|file_index| {
+                let file_index = usize::try_from(file_index).ok()?;
+                let file_offset = read_u32(data, self.cutab + (func.cu_offset + file_index) * 4)?;
+                (file_offset != u32::MAX).then_some(())?;
+                c_string(data, self.filetab + file_offset as usize)
+            });
+        (file, line)
+    }
+
+    /// The call inlined at `pc`, if any (`PCDATA_InlTreeIndex` into `FUNCDATA_InlTree`).
+    fn inlined_call(&self, func: &Func, entry: u64, pc: u64) -> Option<InlinedCall> {
+        const PCDATA_INL_TREE_INDEX: usize = 2;
+        const FUNCDATA_INL_TREE: usize = 3;
+        let gofunc = self.gofunc?;
+        if func.npcdata <= PCDATA_INL_TREE_INDEX || func.nfuncdata <= FUNCDATA_INL_TREE {
+            return None;
+        }
+        let data = self.data();
+        let table = read_u32(data, func.pcdata + PCDATA_INL_TREE_INDEX * 4)?;
+        let index = self.pc_value(table, entry, pc)?;
+        let index = usize::try_from(index).ok()?;
+        let tree = read_u32(data, func.pcdata + func.npcdata * 4 + FUNCDATA_INL_TREE * 4)?;
+        if tree == u32::MAX {
+            return None;
+        }
+        let (size, name_at, parent_pc_at) = match self.version {
+            Version::Go116 => return None,
+            // parent int16, funcID, _, file int32, line int32, func_ int32, parentPc int32
+            Version::Go118 => (20, 12, 16),
+            // funcID, _ [3]byte, nameOff int32, parentPc int32, startLine int32
+            Version::Go120 => (16, 4, 8),
         };
-        let name_offset = read_u32(data, base)? as usize;
-        let pcfile = read_u32(data, base + 16)?;
-        let pcln = read_u32(data, base + 20)?;
-        let cu_offset = read_u32(data, base + 28)? as usize;
-        let function = c_string(data, self.funcnametab + name_offset)?;
-        let line = self.pc_value(pcln, entry, address).and_then(|line| u32::try_from(line).ok());
-        let file = self.pc_value(pcfile, entry, address).and_then(|file_index| {
-            let file_index = usize::try_from(file_index).ok()?;
-            let file_offset = read_u32(data, self.cutab + (cu_offset + file_index) * 4)?;
-            (file_offset != u32::MAX).then_some(())?;
-            c_string(data, self.filetab + file_offset as usize)
-        });
-        Some(GoLocation { function, file, line })
+        let call = self.read_at_address(gofunc + u64::from(tree) + (index * size) as u64, size)?;
+        let name_offset = usize::try_from(i32::from_le_bytes(
+            call[name_at..name_at + 4].try_into().ok()?,
+        ))
+        .ok()?;
+        let parent_pc = u64::try_from(i32::from_le_bytes(
+            call[parent_pc_at..parent_pc_at + 4].try_into().ok()?,
+        ))
+        .ok()?;
+        Some(InlinedCall {
+            name: c_string(data, self.funcnametab + name_offset)?,
+            parent_pc,
+        })
+    }
+
+    /// `len` bytes at virtual address `address` of the binary's file image.
+    fn read_at_address(&self, address: u64, len: usize) -> Option<&[u8]> {
+        let (segment_address, offset, _) = self
+            .segments
+            .iter()
+            .find(|(start, _, size)| (*start..start + size).contains(&address))?;
+        let at = usize::try_from(offset + (address - segment_address)).ok()?;
+        self.map.get(at..at + len)
+    }
+
+    /// Finds `runtime.firstmoduledata` (its first word points at the table, it lives in
+    /// `.noptrdata`) and reads its `gofunc`, checking its `text` against the table's.
+    fn find_gofunc(
+        &self,
+        table_address: Option<u64>,
+        noptrdata: Option<(u64, u64)>,
+    ) -> Option<u64> {
+        let (gofunc_word, text_word) = match self.version {
+            Version::Go116 => return None,
+            Version::Go118 => (38, 22),
+            // 1.20 added covctrs and ecovctrs after noptrbss/enoptrbss.
+            Version::Go120 => (40, 22),
+        };
+        if self.ptr_size != 8 {
+            return None;
+        }
+        let table_address = table_address?.to_le_bytes();
+        let (offset, size) = noptrdata?;
+        let section = self.map.get(offset as usize..(offset + size) as usize)?;
+        section
+            .chunks_exact(8)
+            .enumerate()
+            .find_map(|(index, word)| {
+                if word != table_address {
+                    return None;
+                }
+                let module = &section[index * 8..];
+                let text = read_word(module, text_word * 8, 8)?;
+                let gofunc = read_word(module, gofunc_word * 8, 8)?;
+                (text == self.text_start && self.read_at_address(gofunc, 1).is_some())
+                    .then_some(gofunc)
+            })
     }
 
     /// Runs the PC-value table at `offset` from `entry` up to `target` (runtime.pcvalue).
@@ -222,7 +372,11 @@ impl GoTable {
             }
             first = false;
             // Zig-zag: the low bit is the sign.
-            let delta = if value_delta & 1 != 0 { !(value_delta >> 1) as i64 } else { (value_delta >> 1) as i64 };
+            let delta = if value_delta & 1 != 0 {
+                !(value_delta >> 1) as i64
+            } else {
+                (value_delta >> 1) as i64
+            };
             value = value.wrapping_add(delta);
             pc += read_uvarint(data, &mut at)? * self.min_lc;
             if target < pc {
@@ -232,16 +386,61 @@ impl GoTable {
     }
 }
 
+/// The fields of a `runtime._func` the lookups use.
+struct Func {
+    name_offset: usize,
+    pcfile: u32,
+    pcln: u32,
+    npcdata: usize,
+    cu_offset: usize,
+    nfuncdata: usize,
+    /// Where its `pcdata` offsets start (its `funcdata` offsets follow them).
+    pcdata: usize,
+}
+
+impl Func {
+    fn read(table: &GoTable, at: usize) -> Option<Self> {
+        let data = table.data();
+        // runtime._func: the 1.16 layout starts with a pointer-sized entry, later ones with a
+        // u32 entry offset; 1.20 added startLine before funcID.
+        let (base, fixed_size) = match table.version {
+            Version::Go116 => (at + table.ptr_size, table.ptr_size + 36),
+            Version::Go118 => (at + 4, 40),
+            Version::Go120 => (at + 4, 44),
+        };
+        Some(Self {
+            name_offset: read_u32(data, base)? as usize,
+            pcfile: read_u32(data, base + 16)?,
+            pcln: read_u32(data, base + 20)?,
+            npcdata: read_u32(data, base + 24)? as usize,
+            cu_offset: read_u32(data, base + 28)? as usize,
+            nfuncdata: usize::from(*data.get(at + fixed_size - 1)?),
+            pcdata: at + fixed_size,
+        })
+    }
+}
+
+struct InlinedCall {
+    name: String,
+    /// Offset from the function's entry of an instruction at the call site.
+    parent_pc: u64,
+}
+
 /// Finds a pcHeader by its magic where the table has no section of its own.
 fn find_by_magic(map: &[u8]) -> Option<std::ops::Range<usize>> {
-    const MAGICS: [[u8; 4]; 3] = [[0xf1, 0xff, 0xff, 0xff], [0xf0, 0xff, 0xff, 0xff], [0xfa, 0xff, 0xff, 0xff]];
-    map.windows(8).position(|window| {
-        MAGICS.iter().any(|magic| window[..4] == *magic)
-            && window[4..6] == [0, 0]
-            && matches!(window[6], 1 | 2 | 4)
-            && matches!(window[7], 4 | 8)
-    })
-    .map(|start| start..map.len())
+    const MAGICS: [[u8; 4]; 3] = [
+        [0xf1, 0xff, 0xff, 0xff],
+        [0xf0, 0xff, 0xff, 0xff],
+        [0xfa, 0xff, 0xff, 0xff],
+    ];
+    map.windows(8)
+        .position(|window| {
+            MAGICS.iter().any(|magic| window[..4] == *magic)
+                && window[4..6] == [0, 0]
+                && matches!(window[6], 1 | 2 | 4)
+                && matches!(window[7], 4 | 8)
+        })
+        .map(|start| start..map.len())
 }
 
 fn read_u32(data: &[u8], at: usize) -> Option<u32> {
@@ -291,7 +490,10 @@ mod tests {
 
     #[test]
     fn c_strings_end_at_nul() {
-        assert_eq!(c_string(b"main.main\0net.Dial\0", 10).as_deref(), Some("net.Dial"));
+        assert_eq!(
+            c_string(b"main.main\0net.Dial\0", 10).as_deref(),
+            Some("net.Dial")
+        );
         assert_eq!(c_string(b"unterminated", 0), None);
     }
 }

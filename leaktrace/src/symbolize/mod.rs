@@ -16,6 +16,7 @@ mod engine;
 pub mod format;
 pub mod gopclntab;
 pub mod perfmap;
+mod recover;
 pub mod telling;
 pub mod truncation;
 
@@ -54,6 +55,11 @@ pub struct Frame {
     /// An inlined call: listed before the frame it was inlined into, same address.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inlined: bool,
+    /// A caller the kernel's frame-pointer walk skipped, recovered from the call instruction
+    /// before the next frame's return address: its function and module are known, its line is
+    /// not, and `address` is the function's entry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 /// A stack's frames, innermost first.
@@ -72,9 +78,21 @@ impl SymbolizedStack {
     pub fn addresses_only(stack: &[u64]) -> Self {
         let frames = stack
             .iter()
-            .map(|&address| Frame { address, function: None, file: None, line: None, module: None, inlined: false })
+            .map(|&address| Frame {
+                address,
+                function: None,
+                file: None,
+                line: None,
+                module: None,
+                inlined: false,
+                recovered: false,
+            })
             .collect();
-        Self { frames, telling_frame: None, truncated: false }
+        Self {
+            frames,
+            telling_frame: None,
+            truncated: false,
+        }
     }
 
     /// The most telling frame, if one was chosen.
@@ -107,6 +125,8 @@ pub struct SymbolizerStats {
     /// Per-address (file, offset) cache, shared across processes mapping the same binary.
     pub address_cache_hits: u64,
     pub address_cache_misses: u64,
+    /// Callers a frame-pointer walk skipped, recovered from call instructions.
+    pub callers_recovered: u64,
     /// Time spent symbolizing the distinct stacks (cache misses).
     pub symbolize_time: Duration,
 }
@@ -115,13 +135,21 @@ impl SymbolizerStats {
     /// Share of stack requests answered from the cache.
     pub fn stack_hit_rate(&self) -> f64 {
         let total = self.stack_cache_hits + self.stacks_symbolized;
-        if total == 0 { 0.0 } else { self.stack_cache_hits as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.stack_cache_hits as f64 / total as f64
+        }
     }
 
     /// Distinct stacks symbolized per second of symbolizing.
     pub fn stacks_per_second(&self) -> f64 {
         let seconds = self.symbolize_time.as_secs_f64();
-        if seconds == 0.0 { 0.0 } else { self.stacks_symbolized as f64 / seconds }
+        if seconds == 0.0 {
+            0.0
+        } else {
+            self.stacks_symbolized as f64 / seconds
+        }
     }
 }
 
@@ -134,6 +162,7 @@ struct Counters {
     stacks_symbolized: AtomicU64,
     address_cache_hits: AtomicU64,
     address_cache_misses: AtomicU64,
+    callers_recovered: AtomicU64,
     symbolize_ns: AtomicU64,
 }
 
@@ -142,7 +171,11 @@ impl Counters {
         match outcome {
             Ok(()) => self.processes_captured.fetch_add(1, Ordering::Relaxed),
             Err(err) => {
-                log::debug!("no symbols for pid {} (started at {} ns): {err}", key.pid, key.start_ns);
+                log::debug!(
+                    "no symbols for pid {} (started at {} ns): {err}",
+                    key.pid,
+                    key.start_ns
+                );
                 self.processes_missed.fetch_add(1, Ordering::Relaxed)
             }
         };
@@ -178,7 +211,10 @@ pub struct Symbolizer {
 impl Symbolizer {
     /// Starts the capture and symbolizer threads.
     pub fn spawn() -> Self {
-        let shared = Arc::new(Shared { registry: Registry::new(MAX_PROCESSES), counters: Counters::default() });
+        let shared = Arc::new(Shared {
+            registry: Registry::new(MAX_PROCESSES),
+            counters: Counters::default(),
+        });
         let (captures, capture_rx) = mpsc::channel::<CaptureMessage>();
         let (requests, request_rx) = mpsc::channel::<SymbolizeMessage>();
         let capturer = Arc::clone(&shared);
@@ -209,7 +245,11 @@ impl Symbolizer {
                 }
             })
             .expect("starting the symbolizer thread: the system is out of threads");
-        Self { shared, captures, requests }
+        Self {
+            shared,
+            captures,
+            requests,
+        }
     }
 
     /// Called by the event loop at every open event (must return in microseconds: it will be
@@ -217,9 +257,15 @@ impl Symbolizer {
     /// queue the capture of what symbolizing it later needs (mappings, pinned files), so stacks
     /// still symbolize after it exits.
     pub fn note_process(&self, pid: u32, process_start_ns: u64) {
-        let key = ProcessKey { pid, start_ns: process_start_ns };
+        let key = ProcessKey {
+            pid,
+            start_ns: process_start_ns,
+        };
         if let SlotState::New(slot) = self.shared.registry.slot(key) {
-            self.shared.counters.processes_noted.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .processes_noted
+                .fetch_add(1, Ordering::Relaxed);
             let _ = self.captures.send(CaptureMessage::Capture(key, slot));
         }
     }
@@ -237,9 +283,15 @@ impl Symbolizer {
     /// once per refresh for the call sites they show. Answers in the order asked.
     pub fn symbolize(&self, requests: Vec<StackRequest>) -> Vec<SymbolizedStack> {
         let (reply, answer) = mpsc::channel();
-        let fallback: Vec<SymbolizedStack> =
-            requests.iter().map(|request| SymbolizedStack::addresses_only(&request.stack)).collect();
-        if self.requests.send(SymbolizeMessage { requests, reply }).is_err() {
+        let fallback: Vec<SymbolizedStack> = requests
+            .iter()
+            .map(|request| SymbolizedStack::addresses_only(&request.stack))
+            .collect();
+        if self
+            .requests
+            .send(SymbolizeMessage { requests, reply })
+            .is_err()
+        {
             log::error!("the symbolizer thread has stopped; showing raw addresses");
             return fallback;
         }
@@ -260,6 +312,7 @@ impl Symbolizer {
             stacks_symbolized: load(&counters.stacks_symbolized),
             address_cache_hits: load(&counters.address_cache_hits),
             address_cache_misses: load(&counters.address_cache_misses),
+            callers_recovered: load(&counters.callers_recovered),
             symbolize_time: Duration::from_nanos(load(&counters.symbolize_ns)),
         }
     }
@@ -269,7 +322,10 @@ impl Symbolizer {
     /// The executable of a process noted earlier, as it saw the path at its capture (`None` if
     /// it was never noted, not captured yet, or gone before its capture).
     pub fn executable(&self, pid: u32, process_start_ns: u64) -> Option<String> {
-        let key = ProcessKey { pid, start_ns: process_start_ns };
+        let key = ProcessKey {
+            pid,
+            start_ns: process_start_ns,
+        };
         match self.shared.registry.slot(key) {
             SlotState::Known(slot) => slot.get().cloned().flatten()?.exe.clone(),
             // Not noted before: the lookup just made an empty slot; fill it like a first sight.
@@ -278,5 +334,151 @@ impl Symbolizer {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn a_function_to_find() -> u64 {
+        std::hint::black_box(a_function_to_find as *const () as u64)
+    }
+
+    fn own_request(stack: Vec<u64>) -> StackRequest {
+        let pid = std::process::id();
+        StackRequest {
+            pid,
+            process_start_ns: capture::process_start_ns(pid).expect("own /proc/self/stat"),
+            stack,
+        }
+    }
+
+    #[test]
+    fn this_process_symbolizes_through_its_capture_and_the_second_time_from_the_cache() {
+        let symbolizer = Symbolizer::spawn();
+        let request = own_request(vec![a_function_to_find()]);
+        symbolizer.note_process(request.pid, request.process_start_ns);
+        symbolizer.note_process(request.pid, request.process_start_ns);
+        symbolizer.flush();
+        let stack = symbolizer.symbolize(vec![request.clone()]).pop().unwrap();
+        let frame = &stack.frames[0];
+        assert!(
+            frame
+                .function
+                .as_deref()
+                .is_some_and(|name| name.ends_with("a_function_to_find")),
+            "{frame}"
+        );
+        assert!(
+            frame
+                .file
+                .as_deref()
+                .is_some_and(|file| file.ends_with("symbolize/mod.rs")),
+            "{frame}"
+        );
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(frame.module.as_deref(), exe.to_str(), "{frame}");
+        assert_eq!(symbolizer.symbolize(vec![request]).pop().unwrap(), stack);
+        let stats = symbolizer.stats();
+        assert_eq!(
+            (
+                stats.processes_noted,
+                stats.processes_captured,
+                stats.processes_missed
+            ),
+            (1, 1, 0)
+        );
+        assert_eq!((stats.stacks_symbolized, stats.stack_cache_hits), (1, 1));
+        assert_eq!(stats.stack_hit_rate(), 0.5);
+    }
+
+    #[test]
+    fn code_mapped_after_the_capture_is_found_by_capturing_again() {
+        let symbolizer = Symbolizer::spawn();
+        let request = own_request(vec![a_function_to_find()]);
+        let key = ProcessKey {
+            pid: request.pid,
+            start_ns: request.process_start_ns,
+        };
+        symbolizer.note_process(key.pid, key.start_ns);
+        symbolizer.flush();
+        // Map this binary's code a second time, as a dlopen would, after the capture.
+        let image = capture::capture(key, &capture::Pins::default()).unwrap();
+        let mapping = image.mapping_at(request.stack[0]).unwrap();
+        let file_offset = request.stack[0] - mapping.start + mapping.offset;
+        let page_offset = file_offset & !0xfff;
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        // SAFETY: a fresh private read-only mapping of a file this test opened; unmapped below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                0x2000,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE,
+                std::os::fd::AsRawFd::as_raw_fd(&exe),
+                page_offset as libc::off_t,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let copy = base as u64 + (file_offset - page_offset);
+        let stack = symbolizer
+            .symbolize(vec![StackRequest {
+                stack: vec![copy],
+                ..request
+            }])
+            .pop()
+            .unwrap();
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(base, 0x2000) };
+        let frame = &stack.frames[0];
+        assert!(
+            frame
+                .function
+                .as_deref()
+                .is_some_and(|name| name.ends_with("a_function_to_find")),
+            "{frame}"
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_symbolized_with_the_new_process_s_files() {
+        let symbolizer = Symbolizer::spawn();
+        let mut request = own_request(vec![a_function_to_find()]);
+        request.process_start_ns += 10_000_000_000;
+        let stack = symbolizer.symbolize(vec![request]).pop().unwrap();
+        assert_eq!(stack.frames[0].module, None);
+        assert_eq!(
+            (stack.telling_frame, stack.truncated),
+            (None, false),
+            "nothing is known"
+        );
+        assert_eq!(symbolizer.stats().processes_missed, 1);
+    }
+
+    #[test]
+    fn frames_serialize_as_the_report_contract_says() {
+        let frame = Frame {
+            address: 0x401234,
+            function: Some("dial".into()),
+            file: Some("/src/sockpuppet.c".into()),
+            line: Some(83),
+            module: Some("/usr/bin/sockpuppet".into()),
+            inlined: false,
+            recovered: false,
+        };
+        let json = serde_json::to_string(&frame).unwrap();
+        assert_eq!(
+            json,
+            r#"{"address":"0x401234","function":"dial","file":"/src/sockpuppet.c","line":83,"module":"/usr/bin/sockpuppet"}"#
+        );
+        assert_eq!(serde_json::from_str::<Frame>(&json).unwrap(), frame);
+        let inlined = serde_json::to_string(&Frame {
+            inlined: true,
+            ..frame
+        })
+        .unwrap();
+        assert!(inlined.ends_with(r#","inlined":true}"#), "{inlined}");
     }
 }

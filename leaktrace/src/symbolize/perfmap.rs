@@ -26,7 +26,10 @@ impl PerfMap {
                 _ => deduped.push(symbol),
             }
         }
-        Self { symbols: deduped, parsed_len: text.len() as u64 }
+        Self {
+            symbols: deduped,
+            parsed_len: text.len() as u64,
+        }
     }
 
     /// Reads `file` (pinned when the process was captured) if it grew since the last read.
@@ -47,7 +50,10 @@ impl PerfMap {
             offset += read as u64;
         }
         // Only whole lines: the runtime may be half-way through writing the last one.
-        let whole = bytes.iter().rposition(|&byte| byte == b'\n').map_or(0, |newline| newline + 1);
+        let whole = bytes
+            .iter()
+            .rposition(|&byte| byte == b'\n')
+            .map_or(0, |newline| newline + 1);
         *self = Self::parse(&String::from_utf8_lossy(&bytes[..whole]));
         self.parsed_len = if whole == bytes.len() { len } else { 0 };
         Ok(())
@@ -62,7 +68,9 @@ impl PerfMap {
 
     /// The name of the symbol holding `address`.
     pub fn lookup(&self, address: u64) -> Option<&str> {
-        let index = self.symbols.partition_point(|(start, _, _)| *start <= address);
+        let index = self
+            .symbols
+            .partition_point(|(start, _, _)| *start <= address);
         let (_, end, name) = self.symbols.get(index.checked_sub(1)?)?;
         (address < *end).then_some(name.as_str())
     }
@@ -101,7 +109,10 @@ mod tests {
         assert_eq!(map.lookup(0x7f00_0000_1000), Some("py::handle:/srv/app.py"));
         assert_eq!(map.lookup(0x7f00_0000_103f), Some("py::handle:/srv/app.py"));
         assert_eq!(map.lookup(0x7f00_0000_1040), None);
-        assert_eq!(map.lookup(0x7f00_0000_2010), Some("LazyCompile:*dial net.js:10"));
+        assert_eq!(
+            map.lookup(0x7f00_0000_2010),
+            Some("LazyCompile:*dial net.js:10")
+        );
         assert_eq!(map.lookup(0x1000), None);
     }
 

@@ -20,47 +20,143 @@ pub enum Origin {
 /// Go, Rust and C++ standard library and runtime namespaces (after any leading `<` or `&`).
 const RUNTIME_PREFIXES: &[&str] = &[
     // Go: the runtime and the standard library packages a dial goes through.
-    "runtime.", "syscall.", "internal/", "net.", "net/", "crypto/", "sync.", "context.", "io.",
-    "os.", "time.", "reflect.", "bufio.", "fmt.", "errors.", "database/sql.", "vendor/",
+    "runtime.",
+    "runtime/",
+    "syscall.",
+    "internal/",
+    "net.",
+    "net/",
+    "crypto/",
+    "sync.",
+    "context.",
+    "io.",
+    "os.",
+    "time.",
+    "reflect.",
+    "bufio.",
+    "fmt.",
+    "errors.",
+    "database/sql.",
+    "vendor/",
     // Rust and C++.
-    "std::", "core::", "alloc::", "__rust", "_start", "__libc_", "__GI_", "__gnu_cxx::",
+    "std::",
+    "core::",
+    "alloc::",
+    "__rust",
+    "_start",
+    "__libc_",
+    "__GI_",
+    "__gnu_cxx::",
     // CPython's interpreter loop when it has no perf map.
-    "_Py", "Py", "method_vectorcall", "cfunction_",
+    "_Py",
+    "Py",
+    "method_vectorcall",
+    "cfunction_",
 ];
 
 /// Well-known client libraries and async runtimes, by namespace.
 const LIBRARY_PREFIXES: &[&str] = &[
-    "google.golang.org/grpc", "golang.org/x/", "github.com/segmentio/kafka-go", "github.com/IBM/sarama",
-    "github.com/Shopify/sarama", "github.com/redis/go-redis", "github.com/go-redis/", "github.com/jackc/pgx",
-    "github.com/lib/pq", "github.com/go-sql-driver/mysql", "go.mongodb.org/mongo-driver", "tokio::", "mio::",
-    "socket2::", "hyper::", "hyper_util::", "reqwest::", "h2::", "tonic::", "tower::", "futures_util::",
-    "async_std::", "sqlx::", "redis::", "grpc::", "boost::asio::", "curl_",
+    "google.golang.org/grpc",
+    "golang.org/x/",
+    "github.com/segmentio/kafka-go",
+    "github.com/IBM/sarama",
+    "github.com/Shopify/sarama",
+    "github.com/redis/go-redis",
+    "github.com/go-redis/",
+    "github.com/jackc/pgx",
+    "github.com/lib/pq",
+    "github.com/go-sql-driver/mysql",
+    "go.mongodb.org/mongo-driver",
+    "tokio::",
+    "mio::",
+    "socket2::",
+    "hyper::",
+    "hyper_util::",
+    "reqwest::",
+    "h2::",
+    "tonic::",
+    "tower::",
+    "futures_util::",
+    "async_std::",
+    "sqlx::",
+    "redis::",
+    "grpc::",
+    "boost::asio::",
+    "curl_",
 ];
 
 /// Shared objects that are the runtime, by file name prefix.
 const RUNTIME_MODULES: &[&str] = &[
-    "libc.so", "libc-", "libpthread", "ld-linux", "ld-musl", "libstdc++", "libgcc_s", "libm.so", "libresolv",
-    "libnss_", "libdl", "librt", "libpython", "python", "libjvm", "java", "node", "libnode", "libruby",
-    "ruby", "perl", "libperl", "php", "[vdso]",
+    "libc.so",
+    "libc-",
+    "libpthread",
+    "ld-linux",
+    "ld-musl",
+    "libstdc++",
+    "libgcc_s",
+    "libm.so",
+    "libresolv",
+    "libnss_",
+    "libdl",
+    "librt",
+    "libpython",
+    "python",
+    "libjvm",
+    "java",
+    "node",
+    "libnode",
+    "libruby",
+    "ruby",
+    "perl",
+    "libperl",
+    "php",
+    "[vdso]",
 ];
 
 /// Shared objects that are well-known client libraries.
 const LIBRARY_MODULES: &[&str] = &[
-    "libcurl", "libssl", "libcrypto", "libgnutls", "libpq", "libmysqlclient", "libmariadb", "libgrpc",
-    "libzmq", "libhiredis", "libmongoc", "librdkafka", "libevent", "libuv",
+    "libcurl",
+    "libssl",
+    "libcrypto",
+    "libgnutls",
+    "libpq",
+    "libmysqlclient",
+    "libmariadb",
+    "libgrpc",
+    "libzmq",
+    "libhiredis",
+    "libmongoc",
+    "librdkafka",
+    "libevent",
+    "libuv",
 ];
 
 /// Perf-map names of interpreted code that lives in the runtime's own library directory.
-const RUNTIME_SOURCE_DIRS: &[&str] = &["/lib/python3", "/lib/python2", "/lib/jvm/", "node:internal", "/lib/ruby/"];
+const RUNTIME_SOURCE_DIRS: &[&str] = &[
+    "/lib/python3",
+    "/lib/python2",
+    "/lib/jvm/",
+    "node:internal",
+    "/lib/ruby/",
+];
 
 pub fn origin(frame: &Frame) -> Origin {
-    let module = frame.module.as_deref().map(|module| module.rsplit('/').next().unwrap_or(module));
+    let module = frame
+        .module
+        .as_deref()
+        .map(|module| module.rsplit('/').next().unwrap_or(module));
     if let Some(function) = frame.function.as_deref() {
         let name = function.trim_start_matches(['<', '&', '*', '(']);
-        if RUNTIME_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        if RUNTIME_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
             return Origin::Runtime;
         }
-        if LIBRARY_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        if LIBRARY_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
             return Origin::Library;
         }
         // Code a JIT or interpreter named through its perf map: judged by its source file.
@@ -74,8 +170,20 @@ pub fn origin(frame: &Frame) -> Origin {
     }
     match module {
         None => Origin::Unknown,
-        Some(module) if RUNTIME_MODULES.iter().any(|prefix| module.starts_with(prefix)) => Origin::Runtime,
-        Some(module) if LIBRARY_MODULES.iter().any(|prefix| module.starts_with(prefix)) => Origin::Library,
+        Some(module)
+            if RUNTIME_MODULES
+                .iter()
+                .any(|prefix| module.starts_with(prefix)) =>
+        {
+            Origin::Runtime
+        }
+        Some(module)
+            if LIBRARY_MODULES
+                .iter()
+                .any(|prefix| module.starts_with(prefix)) =>
+        {
+            Origin::Library
+        }
         Some("[anon]") if frame.function.is_none() => Origin::Unknown,
         Some(_) => Origin::Application,
     }
@@ -103,6 +211,7 @@ mod tests {
             line: None,
             module: module.map(str::to_string),
             inlined: false,
+            recovered: false,
         }
     }
 
@@ -112,7 +221,10 @@ mod tests {
         let frames = [
             frame(Some("syscall.Syscall"), exe),
             frame(Some("net.(*netFD).connect"), exe),
-            frame(Some("google.golang.org/grpc.(*addrConn).resetTransport"), exe),
+            frame(
+                Some("google.golang.org/grpc.(*addrConn).resetTransport"),
+                exe,
+            ),
             frame(Some("main.dialBackend"), exe),
             frame(Some("main.handleMessage"), exe),
             frame(Some("runtime.goexit"), exe),
@@ -126,9 +238,15 @@ mod tests {
     #[test]
     fn libc_and_rust_std_are_runtime() {
         let frames = [
-            frame(Some("__libc_connect"), Some("/usr/lib/x86_64-linux-gnu/libc.so.6")),
+            frame(
+                Some("__libc_connect"),
+                Some("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            ),
             frame(None, Some("/usr/lib/x86_64-linux-gnu/libc.so.6")),
-            frame(Some("<std::net::tcp::TcpStream>::connect"), Some("/srv/app")),
+            frame(
+                Some("<std::net::tcp::TcpStream>::connect"),
+                Some("/srv/app"),
+            ),
             frame(Some("app::pool::Pool::open"), Some("/srv/app")),
         ];
         assert_eq!(pick(&frames), Some(3));
@@ -140,7 +258,10 @@ mod tests {
         let map = Some("/tmp/perf-41.map");
         let frames = [
             frame(Some("_PyEval_EvalFrameDefault"), python),
-            frame(Some("py::create_connection:/usr/lib/python3.12/socket.py"), map),
+            frame(
+                Some("py::create_connection:/usr/lib/python3.12/socket.py"),
+                map,
+            ),
             frame(Some("py::open_client:/srv/app/client.py"), map),
         ];
         assert_eq!(pick(&frames), Some(2));
@@ -148,7 +269,13 @@ mod tests {
 
     #[test]
     fn unknown_addresses_are_never_chosen() {
-        assert_eq!(pick(&[frame(None, None), frame(None, Some("[anon]"))]), None);
-        assert_eq!(pick(&[frame(None, None), frame(None, Some("/srv/stripped"))]), Some(1));
+        assert_eq!(
+            pick(&[frame(None, None), frame(None, Some("[anon]"))]),
+            None
+        );
+        assert_eq!(
+            pick(&[frame(None, None), frame(None, Some("/srv/stripped"))]),
+            Some(1)
+        );
     }
 }

@@ -37,7 +37,9 @@ pub fn is_truncated(frames: &[Frame], depth: usize, max_depth: usize) -> bool {
     if depth >= max_depth {
         return true;
     }
-    let Some(outermost) = frames.last() else { return false };
+    let Some(outermost) = frames.last() else {
+        return false;
+    };
     match (&outermost.function, &outermost.module) {
         (Some(function), _) => !ROOTS.contains(&function.as_str()),
         // An address in no mapping at all is not a return address: the walk went astray.
@@ -59,24 +61,47 @@ mod tests {
             line: None,
             module: module.map(str::to_string),
             inlined: false,
+            recovered: false,
         }
     }
 
     #[test]
     fn a_stack_that_reaches_its_root_is_whole() {
         let libc = Some("/usr/lib/x86_64-linux-gnu/libc.so.6");
-        let stack = [frame(Some("__connect"), libc), frame(Some("main"), Some("/bin/app")), frame(Some("__libc_start_call_main"), libc)];
+        let stack = [
+            frame(Some("__connect"), libc),
+            frame(Some("main"), Some("/bin/app")),
+            frame(Some("__libc_start_call_main"), libc),
+        ];
         assert!(!is_truncated(&stack, 3, 127));
-        let goroutine = [frame(Some("net.Dial"), Some("/bin/app")), frame(Some("runtime.goexit.abi0"), Some("/bin/app"))];
+        let goroutine = [
+            frame(Some("net.Dial"), Some("/bin/app")),
+            frame(Some("runtime.goexit.abi0"), Some("/bin/app")),
+        ];
         assert!(!is_truncated(&goroutine, 2, 127));
     }
 
     #[test]
     fn a_stack_that_stops_in_the_middle_or_in_garbage_is_truncated() {
         let libc = Some("/usr/lib/x86_64-linux-gnu/libc.so.6");
-        assert!(is_truncated(&[frame(Some("__connect"), libc), frame(Some("dial"), Some("/bin/app"))], 2, 127));
-        assert!(is_truncated(&[frame(Some("__connect"), libc), frame(None, None)], 2, 127));
+        assert!(is_truncated(
+            &[
+                frame(Some("__connect"), libc),
+                frame(Some("dial"), Some("/bin/app"))
+            ],
+            2,
+            127
+        ));
+        assert!(is_truncated(
+            &[frame(Some("__connect"), libc), frame(None, None)],
+            2,
+            127
+        ));
         // A full-depth stack was cut by the kernel's limit, whatever it ends in.
-        assert!(is_truncated(&[frame(Some("_start"), Some("/bin/app"))], 127, 127));
+        assert!(is_truncated(
+            &[frame(Some("_start"), Some("/bin/app"))],
+            127,
+            127
+        ));
     }
 }

@@ -32,7 +32,9 @@ mod pool {
 }
 
 fn main() {
-    let mut pool = pool::Pool { connections: Vec::new() };
+    let mut pool = pool::Pool {
+        connections: Vec::new(),
+    };
     let stdout = std::io::stdout();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
