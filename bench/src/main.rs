@@ -5,6 +5,8 @@
 //! - `trace`: hosts the real probes (`leaktrace::kernel::Tracer`), optionally paused or with
 //!   BPF run-time statistics on, drains and decodes every event as leaktrace does, and reports
 //!   counters, per-program cost and map memory when asked.
+//! - `others`: the tracing programs loaded on the host (other people's tracers).
+mod others;
 mod trace;
 
 use std::process::ExitCode;
@@ -12,7 +14,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "leaktrace-bench", about = "Benchmark helpers that need leaktrace's library (run by `cargo xtask bench`)")]
+#[command(
+    name = "leaktrace-bench",
+    about = "Benchmark helpers that need leaktrace's library (run by `cargo xtask bench`)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +29,8 @@ enum Command {
     /// lines on stdin with a JSON line, and stop at `stop`, stdin EOF, SIGINT or SIGTERM with a
     /// `final` line.
     Trace(trace::TraceArgs),
+    /// List the tracing programs loaded on this host, as one JSON line.
+    Others,
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,7 @@ fn main() -> ExitCode {
     // benchmark wants; errors still reach stderr below.
     let result = match cli.command {
         Command::Trace(args) => trace::run(&args),
+        Command::Others => others::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

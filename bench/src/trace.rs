@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use leaktrace::{
     event::{Event, EventBody},
-    kernel::{AttachedHook, KernelCounters, MapMemory, ProgramStats, RunTimeStats, Tracer},
+    kernel::{AttachedHook, KernelCounters, MapMemory, ProgramStats, RunTimeStats, Tracer, Transitions},
 };
 use serde::Serialize;
 use tokio::{
@@ -27,6 +27,9 @@ pub struct TraceArgs {
     /// Turn on BPF run-time statistics (run time and count per program) while tracing.
     #[arg(long)]
     run_time_stats: bool,
+    /// Take no user stack at opens: what is left is what the stack walk does not cost.
+    #[arg(long)]
+    no_user_stacks: bool,
 }
 
 /// Events received, by kind.
@@ -80,8 +83,13 @@ struct Report {
 }
 
 pub fn run(args: &TraceArgs) -> Result<()> {
-    let options = args.trace.to_options()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+    // The live view's settings unless told otherwise: it is what users leave running.
+    let mut options = args.trace.to_options(Transitions::Essential)?;
+    options.user_stacks = !args.no_user_stacks;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(async {
         let mut tracer = Tracer::start(options)?;
         if args.paused {
@@ -123,7 +131,13 @@ pub fn run(args: &TraceArgs) -> Result<()> {
 }
 
 fn hooks(hooks: &[AttachedHook]) -> Vec<Hook<'_>> {
-    hooks.iter().map(|h| Hook { program: h.program, hook: &h.hook }).collect()
+    hooks
+        .iter()
+        .map(|h| Hook {
+            program: h.program,
+            hook: &h.hook,
+        })
+        .collect()
 }
 
 fn report(
@@ -155,12 +169,18 @@ fn own_usage() -> Result<(Duration, Duration, u64)> {
         return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_SELF)");
     }
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    Ok((time(usage.ru_utime), time(usage.ru_stime), usage.ru_maxrss as u64))
+    Ok((
+        time(usage.ru_utime),
+        time(usage.ru_stime),
+        usage.ru_maxrss as u64,
+    ))
 }
 
 fn print_line(value: &impl Serialize) -> Result<()> {
     use std::io::Write;
     let line = serde_json::to_string(value)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
 }

@@ -221,9 +221,35 @@ pub struct Config {
     pub classic: ClassicStateFormat,
     /// [`filter`] bits.
     pub filters: u32,
-    /// Wake the reader only when the ring buffer holds more than this many bytes; below it,
-    /// records wait for the reader's timed drain (one wakeup per batch, not per record).
+    /// Wake the reader each time the pending records cross a multiple of this many bytes;
+    /// between crossings, records wait for the reader's timed drain (one wakeup per batch, not
+    /// per record).
     pub wakeup_bytes: u32,
+    /// Bit `1 << state` set: transitions into that TCP state are sent to userspace. The others
+    /// are applied to the socket's entry in the kernel and not sent (the leak tracker needs
+    /// only ESTABLISHED, CLOSE_WAIT and CLOSE; see [`reported_states`]).
+    pub reported_states: u32,
+    /// Non-zero: take the user stack at each open. Zero: opens carry no stack (`stack_error`
+    /// -ENOENT); for measuring what the stack walk costs.
+    pub user_stacks: u32,
+}
+
+/// [`Config::reported_states`] values.
+pub mod reported_states {
+    use super::tcp_state;
+
+    /// Every transition (the `events` debugging view).
+    pub const ALL: u32 = u32::MAX;
+    /// What the leak tracker uses: the handshake's end (a connect that failed never gets
+    /// there), the peer's hang-up (CLOSE_WAIT, the classic server leak) and the end of life.
+    pub const ESSENTIAL: u32 =
+        1 << tcp_state::ESTABLISHED | 1 << tcp_state::CLOSE_WAIT | 1 << tcp_state::CLOSE;
+
+    /// Whether a transition into `state` is sent under `mask`.
+    #[inline(always)]
+    pub const fn reports(mask: u32, state: u32) -> bool {
+        mask & (1 << (state & 31)) != 0
+    }
 }
 
 #[cfg(feature = "user")]
@@ -248,6 +274,18 @@ mod tests {
         assert_eq!(size_of::<StateChangeRecord>(), 88);
         assert_eq!(size_of::<ConnOpenRecord>(), 136 + 8 * MAX_STACK_DEPTH);
         assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
+    }
+
+    #[test]
+    fn essential_states_are_the_trackers() {
+        use reported_states::{ALL, ESSENTIAL, reports};
+        for state in [tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT, tcp_state::CLOSE] {
+            assert!(reports(ESSENTIAL, state));
+        }
+        for state in [tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2, tcp_state::LAST_ACK, tcp_state::CLOSING] {
+            assert!(!reports(ESSENTIAL, state), "state {state} is not needed by the tracker");
+            assert!(reports(ALL, state));
+        }
     }
 
     #[test]

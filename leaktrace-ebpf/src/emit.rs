@@ -19,15 +19,18 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
     entry
 }
 
-/// Flags for `submit`: wake the reader only once the buffer holds `CONFIG.wakeup_bytes`; below
-/// that the reader's timed drain collects the batch (a wakeup per record costs more than the
-/// probe itself at high connection rates).
+/// Submits a record, waking the reader only when this record takes the pending data past a
+/// multiple of `CONFIG.wakeup_bytes`; below that the reader's timed drain collects the batch (a
+/// wakeup per record costs more than the probe itself at high connection rates). Waking on
+/// every record past the threshold would raise an interrupt per record until the reader runs,
+/// which on a busy host is a while. Two producers crossing at once may both miss the crossing:
+/// the next multiple, or the timed drain, picks the batch up.
 #[inline(always)]
-pub fn wakeup_flags() -> u64 {
+pub fn submit<T>(record: RingBufEntry<T>) {
+    // What the record takes in the buffer: its 8-byte header, rounded up to 8 bytes.
+    let size = ((size_of::<T>() + 8 + 7) & !7) as u64;
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if pending >= config!(wakeup_bytes) as u64 {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
+    let threshold = config!(wakeup_bytes) as u64;
+    let crossed = threshold != 0 && pending / threshold != pending.saturating_sub(size) / threshold;
+    record.submit(if crossed { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 });
 }

@@ -9,11 +9,11 @@
 //!   to CLOSE ends its life and its entry.
 //!
 //! The kernel skips a tracing program that fires while the same program already runs on that
-//! CPU (a softirq interrupting it): `recursion_misses`, about 1% of transitions under loopback
-//! churn. So userspace attaches this logic twice, as `tp_btf` (guarded per program) and as the
-//! classic tracepoint (guarded by the per-CPU `bpf_prog_active`): when one is skipped the
-//! other runs. Each transition is applied once, by whichever runs first: the entry's
-//! `last_state` says whether it already was.
+//! CPU (a softirq interrupting it): `recursion_misses`. So userspace attaches this logic twice,
+//! as two `tp_btf` programs (the guard is per program), or where `tp_btf` is missing as `tp_btf`
+//! and the classic tracepoint (guarded by the per-CPU `bpf_prog_active`): when one is skipped
+//! the other runs. Each transition is applied once, by whichever runs first: the entry's
+//! `last_state` says whether it already was, and the second run stops at that lookup.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
@@ -24,51 +24,57 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use leaktrace_common::{
     ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_STACK_DEPTH, Owner,
-    StateChangeRecord, Tuple, filter, tcp_state,
+    StateChangeRecord, Tuple, filter, reported_states, tcp_state,
 };
 
+/// The `stack_error` of an open whose stack was not asked for (`CONFIG.user_stacks` off).
+const ENOENT: i32 = 2;
+
 use crate::{
-    emit, kernel,
+    emit,
+    kernel::{self, Probed, SockAccess},
     maps::{
         FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, SOCKET_ACCEPTED, SOCKET_ACTIVE,
         SOCKET_PASSIVE, SOCKETS, SocketEntry, config, count,
     },
 };
 
-/// Entry point for every `inet_sock_set_state` of a TCP socket.
+/// Entry point for every `inet_sock_set_state` of a TCP socket, read through `M` (see
+/// [`kernel::SockAccess`]).
 #[inline(always)]
-pub fn on_state_change(ctx: *mut c_void, sk: u64, cookie: u64, old: u32, new: u32) {
+pub fn on_state_change<M: SockAccess>(ctx: *mut c_void, sk: u64, old: u32, new: u32) {
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
-        on_connect(ctx, sk, cookie);
+        on_connect::<M>(ctx, sk);
     } else if old == tcp_state::LISTEN && new == tcp_state::SYN_RECV {
-        on_passive_birth(sk, cookie);
+        on_passive_birth::<M>(sk);
     } else {
-        on_transition(sk, cookie, old, new);
+        on_transition::<M>(sk, old, new);
     }
 }
 
 /// Whether the other attachment already applied the transition to `state` of `sk`. If it was
 /// the classic one (no cookie there), the cookie is filled in for the socket's later events.
 #[inline(always)]
-fn already_applied(sk: u64, state: u32, cookie: u64) -> bool {
+fn already_applied<M: SockAccess>(sk: u64, state: u32) -> bool {
     let Some(entry) = SOCKETS.get_ptr_mut(sk) else {
         return false;
     };
     let entry = unsafe { &mut *entry };
-    adopt_cookie(entry, cookie);
+    adopt_cookie::<M>(entry, sk);
     entry.last_state == state
 }
 
+/// Asks for the cookie only while the entry lacks one: most runs find it there.
 #[inline(always)]
-fn adopt_cookie(entry: &mut SocketEntry, cookie: u64) {
-    if entry.cookie == 0 && cookie != 0 {
-        entry.cookie = cookie;
+fn adopt_cookie<M: SockAccess>(entry: &mut SocketEntry, sk: u64) {
+    if entry.cookie == 0 {
+        entry.cookie = M::socket_cookie(sk);
     }
 }
 
 #[inline(always)]
-fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
-    if already_applied(sk, tcp_state::SYN_SENT, cookie) {
+fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
+    if already_applied::<M>(sk, tcp_state::SYN_SENT) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -78,10 +84,11 @@ fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
         return;
     }
     let mut tuple = Tuple::default();
-    if kernel::sock_tuple(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
+    if kernel::sock_tuple::<M>(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
+    let cookie = M::socket_cookie(sk);
     let entry = SocketEntry { birth_ns: now, cookie, flags: SOCKET_ACTIVE, last_state: tcp_state::SYN_SENT };
     if SOCKETS.insert(sk, entry, 0).is_err() {
         count(Counter::SocketMapFull);
@@ -98,19 +105,20 @@ fn on_connect(ctx: *mut c_void, sk: u64, cookie: u64) {
     open.tuple = tuple;
     open.state = tcp_state::SYN_SENT;
     take_user_stack(ctx, open);
-    record.submit(emit::wakeup_flags());
+    emit::submit(record);
 }
 
 #[inline(always)]
-fn on_passive_birth(sk: u64, cookie: u64) {
-    if already_applied(sk, tcp_state::SYN_RECV, cookie) {
+fn on_passive_birth<M: SockAccess>(sk: u64) {
+    if already_applied::<M>(sk, tcp_state::SYN_RECV) {
         return;
     }
     let mut tuple = Tuple::default();
-    if kernel::sock_tuple(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
+    if kernel::sock_tuple::<M>(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
         return;
     }
     let birth_ns = unsafe { bpf_ktime_get_ns() };
+    let cookie = M::socket_cookie(sk);
     let entry = SocketEntry { birth_ns, cookie, flags: SOCKET_PASSIVE, last_state: tcp_state::SYN_RECV };
     if SOCKETS.insert(sk, entry, 0).is_err() {
         count(Counter::SocketMapFull);
@@ -118,12 +126,12 @@ fn on_passive_birth(sk: u64, cookie: u64) {
 }
 
 #[inline(always)]
-fn on_transition(sk: u64, cookie: u64, old: u32, new: u32) {
+fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
     let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
         return;
     };
     let entry = unsafe { &mut *entry_ptr };
-    adopt_cookie(entry, cookie);
+    adopt_cookie::<M>(entry, sk);
     if entry.last_state == new {
         return;
     }
@@ -140,15 +148,20 @@ fn on_transition(sk: u64, cookie: u64, old: u32, new: u32) {
         }
         return;
     }
+    // Transitions the reader has no use for (FIN_WAIT1, FIN_WAIT2, LAST_ACK... in the live
+    // view) stop here: the entry above already follows them.
+    if !reported_states::reports(config!(reported_states), new) {
+        return;
+    }
     if let Some(mut record) = emit::reserve::<StateChangeRecord>() {
         let change = unsafe { &mut *record.as_mut_ptr() };
         let now = unsafe { bpf_ktime_get_ns() };
         change.header = header(EventKind::StateChange, now, sk, &entry);
         change.tuple = Tuple::default();
-        let _ = kernel::sock_tuple(sk, &mut change.tuple);
+        let _ = kernel::sock_tuple::<M>(sk, &mut change.tuple);
         change.old_state = old;
         change.new_state = new;
-        record.submit(emit::wakeup_flags());
+        emit::submit(record);
     }
     if new == tcp_state::CLOSE {
         let _ = SOCKETS.remove(sk);
@@ -163,7 +176,7 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
         return;
     };
     let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
-        if kernel::sock_protocol(sk) == Ok(IPPROTO_TCP) {
+        if Probed::sock_protocol(sk) == Ok(IPPROTO_TCP) {
             count(Counter::AcceptUntracked);
         }
         return;
@@ -189,10 +202,10 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     open.header = header(EventKind::Accept, now, sk, &entry);
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
     open.tuple = Tuple::default();
-    let _ = kernel::sock_tuple(sk, &mut open.tuple);
-    open.state = kernel::sock_state(sk).unwrap_or(0);
+    let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
+    open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
     take_user_stack(ctx, open);
-    record.submit(emit::wakeup_flags());
+    emit::submit(record);
 }
 
 #[inline(always)]
@@ -220,6 +233,12 @@ fn fill_owner(owner: &mut Owner, pid_tgid: u64, cgroup_id: u64) {
 /// hash collisions would silently drop new stacks).
 #[inline(always)]
 fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord) {
+    open._pad = 0;
+    if config!(user_stacks) == 0 {
+        open.stack_depth = 0;
+        open.stack_error = -ENOENT;
+        return;
+    }
     let bytes = unsafe {
         bpf_get_stack(
             ctx,
@@ -236,7 +255,6 @@ fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord) {
         open.stack_depth = (bytes as u32) / 8;
         open.stack_error = 0;
     }
-    open._pad = 0;
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! through one ring buffer, counting everything they could not report.
 //!
 //! Hooks (userspace picks one per family at load time, by probing what the kernel offers):
-//! - `probes::state`: `inet_sock_set_state`, as `tp_btf` or as the classic tracepoint.
+//! - `probes::state`: `inet_sock_set_state`, as two `tp_btf` programs or the classic tracepoint.
 //! - `probes::accept`: `syscalls:sys_exit_accept{,4}`, where the acceptor is known.
 #![no_std]
 #![no_main]

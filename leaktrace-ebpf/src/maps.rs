@@ -59,6 +59,48 @@ pub fn paused() -> bool {
     PAUSED.get(0).is_some_and(|flag| *flag != 0)
 }
 
+/// The transition the first `tp_btf` program last began on this CPU (see [`TransitionMark`]).
+#[map]
+pub static FIRST_TWIN_MARK: PerCpuArray<TransitionMark> = PerCpuArray::with_max_entries(1, 0);
+
+/// A transition of one socket, as the first of the two `tp_btf` programs saw it begin. The
+/// second program runs right after the first for the same transition and takes (clears) the
+/// mark: if it matches, the first was not skipped and the second has nothing to do. Taking
+/// clears it whether or not it matches, so a mark the second never saw (it was the one
+/// skipped) is gone at its next run on this CPU; a false match would need that same socket
+/// address to make that same transition again in between, with the first program skipped.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TransitionMark {
+    pub sk: u64,
+    /// `old << 16 | new`.
+    pub states: u64,
+}
+
+impl TransitionMark {
+    #[inline(always)]
+    pub fn new(sk: u64, old: u32, new: u32) -> Self {
+        Self { sk, states: (old as u64) << 16 | new as u64 }
+    }
+
+    #[inline(always)]
+    pub fn set(self) {
+        if let Some(slot) = FIRST_TWIN_MARK.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; programs do not migrate while they run.
+            unsafe { *slot = self };
+        }
+    }
+
+    /// Whether the mark is this transition; clears it either way.
+    #[inline(always)]
+    pub fn take(self) -> bool {
+        let Some(slot) = FIRST_TWIN_MARK.get_ptr_mut(0) else { return false };
+        // SAFETY: as in `set`.
+        let seen = unsafe { core::ptr::replace(slot, Self { sk: 0, states: 0 }) };
+        seen == self
+    }
+}
+
 /// A tracked socket.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -6,7 +6,7 @@ use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    kernel::{StateHook, TracerOptions},
+    kernel::{StateHook, TracerOptions, Transitions},
     tracker::Thresholds,
 };
 
@@ -177,6 +177,11 @@ pub struct TraceArgs {
     /// How often the ring buffer is drained when it has not filled enough to wake the reader.
     #[arg(long, value_name = "MS", default_value_t = 25)]
     pub drain_interval_ms: u64,
+    /// Which state transitions the probes send: `essential` (into ESTABLISHED, CLOSE_WAIT,
+    /// CLOSE: what the leak tracker uses) or `all`. Default: `all` for `events`, `essential`
+    /// for the live view.
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub transitions: Option<Transitions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +247,8 @@ fn non_negative_seconds(flag: &'static str, value: f64) -> Result<Duration, Args
 }
 
 impl TraceArgs {
-    pub fn to_options(&self) -> Result<TracerOptions, ArgsError> {
+    /// The validated options; `--transitions` defaults to the command's `default_transitions`.
+    pub fn to_options(&self, default_transitions: Transitions) -> Result<TracerOptions, ArgsError> {
         for &pid in &self.pids {
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 return Err(ArgsError::NoSuchPid(pid));
@@ -264,6 +270,8 @@ impl TraceArgs {
             max_sockets: self.max_sockets,
             state_hook: self.state_hook,
             drain_interval: Duration::from_millis(self.drain_interval_ms),
+            transitions: self.transitions.unwrap_or(default_transitions),
+            user_stacks: true,
         })
     }
 }
@@ -298,7 +306,7 @@ mod tests {
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         let Some(Command::Events(args)) = cli.command else { panic!("parsed as another command") };
-        args.trace.to_options().map_err(|e| e.to_string())
+        args.trace.to_options(Transitions::All).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -309,6 +317,14 @@ mod tests {
         assert_eq!(options.ports, vec![80, 443]);
         assert_eq!(options.cgroups, vec![7]);
         assert_eq!(options.ring_buffer_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn transitions_default_to_the_commands_choice() {
+        assert_eq!(trace_args(&[]).unwrap().transitions, Transitions::All);
+        assert_eq!(trace_args(&["--transitions", "essential"]).unwrap().transitions, Transitions::Essential);
+        let err = trace_args(&["--transitions", "some"]).unwrap_err();
+        assert!(err.contains("invalid value 'some'"), "{err}");
     }
 
     #[test]

@@ -71,9 +71,16 @@ pub fn run(plan: &ClientPlan) -> ClientStats {
     total
 }
 
-fn client_thread(plan: &ClientPlan, index: usize, started: Instant, budget: &AtomicU64) -> ClientStats {
+fn client_thread(
+    plan: &ClientPlan,
+    index: usize,
+    started: Instant,
+    budget: &AtomicU64,
+) -> ClientStats {
     let mut stats = ClientStats::default();
-    let schedule = plan.rate.map(|rate| Schedule::new(started, rate / plan.threads as f64));
+    let schedule = plan
+        .rate
+        .map(|rate| Schedule::new(started, rate / plan.threads as f64));
     let deadline = match plan.stop {
         Stop::After(duration) => Some(started + duration),
         Stop::Count(_) => None,
@@ -129,7 +136,10 @@ struct Schedule {
 
 impl Schedule {
     fn new(start: Instant, per_second: f64) -> Self {
-        Self { start, interval: Duration::from_secs_f64(1.0 / per_second) }
+        Self {
+            start,
+            interval: Duration::from_secs_f64(1.0 / per_second),
+        }
     }
 
     fn due(&self, k: u64) -> Instant {

@@ -24,7 +24,11 @@ pub enum CloseMode {
 }
 
 /// The client's half: connect, request, response, close. A refused connect is an error.
-pub fn client_connection(target: SocketAddr, exchange: Exchange, close: CloseMode) -> io::Result<()> {
+pub fn client_connection(
+    target: SocketAddr,
+    exchange: Exchange,
+    close: CloseMode,
+) -> io::Result<()> {
     let mut stream = TcpStream::connect(target)?;
     if close == CloseMode::Rst {
         SockRef::from(&stream).set_linger(Some(Duration::ZERO))?;

@@ -5,8 +5,10 @@
 //! processes, each connecting to a listener of its own. Client ends close with RST, so the
 //! release leaves no TIME_WAIT behind.
 use std::{
+    collections::VecDeque,
     io::{self, BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -20,8 +22,7 @@ use crate::server;
 const BATCH: usize = 1024;
 /// Descriptors a worker keeps for itself (stdio, the listener, the runtime).
 const SPARE_FDS: u64 = 64;
-/// Most connections per worker even where the fd limit allows more: more workers open them
-/// in parallel.
+/// Most connections per worker even where the fd limit allows more: a modest fd table each.
 const MAX_PER_WORKER: usize = 100_000;
 
 /// The parent: starts the workers, says when everything is open, and when everything is closed.
@@ -37,20 +38,7 @@ pub fn hold(total: usize, per_process: Option<usize>) -> Result<()> {
     let exe = std::env::current_exe().context("finding loadgen's own executable")?;
     let started = Instant::now();
     let mut workers = Vec::new();
-    let mut remaining = total;
-    while remaining > 0 {
-        let count = remaining.min(capacity);
-        let child = Command::new(&exe)
-            .args(["hold-worker", "--connections", &count.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting a hold worker")?;
-        workers.push(Worker { child, count });
-        remaining -= count;
-    }
-    let opened = workers.iter_mut().map(Worker::wait_held).collect::<Result<Vec<_>>>();
-    if let Err(err) = opened {
+    if let Err(err) = open_all(&exe, total, capacity, &mut workers) {
         release(workers);
         return Err(err);
     }
@@ -64,7 +52,38 @@ pub fn hold(total: usize, per_process: Option<usize>) -> Result<()> {
     let _ = io::stdin().lock().lines().count();
     let releasing = Instant::now();
     release(workers);
-    crate::print_json(&serde_json::json!({ "type": "released", "seconds": releasing.elapsed().as_secs_f64() }))
+    crate::print_json(
+        &serde_json::json!({ "type": "released", "seconds": releasing.elapsed().as_secs_f64() }),
+    )
+}
+
+/// Starts workers until `total` connections are held, at most one per CPU opening at a time:
+/// a host's connections accumulate, they are not opened by a hundred processes at once (which
+/// would also starve every other process of CPU, a tracer's reader included).
+fn open_all(exe: &Path, total: usize, capacity: usize, workers: &mut Vec<Worker>) -> Result<()> {
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut remaining = total;
+    let mut opening: VecDeque<usize> = VecDeque::new();
+    while remaining > 0 {
+        if opening.len() == parallel
+            && let Some(index) = opening.pop_front()
+        {
+            workers[index].wait_held()?;
+        }
+        let count = remaining.min(capacity);
+        let child = Command::new(exe)
+            .args(["hold-worker", "--connections", &count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a hold worker")?;
+        workers.push(Worker { child, count });
+        opening.push_back(workers.len() - 1);
+        remaining -= count;
+    }
+    opening
+        .into_iter()
+        .try_for_each(|index| workers[index].wait_held())
 }
 
 struct Worker {
@@ -77,10 +96,15 @@ impl Worker {
     fn wait_held(&mut self) -> Result<()> {
         let stdout = self.child.stdout.as_mut().context("worker stdout")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).context("reading a hold worker")?;
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading a hold worker")?;
         if line.trim() != format!("held {}", self.count) {
             let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-            bail!("a hold worker did not open its {} connections ({status}; its error is above)", self.count);
+            bail!(
+                "a hold worker did not open its {} connections ({status}; its error is above)",
+                self.count
+            );
         }
         Ok(())
     }
@@ -135,7 +159,10 @@ pub fn worker(count: usize) -> Result<()> {
 }
 
 fn nofile_limits() -> Result<(u64, u64)> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit fills the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
@@ -145,7 +172,10 @@ fn nofile_limits() -> Result<(u64, u64)> {
 
 fn raise_nofile_limit() -> Result<()> {
     let (_, hard) = nofile_limits()?;
-    let limit = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+    let limit = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
     // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the hard one
     // needs no privilege.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {

@@ -1,10 +1,12 @@
 //! loadgen: TCP connection churn over loopback, the workload of leaktrace's benchmarks.
 //! Every connection is connect, request, response, close (normal or RST), spread over several
 //! server ports, saturating or at a fixed rate, from N client threads; or N connections opened
-//! and held (`hold`). Results are one JSON object per line on stdout; diagnostics on stderr.
+//! and held (`hold`); or a connection leak on purpose (`leak`). Results are one JSON object per
+//! line on stdout; diagnostics on stderr.
 mod client;
 mod exchange;
 mod hold;
+mod leak;
 mod netns;
 mod server;
 mod usage;
@@ -28,7 +30,10 @@ use crate::{
 };
 
 #[derive(Parser)]
-#[command(name = "loadgen", about = "TCP connection churn over loopback (connect, request, response, close)")]
+#[command(
+    name = "loadgen",
+    about = "TCP connection churn over loopback (connect, request, response, close)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,6 +86,25 @@ enum Command {
         #[command(flatten)]
         netns: NetnsArg,
     },
+    /// A connection leak on purpose: a server and a client in one process over loopback; the
+    /// client opens --rate connections a second and closes none, until --duration ends or stdin
+    /// closes. Prints `listening` (the port), `leak_started` (the CLOCK_MONOTONIC ns of the first
+    /// connect) and, once everything is closed, `leak_ended` (how many it opened).
+    Leak {
+        /// Port to listen on (default: one the kernel picks).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Connections opened per second.
+        #[arg(long, value_name = "CONN_PER_S", default_value_t = 20.0)]
+        rate: f64,
+        /// Leak for this many seconds at most.
+        #[arg(long, value_name = "SECONDS")]
+        duration: f64,
+        /// Start leaking only once a line arrives on stdin (after `listening`): the tracer
+        /// attaches meanwhile.
+        #[arg(long)]
+        wait_for_start: bool,
+    },
     /// One worker of `hold` (started by it).
     #[command(hide = true)]
     HoldWorker {
@@ -111,7 +135,12 @@ struct ClientArgs {
     #[arg(long, value_name = "CONN_PER_S")]
     rate: Option<f64>,
     /// Run this many seconds.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "connections", required_unless_present = "connections")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        conflicts_with = "connections",
+        required_unless_present = "connections"
+    )]
     duration: Option<f64>,
     /// Make this many connections.
     #[arg(long, value_name = "N")]
@@ -165,7 +194,10 @@ impl From<CloseArg> for CloseMode {
 
 impl From<ExchangeArgs> for Exchange {
     fn from(args: ExchangeArgs) -> Self {
-        Exchange { request_bytes: args.request_bytes, response_bytes: args.response_bytes }
+        Exchange {
+            request_bytes: args.request_bytes,
+            response_bytes: args.response_bytes,
+        }
     }
 }
 
@@ -214,9 +246,19 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run { server, client, exchange, netns } => {
+        Command::Run {
+            server,
+            client,
+            exchange,
+            netns,
+        } => {
             enter_netns(netns.netns)?;
-            let server_started = Server::start(server.listen, server.ports, server.server_threads, exchange.into())?;
+            let server_started = Server::start(
+                server.listen,
+                server.ports,
+                server.server_threads,
+                exchange.into(),
+            )?;
             let targets = server_started.addresses();
             let ports = server_started.ports().to_vec();
             let tcp_before = TcpCounters::read().ok();
@@ -225,20 +267,51 @@ fn dispatch(command: Command) -> Result<()> {
             let served = server_started.stop();
             let cpu = CpuTime::of_process()?.since(cpu_before);
             let tcp = tcp_before.and_then(|before| Some(TcpCounters::read().ok()?.since(before)));
-            print_json(&result(&client, clients, Some(served), cpu, ports, Some(netns.netns), tcp))
+            print_json(&result(
+                &client,
+                clients,
+                Some(served),
+                cpu,
+                ports,
+                Some(netns.netns),
+                tcp,
+            ))
         }
-        Command::Serve { server, exchange, duration } => serve(&server, exchange, duration),
-        Command::Client { targets, client, exchange } => {
+        Command::Serve {
+            server,
+            exchange,
+            duration,
+        } => serve(&server, exchange, duration),
+        Command::Client {
+            targets,
+            client,
+            exchange,
+        } => {
             let ports = targets.iter().map(SocketAddr::port).collect();
             let cpu_before = CpuTime::of_process()?;
             let clients = client::run(&plan(&client, exchange, targets)?);
             let cpu = CpuTime::of_process()?.since(cpu_before);
             print_json(&result(&client, clients, None, cpu, ports, None, None))
         }
-        Command::Hold { connections, per_process, netns } => {
+        Command::Hold {
+            connections,
+            per_process,
+            netns,
+        } => {
             enter_netns(netns.netns)?;
             hold::hold(connections, per_process)
         }
+        Command::Leak {
+            port,
+            rate,
+            duration,
+            wait_for_start,
+        } => leak::leak(&leak::LeakPlan {
+            port,
+            rate,
+            duration,
+            wait_for_start,
+        }),
         Command::HoldWorker { connections } => hold::worker(connections),
     }
 }
@@ -252,7 +325,9 @@ fn enter_netns(mode: NetnsMode) -> Result<()> {
 
 fn plan(args: &ClientArgs, exchange: ExchangeArgs, targets: Vec<SocketAddr>) -> Result<ClientPlan> {
     let stop = match (args.duration, args.connections) {
-        (Some(seconds), _) if seconds.is_finite() && seconds > 0.0 => Stop::After(Duration::from_secs_f64(seconds)),
+        (Some(seconds), _) if seconds.is_finite() && seconds > 0.0 => {
+            Stop::After(Duration::from_secs_f64(seconds))
+        }
         (Some(seconds), _) => bail!("--duration {seconds}: must be a positive number of seconds"),
         (None, Some(count)) => Stop::Count(count),
         (None, None) => bail!("give --duration or --connections"),
@@ -285,7 +360,13 @@ fn result(
     tcp: Option<TcpCounters>,
 ) -> RunResult {
     let seconds = clients.elapsed.as_secs_f64();
-    let per_conn = |s: f64| if clients.connections == 0 { 0.0 } else { s * 1e6 / clients.connections as f64 };
+    let per_conn = |s: f64| {
+        if clients.connections == 0 {
+            0.0
+        } else {
+            s * 1e6 / clients.connections as f64
+        }
+    };
     let (user, sys) = (cpu.user.as_secs_f64(), cpu.sys.as_secs_f64());
     RunResult {
         r#type: "result",
@@ -294,7 +375,11 @@ fn result(
         errors: clients.errors + served.as_ref().map_or(0, |s| s.errors),
         last_error: clients.last_error.or(served.and_then(|s| s.last_error)),
         seconds,
-        conn_per_s: if seconds > 0.0 { clients.connections as f64 / seconds } else { 0.0 },
+        conn_per_s: if seconds > 0.0 {
+            clients.connections as f64 / seconds
+        } else {
+            0.0
+        },
         target_rate: args.rate,
         max_lag_ms: clients.max_lag.as_secs_f64() * 1e3,
         cpu_user_s: user,
@@ -313,8 +398,15 @@ fn result(
 
 /// `serve`: listen, say where, serve until stdin closes or the duration ends.
 fn serve(args: &ServerArgs, exchange: ExchangeArgs, duration: Option<f64>) -> Result<()> {
-    let server = Server::start(args.listen, args.ports, args.server_threads, exchange.into())?;
-    print_json(&serde_json::json!({ "type": "listening", "address": args.listen, "ports": server.ports() }))?;
+    let server = Server::start(
+        args.listen,
+        args.ports,
+        args.server_threads,
+        exchange.into(),
+    )?;
+    print_json(
+        &serde_json::json!({ "type": "listening", "address": args.listen, "ports": server.ports() }),
+    )?;
     let started = Instant::now();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -342,5 +434,7 @@ fn serve(args: &ServerArgs, exchange: ExchangeArgs, duration: Option<f64>) -> Re
 fn print_json(value: &impl Serialize) -> Result<()> {
     let line = serde_json::to_string(value)?;
     let mut out = io::stdout().lock();
-    writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
 }

@@ -47,7 +47,11 @@ fn loopback_up() -> io::Result<()> {
             Err(io::Error::last_os_error())
         } else {
             request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) != 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
         }
     };
     // SAFETY: closing the socket opened above.
@@ -56,5 +60,7 @@ fn loopback_up() -> io::Result<()> {
 }
 
 fn thread_count() -> usize {
-    fs::read_dir("/proc/self/task").map(|tasks| tasks.count()).unwrap_or(1)
+    fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count())
+        .unwrap_or(1)
 }

@@ -34,13 +34,22 @@ pub struct ServerStats {
 impl Server {
     /// Listens on `ports` ephemeral ports of `address` and serves them with `threads` threads
     /// in all (at least one per port).
-    pub fn start(address: IpAddr, ports: usize, threads: usize, exchange: Exchange) -> Result<Self> {
+    pub fn start(
+        address: IpAddr,
+        ports: usize,
+        threads: usize,
+        exchange: Exchange,
+    ) -> Result<Self> {
         if ports == 0 {
             bail!("--ports must be at least 1");
         }
-        let listeners: Vec<Arc<TcpListener>> =
-            (0..ports).map(|_| listen(SocketAddr::new(address, 0)).map(Arc::new)).collect::<Result<_>>()?;
-        let ports = listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?;
+        let listeners: Vec<Arc<TcpListener>> = (0..ports)
+            .map(|_| listen(SocketAddr::new(address, 0)).map(Arc::new))
+            .collect::<Result<_>>()?;
+        let ports = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<Result<Vec<_>, _>>()?;
         let per_port = threads.div_ceil(listeners.len()).max(1);
         let threads = listeners
             .iter()
@@ -50,7 +59,12 @@ impl Server {
                 thread::spawn(move || accept_loop(&listener, exchange))
             })
             .collect();
-        Ok(Self { listeners, ports, address, threads })
+        Ok(Self {
+            listeners,
+            ports,
+            address,
+            threads,
+        })
     }
 
     pub fn ports(&self) -> &[u16] {
@@ -58,7 +72,10 @@ impl Server {
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.ports.iter().map(|&port| SocketAddr::new(self.address, port)).collect()
+        self.ports
+            .iter()
+            .map(|&port| SocketAddr::new(self.address, port))
+            .collect()
     }
 
     /// Stops accepting, lets every thread finish the connection it serves, and sums up.
@@ -84,10 +101,15 @@ impl Server {
 
 /// A listening socket with [`LISTEN_BACKLOG`].
 pub fn listen(address: SocketAddr) -> Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None).context("socket()")?;
+    let socket =
+        Socket::new(Domain::for_address(address), Type::STREAM, None).context("socket()")?;
     socket.set_reuse_address(true).context("SO_REUSEADDR")?;
-    socket.bind(&address.into()).with_context(|| format!("bind {address}"))?;
-    socket.listen(LISTEN_BACKLOG).with_context(|| format!("listen on {address}"))?;
+    socket
+        .bind(&address.into())
+        .with_context(|| format!("bind {address}"))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("listen on {address}"))?;
     Ok(socket.into())
 }
 

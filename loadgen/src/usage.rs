@@ -19,11 +19,17 @@ impl CpuTime {
             return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_SELF)");
         }
         let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-        Ok(Self { user: time(usage.ru_utime), sys: time(usage.ru_stime) })
+        Ok(Self {
+            user: time(usage.ru_utime),
+            sys: time(usage.ru_stime),
+        })
     }
 
     pub fn since(self, before: Self) -> Self {
-        Self { user: self.user.saturating_sub(before.user), sys: self.sys.saturating_sub(before.sys) }
+        Self {
+            user: self.user.saturating_sub(before.user),
+            sys: self.sys.saturating_sub(before.sys),
+        }
     }
 }
 
@@ -39,8 +45,10 @@ pub struct TcpCounters {
 
 impl TcpCounters {
     pub fn read() -> Result<Self> {
-        let snmp = fs::read_to_string("/proc/self/net/snmp").context("reading /proc/self/net/snmp")?;
-        let netstat = fs::read_to_string("/proc/self/net/netstat").context("reading /proc/self/net/netstat")?;
+        let snmp =
+            fs::read_to_string("/proc/self/net/snmp").context("reading /proc/self/net/snmp")?;
+        let netstat = fs::read_to_string("/proc/self/net/netstat")
+            .context("reading /proc/self/net/netstat")?;
         Ok(Self {
             active_opens: counter(&snmp, "Tcp", "ActiveOpens")?,
             passive_opens: counter(&snmp, "Tcp", "PassiveOpens")?,
@@ -53,7 +61,9 @@ impl TcpCounters {
         Self {
             active_opens: self.active_opens.saturating_sub(before.active_opens),
             passive_opens: self.passive_opens.saturating_sub(before.passive_opens),
-            listen_overflows: self.listen_overflows.saturating_sub(before.listen_overflows),
+            listen_overflows: self
+                .listen_overflows
+                .saturating_sub(before.listen_overflows),
             syn_retransmits: self.syn_retransmits.saturating_sub(before.syn_retransmits),
         }
     }
@@ -67,7 +77,9 @@ fn counter(table: &str, group: &str, name: &str) -> Result<u64> {
     while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
         let position = names.split_whitespace().position(|n| n == name);
         if let Some(value) = position.and_then(|p| values.split_whitespace().nth(p)) {
-            return value.parse().with_context(|| format!("{group}:{name} is not a number: {value:?}"));
+            return value
+                .parse()
+                .with_context(|| format!("{group}:{name} is not a number: {value:?}"));
         }
     }
     bail!("no {group}:{name} counter in this kernel's tables")
@@ -97,6 +109,9 @@ mod tests {
         let _server = listener.accept().unwrap();
         let delta = TcpCounters::read().unwrap().since(before);
         // Other processes may open connections too: at least ours.
-        assert!(delta.active_opens >= 1 && delta.passive_opens >= 1, "{delta:?}");
+        assert!(
+            delta.active_opens >= 1 && delta.passive_opens >= 1,
+            "{delta:?}"
+        );
     }
 }

@@ -16,6 +16,10 @@ use leaktrace::{
 use leaktrace_tests::{TraceSession, require_privileges};
 
 const CONNECTIONS: usize = 10_000;
+/// How far the client may run ahead of the server's accept(): well inside std's listen backlog
+/// (128). A full accept queue drops the SYN and the kernel retries it only after a second: an
+/// unbounded client made this test take 20-40 s, a second per overflow.
+const MAX_AHEAD: usize = 64;
 
 /// (connects to `port`, accepts on `port`, those connections whose close was seen). Closes are
 /// matched by socket, not by port: at CLOSE the kernel may already have released the ports.
@@ -66,15 +70,20 @@ fn ten_thousand_connections_of_churn_lose_nothing() {
     let session = TraceSession::start(TracerOptions::default());
 
     let started = std::time::Instant::now();
+    // One permit per connection not yet accepted: the client takes one before connecting, the
+    // server returns it after accepting.
+    let (take_permit, return_permit) = std::sync::mpsc::sync_channel::<()>(MAX_AHEAD);
     let server = thread::spawn(move || {
         for _ in 0..CONNECTIONS {
             let (mut stream, _) = listener.accept().unwrap();
+            return_permit.recv().unwrap();
             let mut rest = Vec::new();
             // Read to EOF: the client closes first, then the server.
             stream.read_to_end(&mut rest).unwrap();
         }
     });
     for _ in 0..CONNECTIONS {
+        take_permit.send(()).unwrap();
         drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
     }
     server.join().unwrap();

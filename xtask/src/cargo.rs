@@ -26,7 +26,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// Where cargo puts build output: $CARGO_TARGET_DIR if set (relative to the root, where cargo
 /// runs), else `<root>/target`.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     let root = workspace_root();
     ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
         .iter()
@@ -36,7 +36,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// `cargo` as `cargo run` told us ($CARGO), so nested builds use the toolchain that runs xtask.
-fn cargo(ready: &Ready) -> Command {
+pub fn cargo(ready: &Ready) -> Command {
     let mut cargo = ready.command(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo.current_dir(workspace_root());
     cargo

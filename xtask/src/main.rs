@@ -6,6 +6,7 @@ macro_rules! say {
     ($($arg:tt)*) => { eprintln!("xtask: {}", format_args!($($arg)*)) };
 }
 
+mod bench;
 mod cargo;
 mod cmd;
 mod setup;
@@ -75,6 +76,26 @@ enum Task {
     },
     /// Set up, then clippy with warnings denied: host crates, and the eBPF crate with the nightly
     Clippy,
+    /// Measure what leaktrace costs (root): throughput traced and untraced, kernel cost per
+    /// program, events at fixed rates, kernel memory per live connection; writes BENCHMARKS.md
+    Bench {
+        /// Every section once, tiny, in seconds: checks that they work (CI), never a speed;
+        /// writes target/bench/BENCHMARKS.smoke.md instead of BENCHMARKS.md.
+        #[arg(long)]
+        smoke: bool,
+        /// Interleaved epochs of the throughput comparison.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Seconds of load per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Live connections of the memory section (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [100_000, 1_000_000])]
+        live: Vec<usize>,
+        /// Only the section of this name; writes target/bench/BENCHMARKS.only.md instead.
+        #[arg(long, hide = true, value_name = "SECTION")]
+        only: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +165,15 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Clippy => {
             let ready = setup::setup(&build_opts())?;
             cargo::clippy(&ready)
+        }
+        Task::Bench { smoke, epochs, seconds, live, only } => {
+            let ready = setup::setup(&build_opts())?;
+            let options = if smoke {
+                bench::Options { smoke, epochs: 1, seconds: 0.3, live: vec![2_000], only }
+            } else {
+                bench::Options { smoke, epochs, seconds, live, only }
+            };
+            bench::bench(&ready, options)
         }
     }
 }

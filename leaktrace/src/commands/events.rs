@@ -10,12 +10,12 @@ use super::clock::{monotonic_ns, sleep_until};
 use crate::{
     cli::{EventsArgs, parse_duration},
     event::Event,
-    kernel::{KernelCounters, Tracer},
+    kernel::{KernelCounters, Tracer, Transitions},
     recording::{Mark, RECORDING_VERSION, write_line},
 };
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
-    let options = args.trace.to_options()?;
+    let options = args.trace.to_options(Transitions::All)?;
     let duration = parse_duration(args.duration)?;
     let mut tracer = Tracer::start(options)?;
     let start = Mark::Start { ts_ns: monotonic_ns(), version: RECORDING_VERSION };

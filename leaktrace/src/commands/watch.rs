@@ -14,7 +14,7 @@ use super::{
 use crate::{
     cli::{WatchArgs, parse_duration, seconds},
     event::Event,
-    kernel::Tracer,
+    kernel::{Tracer, Transitions},
     recording::{self, Mark, RECORDING_VERSION},
     report::Report,
     symbolize::Symbolizer,
@@ -22,7 +22,7 @@ use crate::{
 };
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
-    let options = args.trace.to_options()?;
+    let options = args.trace.to_options(Transitions::Essential)?;
     let thresholds = args.judge.thresholds()?;
     let interval = args.view.interval()?;
     let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;

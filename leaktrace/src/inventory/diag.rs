@@ -1,20 +1,21 @@
 //! TCP sockets as the kernel's sock_diag netlink interface (inet_diag) reports them: one
-//! `SOCK_DIAG_BY_FAMILY` dump per address family, every state, with `INET_DIAG_INFO`
-//! (`struct tcp_info`) for the idle times. A netlink socket answers for the network namespace
-//! it was created in, whichever thread uses it later (see [`super::netns`]).
+//! `SOCK_DIAG_BY_FAMILY` dump per address family, in the states asked for ([`DumpStates`]),
+//! with `INET_DIAG_INFO` (`struct tcp_info`) for the idle times. A netlink socket answers for
+//! the network namespace it was created in, whichever thread uses it later (see
+//! [`super::netns`]).
 //!
 //! The messages are rust-netlink's: `netlink-packet-sock-diag` builds the `inet_diag_req_v2`
-//! and parses each `inet_diag_msg` with its attributes, `netlink-sys` is the socket. What the
-//! crates leave to the caller is here: reading a multi-part dump batch by batch (the kernel
-//! fills one buffer of at most 32 KiB per `recv`, about a hundred sockets) until `NLMSG_DONE`,
-//! skipping replies to an earlier request, and counting a message that does not decode instead
-//! of failing the whole dump. `tcp_info` is taken as raw bytes (the crate's `rich_nlas` struct
-//! is all-or-nothing across kernel versions) and only the idle fields are read, at libc's
-//! offsets of `struct tcp_info`.
+//! and parses each `inet_diag_msg` header, `netlink-packet-core` frames the messages and walks
+//! the attributes, `netlink-sys` is the socket. What the crates leave to the caller is here:
+//! reading a multi-part dump batch by batch (the kernel fills one buffer of at most 32 KiB
+//! per `recv`, about a hundred sockets) until `NLMSG_DONE`, skipping replies to an earlier
+//! request, and counting a message that does not decode instead of failing the whole dump.
+//! `tcp_info` is read in place (the crate's `rich_nlas` struct is all-or-nothing across
+//! kernel versions), only its idle fields, at libc's offsets of `struct tcp_info`.
 //!
 //! The cookie is `sock_gen_cookie()`, the same number as `getsockopt(SO_COOKIE)` and
-//! `bpf_get_socket_cookie()` (on kernels before 4.6 it was derived from the socket pointer).
-//! A time-wait socket inherits the cookie of the socket it replaced: its life as a connection
+//! `bpf_get_socket_cookie()` (kernels before 4.1 gave the socket's address instead). A
+//! time-wait socket inherits the cookie of the socket it replaced, whose life as a connection
 //! is over ([`SockKind::TimeWait`]).
 use std::{
     io,
@@ -23,13 +24,16 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    DecodeError, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator, Parseable,
 };
 use netlink_packet_sock_diag::{
-    SockDiagMessage,
-    constants::{AF_INET, AF_INET6, IPPROTO_TCP, TCP_SYN_RECV},
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer, nlas::Nla},
+    SOCK_DIAG_BY_FAMILY, SockDiagMessage,
+    constants::{AF_INET, AF_INET6, INET_DIAG_INFO, IPPROTO_TCP, TCP_SYN_RECV},
+    inet::{
+        ExtensionFlags, InetRequest, InetResponseBuffer, InetResponseHeader, SocketId, StateFlags,
+        Timer,
+    },
 };
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
@@ -73,6 +77,29 @@ pub enum SockKind {
     Request,
 }
 
+/// Which TCP states a dump asks the kernel for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DumpStates {
+    /// Every state but TIME_WAIT. A time-wait socket is a connection already over for every
+    /// use of the inventory (nothing to seed, nothing live to sweep, no `tcp_info`), and under
+    /// churn they outnumber the live ones (a connection a second leaves 60 of them): the
+    /// kernel skips them instead of filling, copying and us decoding each. Time-wait sockets
+    /// in their FIN_WAIT2 phase still come (the kernel filters them by that state).
+    #[default]
+    WithoutTimeWait,
+    /// Every state, TIME_WAIT included.
+    All,
+}
+
+impl DumpStates {
+    fn flags(self) -> StateFlags {
+        match self {
+            Self::All => StateFlags::all(),
+            Self::WithoutTimeWait => StateFlags::all().difference(StateFlags::TIME_WAIT),
+        }
+    }
+}
+
 /// A netlink socket for sock_diag in one network namespace, with its receive buffer.
 pub struct SockDiag {
     socket: Socket,
@@ -85,8 +112,23 @@ pub struct SockDiag {
 /// Big enough for any batch: the kernel caps a dump's buffers at 32 KiB.
 const RECEIVE_BUFFER: usize = 64 * 1024;
 
-const DUMP: &str = "TCP dump";
-const LOOKUP: &str = "TCP socket lookup";
+/// The two requests a [`SockDiag`] sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    /// Every socket of a family, in several batches.
+    Dump,
+    /// The one socket a tuple and cookie name.
+    Lookup,
+}
+
+impl Request {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dump => "TCP dump",
+            Self::Lookup => "TCP socket lookup",
+        }
+    }
+}
 
 impl SockDiag {
     /// A sock_diag socket in the calling thread's current network namespace, whose inode the
@@ -95,8 +137,16 @@ impl SockDiag {
         let open_error = |source| InventoryError::OpenSocket { netns, source };
         let socket = Socket::new(NETLINK_SOCK_DIAG).map_err(open_error)?;
         // Only the kernel (port 0) may answer.
-        socket.connect(&NetlinkAddr::new(0, 0)).map_err(open_error)?;
-        Ok(Self { socket, netns, seq: 0, buffer: vec![0; RECEIVE_BUFFER], undecodable: 0 })
+        socket
+            .connect(&NetlinkAddr::new(0, 0))
+            .map_err(open_error)?;
+        Ok(Self {
+            socket,
+            netns,
+            seq: 0,
+            buffer: vec![0; RECEIVE_BUFFER],
+            undecodable: 0,
+        })
     }
 
     pub fn netns(&self) -> u64 {
@@ -108,19 +158,34 @@ impl SockDiag {
         self.undecodable
     }
 
-    /// Every TCP socket of this namespace, IPv4 then IPv6, in all states.
-    pub fn dump_tcp(&mut self) -> Result<Vec<DiagSocket>, InventoryError> {
+    /// Every TCP socket of this namespace in `states`, IPv4 then IPv6.
+    pub fn dump_tcp(&mut self, states: DumpStates) -> Result<Vec<DiagSocket>, InventoryError> {
         let mut sockets = Vec::new();
-        self.dump_tcp_into(&mut sockets)?;
+        self.dump_tcp_into(states, &mut sockets)?;
         Ok(sockets)
     }
 
     /// [`dump_tcp`](Self::dump_tcp), appending to `out`.
-    pub fn dump_tcp_into(&mut self, out: &mut Vec<DiagSocket>) -> Result<(), InventoryError> {
-        self.exchange(DUMP, AF_INET, SocketId::new_v4(), out)?;
-        match self.exchange(DUMP, AF_INET6, SocketId::new_v6(), out) {
+    pub fn dump_tcp_into(
+        &mut self,
+        states: DumpStates,
+        out: &mut Vec<DiagSocket>,
+    ) -> Result<(), InventoryError> {
+        let states = states.flags();
+        self.exchange(
+            Request::Dump,
+            AF_INET,
+            SocketId::new_v4(),
+            states.clone(),
+            out,
+        )?;
+        match self.exchange(Request::Dump, AF_INET6, SocketId::new_v6(), states, out) {
             // A kernel without IPv6 has no AF_INET6 handler: no IPv6 sockets.
-            Err(InventoryError::Refused { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(InventoryError::Refused { source, .. })
+                if source.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             other => other,
         }
     }
@@ -129,7 +194,12 @@ impl SockDiag {
     /// dump walks the hash table in batches and can miss a socket that moved while it ran;
     /// this asks for the one socket. A [`SockKind::TimeWait`] answer means the connection is
     /// over.
-    pub fn lookup(&mut self, local: SocketAddr, remote: SocketAddr, cookie: u64) -> Result<Option<DiagSocket>, InventoryError> {
+    pub fn lookup(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        cookie: u64,
+    ) -> Result<Option<DiagSocket>, InventoryError> {
         let (family, source_address, destination_address) = match (local.ip(), remote.ip()) {
             // An IPv4 request also finds dual-stack sockets with IPv4 peers.
             (IpAddr::V4(l), IpAddr::V4(r)) => (AF_INET, IpAddr::V4(l), IpAddr::V4(r)),
@@ -144,7 +214,7 @@ impl SockDiag {
             cookie: cookie_to_diag(cookie),
         };
         let mut found = Vec::with_capacity(1);
-        match self.exchange(LOOKUP, family, id, &mut found) {
+        match self.exchange(Request::Lookup, family, id, StateFlags::all(), &mut found) {
             Ok(()) => Ok(found.pop()),
             // ENOENT: no socket with that tuple; ESTALE: the tuple is another socket's now.
             Err(InventoryError::Refused { source, .. })
@@ -159,30 +229,49 @@ impl SockDiag {
     /// Sends one request and reads its replies into `out`.
     fn exchange(
         &mut self,
-        what: &'static str,
+        request: Request,
         family: u8,
         id: SocketId,
+        states: StateFlags,
         out: &mut Vec<DiagSocket>,
     ) -> Result<(), InventoryError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let dump = what == DUMP;
-        let request = encode_request(family, id, dump, seq);
+        let dump = request == Request::Dump;
+        let what = request.name();
         let netns = self.netns;
-        let netlink_error = |source| InventoryError::Netlink { netns, request: what, source };
-        self.socket.send(&request, 0).map_err(netlink_error)?;
+        let netlink_error = |source| InventoryError::Netlink {
+            netns,
+            request: what,
+            source,
+        };
+        let bytes = encode_request(family, id, states, dump, seq);
+        self.socket.send(&bytes, 0).map_err(netlink_error)?;
         loop {
             let len = self.receive(0).map_err(netlink_error)?;
-            let mut batch = Batch { out, undecodable: 0 };
+            let mut batch = Batch {
+                out,
+                undecodable: 0,
+            };
             let outcome = read_replies(&self.buffer[..len], seq, dump, self.netns, &mut batch);
             self.undecodable += batch.undecodable;
             match outcome {
                 Ok(Progress::More) => continue,
                 Ok(Progress::Done) => return Ok(()),
-                Err(ReplyError::Refused(source)) => return Err(InventoryError::Refused { netns, request: what, source }),
+                Err(ReplyError::Refused(source)) => {
+                    return Err(InventoryError::Refused {
+                        netns,
+                        request: what,
+                        source,
+                    });
+                }
                 Err(ReplyError::Malformed(reason)) => {
                     self.drain(seq);
-                    return Err(InventoryError::Decode { netns, request: what, reason });
+                    return Err(InventoryError::Decode {
+                        netns,
+                        request: what,
+                        reason,
+                    });
                 }
             }
         }
@@ -192,10 +281,18 @@ impl SockDiag {
     /// replies: the kernel refuses a new dump (EBUSY) while one is unfinished.
     fn drain(&mut self, seq: u32) {
         loop {
-            let Ok(len) = self.receive(libc::MSG_DONTWAIT) else { return };
+            let Ok(len) = self.receive(libc::MSG_DONTWAIT) else {
+                return;
+            };
             let mut sink = Vec::new();
-            let mut batch = Batch { out: &mut sink, undecodable: 0 };
-            if !matches!(read_replies(&self.buffer[..len], seq, true, self.netns, &mut batch), Ok(Progress::More)) {
+            let mut batch = Batch {
+                out: &mut sink,
+                undecodable: 0,
+            };
+            if !matches!(
+                read_replies(&self.buffer[..len], seq, true, self.netns, &mut batch),
+                Ok(Progress::More)
+            ) {
                 return;
             }
         }
@@ -211,17 +308,21 @@ impl SockDiag {
     }
 }
 
-/// An `inet_diag_req_v2` for TCP in every state, asking for `tcp_info`: a dump of the family,
-/// or the one socket `id` names.
-fn encode_request(family: u8, id: SocketId, dump: bool, seq: u32) -> Vec<u8> {
+/// An `inet_diag_req_v2` for TCP sockets in `states`, asking for `tcp_info`: a dump of the
+/// family, or the one socket `id` names.
+fn encode_request(family: u8, id: SocketId, states: StateFlags, dump: bool, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
-    header.flags = if dump { NLM_F_REQUEST | NLM_F_DUMP } else { NLM_F_REQUEST };
+    header.flags = if dump {
+        NLM_F_REQUEST | NLM_F_DUMP
+    } else {
+        NLM_F_REQUEST
+    };
     header.sequence_number = seq;
     let request = InetRequest {
         family,
         protocol: IPPROTO_TCP,
         extensions: ExtensionFlags::INFO,
-        states: StateFlags::all(),
+        states,
         socket_id: id,
     };
     let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
@@ -254,65 +355,83 @@ struct Batch<'a> {
 
 /// Reads one batch (one `recv`) of replies to request `seq`. A dump ends with `NLMSG_DONE`;
 /// a lookup with its one answer. Replies to other requests are skipped.
-fn read_replies(bytes: &[u8], seq: u32, dump: bool, netns: u64, batch: &mut Batch) -> Result<Progress, ReplyError> {
+fn read_replies(
+    bytes: &[u8],
+    seq: u32,
+    dump: bool,
+    netns: u64,
+    batch: &mut Batch,
+) -> Result<Progress, ReplyError> {
     let mut offset = 0;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
-        let framed = NetlinkBuffer::new_checked(rest).map_err(|err| ReplyError::Malformed(err.to_string()))?;
+        let framed = NetlinkBuffer::new_checked(rest)
+            .map_err(|err| ReplyError::Malformed(err.to_string()))?;
         let length = framed.length() as usize;
-        let message_seq = framed.sequence_number();
-        let message_type = framed.message_type();
         offset += length.next_multiple_of(4);
-        if message_seq != seq {
+        if framed.sequence_number() != seq {
             continue;
         }
-        let message = match NetlinkMessage::<SockDiagMessage>::deserialize(&rest[..length]) {
-            Ok(message) => message,
-            Err(_) if message_type != NLMSG_DONE && message_type != NLMSG_ERROR => {
-                batch.undecodable += 1;
-                continue;
-            }
-            Err(err) => return Err(ReplyError::Malformed(err.to_string())),
-        };
-        match message.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                batch.out.push(diag_socket(&response, netns));
-                if !dump {
-                    return Ok(Progress::Done);
+        match framed.message_type() {
+            SOCK_DIAG_BY_FAMILY => match decode_socket(framed.payload(), netns) {
+                Ok(socket) => {
+                    batch.out.push(socket);
+                    if !dump {
+                        return Ok(Progress::Done);
+                    }
+                }
+                Err(_) => batch.undecodable += 1,
+            },
+            NLMSG_DONE | NLMSG_ERROR => {
+                let message = NetlinkMessage::<SockDiagMessage>::deserialize(&rest[..length])
+                    .map_err(|err| ReplyError::Malformed(err.to_string()))?;
+                match message.payload {
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(ReplyError::Refused(io::Error::from_raw_os_error(
+                            done.code.abs(),
+                        )));
+                    }
+                    NetlinkPayload::Error(error) if error.code.is_some() => {
+                        return Err(ReplyError::Refused(error.to_io()));
+                    }
+                    NetlinkPayload::Done(_) => return Ok(Progress::Done),
+                    _ => {} // an ACK
                 }
             }
-            NetlinkPayload::Done(done) if done.code != 0 => {
-                return Err(ReplyError::Refused(io::Error::from_raw_os_error(done.code.abs())));
-            }
-            NetlinkPayload::Done(_) => return Ok(Progress::Done),
-            NetlinkPayload::Error(error) if error.code.is_some() => return Err(ReplyError::Refused(error.to_io())),
-            NetlinkPayload::Error(_) | NetlinkPayload::Noop => {}
-            // Another family's reply, an overrun, a payload kind newer than the crate.
+            NLMSG_NOOP => {}
             _ => batch.undecodable += 1,
         }
     }
     Ok(Progress::More)
 }
 
-/// One `inet_diag_msg` as a [`DiagSocket`].
-fn diag_socket(response: &InetResponse, netns: u64) -> DiagSocket {
-    let header = &response.header;
+/// One `inet_diag_msg` and its attributes as a [`DiagSocket`]. The crate's header parser and
+/// attribute iterator read it in place: a dump decodes without allocating per socket (its
+/// `InetResponse` would box each reply and copy each attribute).
+fn decode_socket(payload: &[u8], netns: u64) -> Result<DiagSocket, DecodeError> {
+    let header = InetResponseHeader::parse(payload)?;
+    let attributes = payload
+        .get(size_of::<InetResponseBuffer>()..)
+        .unwrap_or_default();
+    let mut idle = None;
+    for attribute in NlasIterator::new(attributes) {
+        let attribute = attribute?;
+        if attribute.kind() == INET_DIAG_INFO {
+            idle = Some(IdleTimes::from_tcp_info(attribute.value()));
+        }
+    }
     let id = &header.socket_id;
-    let tcp_info = response.nlas.iter().find_map(|nla| match nla {
-        Nla::TcpInfo(bytes) => Some(bytes.as_slice()),
-        _ => None,
-    });
-    let field = |offset: usize| tcp_info.and_then(|info| info.get(offset..offset + 4)).map(|b| u32::from_ne_bytes(b.try_into().unwrap()));
     // The kernel marks time-wait sockets with timer 3; request sockets report SYN_RECV and,
     // unlike a full socket (TCP Fast Open) in SYN_RECV, no tcp_info.
     let kind = if header.timer == Some(Timer::TimeWait) {
         SockKind::TimeWait
-    } else if header.state == TCP_SYN_RECV && tcp_info.is_none() {
+    } else if header.state == TCP_SYN_RECV && idle.is_none() {
         SockKind::Request
     } else {
         SockKind::Full
     };
-    DiagSocket {
+    let idle = idle.unwrap_or_default();
+    Ok(DiagSocket {
         netns,
         cookie: cookie_from_diag(id.cookie),
         inode: u64::from(header.inode),
@@ -321,9 +440,31 @@ fn diag_socket(response: &InetResponse, netns: u64) -> DiagSocket {
         kind,
         local: normalise(id.source_address, id.source_port),
         remote: normalise(id.destination_address, id.destination_port),
-        last_data_sent_ms: field(offset_of!(libc::tcp_info, tcpi_last_data_sent)),
-        last_data_recv_ms: field(offset_of!(libc::tcp_info, tcpi_last_data_recv)),
-        last_ack_recv_ms: field(offset_of!(libc::tcp_info, tcpi_last_ack_recv)),
+        last_data_sent_ms: idle.last_data_sent_ms,
+        last_data_recv_ms: idle.last_data_recv_ms,
+        last_ack_recv_ms: idle.last_ack_recv_ms,
+    })
+}
+
+/// The idle fields of a `struct tcp_info`, each where the kernel's copy is long enough.
+#[derive(Default)]
+struct IdleTimes {
+    last_data_sent_ms: Option<u32>,
+    last_data_recv_ms: Option<u32>,
+    last_ack_recv_ms: Option<u32>,
+}
+
+impl IdleTimes {
+    fn from_tcp_info(info: &[u8]) -> Self {
+        let field = |offset: usize| {
+            info.get(offset..offset + 4)
+                .map(|b| u32::from_ne_bytes(b.try_into().unwrap()))
+        };
+        Self {
+            last_data_sent_ms: field(offset_of!(libc::tcp_info, tcpi_last_data_sent)),
+            last_data_recv_ms: field(offset_of!(libc::tcp_info, tcpi_last_data_recv)),
+            last_ack_recv_ms: field(offset_of!(libc::tcp_info, tcpi_last_ack_recv)),
+        }
     }
 }
 
@@ -366,7 +507,7 @@ mod tests {
     use netlink_packet_core::{DoneMessage, ErrorMessage, NLM_F_MULTIPART};
     use netlink_packet_sock_diag::{
         constants::{TCP_ESTABLISHED, TCP_LISTEN, TCP_TIME_WAIT},
-        inet::InetResponseHeader,
+        inet::{InetResponse, nlas::Nla},
     };
 
     use super::*;
@@ -376,9 +517,12 @@ mod tests {
 
     fn tcp_info(sent: u32, recv: u32, ack: u32) -> Vec<u8> {
         let mut info = vec![0u8; size_of::<libc::tcp_info>()];
-        info[offset_of!(libc::tcp_info, tcpi_last_data_sent)..][..4].copy_from_slice(&sent.to_ne_bytes());
-        info[offset_of!(libc::tcp_info, tcpi_last_data_recv)..][..4].copy_from_slice(&recv.to_ne_bytes());
-        info[offset_of!(libc::tcp_info, tcpi_last_ack_recv)..][..4].copy_from_slice(&ack.to_ne_bytes());
+        info[offset_of!(libc::tcp_info, tcpi_last_data_sent)..][..4]
+            .copy_from_slice(&sent.to_ne_bytes());
+        info[offset_of!(libc::tcp_info, tcpi_last_data_recv)..][..4]
+            .copy_from_slice(&recv.to_ne_bytes());
+        info[offset_of!(libc::tcp_info, tcpi_last_ack_recv)..][..4]
+            .copy_from_slice(&ack.to_ne_bytes());
         info
     }
 
@@ -420,7 +564,11 @@ mod tests {
     }
 
     fn response(reply: Reply, seq: u32) -> Vec<u8> {
-        let mut socket_id = if reply.family == AF_INET { SocketId::new_v4() } else { SocketId::new_v6() };
+        let mut socket_id = if reply.family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
         socket_id.source_address = reply.local.0;
         socket_id.source_port = reply.local.1;
         socket_id.destination_address = reply.remote.0;
@@ -436,8 +584,14 @@ mod tests {
             uid: 1000,
             inode: reply.inode,
         };
-        let response = InetResponse { header, nlas: reply.nlas.into_iter().collect() };
-        encode(SockDiagMessage::InetResponse(Box::new(response)).into(), seq)
+        let response = InetResponse {
+            header,
+            nlas: reply.nlas.into_iter().collect(),
+        };
+        encode(
+            SockDiagMessage::InetResponse(Box::new(response)).into(),
+            seq,
+        )
     }
 
     fn done(code: i32, seq: u32) -> Vec<u8> {
@@ -448,7 +602,10 @@ mod tests {
 
     fn read(bytes: &[u8], dump: bool) -> (Result<Progress, ReplyError>, Vec<DiagSocket>, u64) {
         let mut out = Vec::new();
-        let mut batch = Batch { out: &mut out, undecodable: 0 };
+        let mut batch = Batch {
+            out: &mut out,
+            undecodable: 0,
+        };
         let result = read_replies(bytes, SEQ, dump, NETNS, &mut batch);
         let undecodable = batch.undecodable;
         (result, out, undecodable)
@@ -486,7 +643,10 @@ mod tests {
         }
         let (result, sockets, _) = read(&first, true);
         assert_eq!(result.unwrap(), Progress::More);
-        assert_eq!(sockets.iter().map(|s| s.local.port()).collect::<Vec<_>>(), [40000, 40001, 40002]);
+        assert_eq!(
+            sockets.iter().map(|s| s.local.port()).collect::<Vec<_>>(),
+            [40000, 40001, 40002]
+        );
 
         let mut second = response(Reply::established_v4(), SEQ);
         second.extend(done(0, SEQ));
@@ -500,7 +660,11 @@ mod tests {
         let mut bytes = response(Reply::established_v4(), SEQ - 1);
         bytes.extend(done(0, SEQ - 1));
         let (result, sockets, _) = read(&bytes, true);
-        assert_eq!(result.unwrap(), Progress::More, "the old DONE does not end this dump");
+        assert_eq!(
+            result.unwrap(),
+            Progress::More,
+            "the old DONE does not end this dump"
+        );
         assert!(sockets.is_empty());
     }
 
@@ -542,7 +706,10 @@ mod tests {
         bytes.extend(response(request, SEQ));
         bytes.extend(response(listener, SEQ));
         let (_, sockets, _) = read(&bytes, true);
-        let kinds: Vec<_> = sockets.iter().map(|s| (s.state, s.kind, s.last_data_sent_ms)).collect();
+        let kinds: Vec<_> = sockets
+            .iter()
+            .map(|s| (s.state, s.kind, s.last_data_sent_ms))
+            .collect();
         assert_eq!(
             kinds,
             [
@@ -560,7 +727,11 @@ mod tests {
         reply.nlas = vec![Nla::TcpInfo(tcp_info(1500, 2500, 30)[..cut].to_vec())];
         let (_, sockets, _) = read(&response(reply, SEQ), true);
         assert_eq!(
-            (sockets[0].last_data_sent_ms, sockets[0].last_data_recv_ms, sockets[0].last_ack_recv_ms),
+            (
+                sockets[0].last_data_sent_ms,
+                sockets[0].last_data_recv_ms,
+                sockets[0].last_ack_recv_ms
+            ),
             (Some(1500), None, None)
         );
     }
@@ -570,7 +741,7 @@ mod tests {
         let mut bytes = response(Reply::established_v4(), SEQ);
         // An AF_INET reply too short for an inet_diag_msg.
         let mut header = NetlinkHeader::default();
-        header.message_type = netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY;
+        header.message_type = SOCK_DIAG_BY_FAMILY;
         header.sequence_number = SEQ;
         header.length = 16 + 8;
         let mut broken = vec![0u8; 24];
@@ -587,12 +758,16 @@ mod tests {
     #[test]
     fn kernel_errors_are_refusals_with_their_errno() {
         let (result, _, _) = read(&done(-libc::EBUSY, SEQ), true);
-        assert!(matches!(result, Err(ReplyError::Refused(err)) if err.raw_os_error() == Some(libc::EBUSY)));
+        assert!(
+            matches!(result, Err(ReplyError::Refused(err)) if err.raw_os_error() == Some(libc::EBUSY))
+        );
 
         let mut error = ErrorMessage::default();
         error.code = std::num::NonZeroI32::new(-libc::ENOENT);
         let (result, _, _) = read(&encode(NetlinkPayload::Error(error), SEQ), false);
-        assert!(matches!(result, Err(ReplyError::Refused(err)) if err.raw_os_error() == Some(libc::ENOENT)));
+        assert!(
+            matches!(result, Err(ReplyError::Refused(err)) if err.raw_os_error() == Some(libc::ENOENT))
+        );
     }
 
     #[test]
@@ -606,22 +781,41 @@ mod tests {
     fn a_truncated_batch_is_malformed() {
         let bytes = response(Reply::established_v4(), SEQ);
         let (result, _, _) = read(&bytes[..bytes.len() - 8], true);
-        assert!(matches!(result, Err(ReplyError::Malformed(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(ReplyError::Malformed(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
-    fn requests_ask_for_tcp_info_in_every_state() {
-        let bytes = encode_request(AF_INET6, SocketId::new_v6(), true, 3);
+    fn requests_ask_for_tcp_info_in_the_states_wanted() {
+        let bytes = encode_request(
+            AF_INET6,
+            SocketId::new_v6(),
+            DumpStates::All.flags(),
+            true,
+            3,
+        );
         let framed = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
         assert_eq!(framed.length() as usize, bytes.len());
         assert_eq!(framed.flags(), NLM_F_REQUEST | NLM_F_DUMP);
         assert_eq!(framed.sequence_number(), 3);
         // The crate reads an AF_INET6 SOCK_DIAG_BY_FAMILY message as a response: parse the
         // payload as the request it is.
-        let request = <InetRequest as netlink_packet_core::Parseable<[u8]>>::parse(framed.payload()).unwrap();
+        let request = InetRequest::parse(framed.payload()).unwrap();
         assert_eq!((request.family, request.protocol), (AF_INET6, IPPROTO_TCP));
         assert_eq!(request.extensions, ExtensionFlags::INFO);
         assert_eq!(request.states, StateFlags::all());
+
+        let without = DumpStates::WithoutTimeWait.flags();
+        assert!(!without.contains(StateFlags::TIME_WAIT));
+        assert!(
+            without.contains(StateFlags::FIN_WAIT2 | StateFlags::CLOSE_WAIT | StateFlags::LISTEN)
+        );
+        assert_eq!(
+            without.bits().count_ones() + 1,
+            StateFlags::all().bits().count_ones()
+        );
     }
 
     #[test]
@@ -630,6 +824,9 @@ mod tests {
             assert_eq!(cookie_from_diag(cookie_to_diag(cookie)), cookie);
         }
         // Low word first.
-        assert_eq!(&cookie_to_diag(0x0000_0002_0000_0001)[..4], &1u32.to_ne_bytes());
+        assert_eq!(
+            &cookie_to_diag(0x0000_0002_0000_0001)[..4],
+            &1u32.to_ne_bytes()
+        );
     }
 }

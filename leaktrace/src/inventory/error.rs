@@ -37,9 +37,15 @@ pub enum InventoryError {
         "undecodable sock_diag reply to the {request} in net namespace {netns}: {reason}\n\
          hint: a kernel/netlink-packet-sock-diag mismatch; please report it with `uname -r`"
     )]
-    Decode { netns: u64, request: &'static str, reason: String },
+    Decode {
+        netns: u64,
+        request: &'static str,
+        reason: String,
+    },
 
-    #[error("cannot read {path}: {source}\nhint: leaktrace needs procfs; mount it with `mount -t proc proc /proc`")]
+    #[error(
+        "cannot read {path}: {source}\nhint: leaktrace needs procfs; mount it with `mount -t proc proc /proc`"
+    )]
     Proc {
         path: PathBuf,
         #[source]

@@ -8,9 +8,10 @@
 //! - for idle times: the kernel keeps per socket the time since the last data sent and
 //!   received (`tcp_info`), so no probe has to run on every send and receive.
 //!
-//! No aya here. The parts: [`diag`] (sock_diag dumps of one namespace), [`netns`] (a socket
-//! per namespace), [`owners`] (`/proc/*/fd` socket inodes), [`process`] (`/proc` start times
-//! against the kernel's), [`snapshot`] (the join, and each connection's direction).
+//! No aya here. The parts: `diag` (sock_diag dumps of one namespace: [`SockDiag`]), `netns`
+//! (a socket per namespace), `owners` (`/proc/*/fd` socket inodes: [`SocketOwners`]),
+//! `process` (`/proc` start times against the kernel's: [`StartClock`]), `snapshot` (the join,
+//! and each connection's [`Direction`]).
 //!
 //! An inventory blocks for as long as the dumps and the `/proc` walk take (milliseconds for
 //! tens of thousands of sockets): call it from a blocking thread, not an async task.
@@ -18,11 +19,11 @@ mod diag;
 mod error;
 mod netns;
 mod owners;
-mod process;
 mod procdir;
+mod process;
 mod snapshot;
 
-pub use diag::{DiagSocket, SockDiag, SockKind};
+pub use diag::{DiagSocket, DumpStates, SockDiag, SockKind};
 pub use error::InventoryError;
 pub use netns::NamespaceFailure;
 pub use owners::{OwnerScanStats, SocketOwners};
@@ -40,13 +41,23 @@ use rustix::time::ClockId;
 pub struct Inventory {
     proc: ProcDir,
     namespaces: Namespaces,
+    states: DumpStates,
 }
 
 impl Inventory {
     /// Opens `/proc` and a sock_diag socket in the calling thread's network namespace (others
     /// are entered at the first inventory).
     pub fn new() -> Result<Self, InventoryError> {
-        Ok(Self { proc: ProcDir::open()?, namespaces: Namespaces::open()? })
+        Ok(Self {
+            proc: ProcDir::open()?,
+            namespaces: Namespaces::open()?,
+            states: DumpStates::default(),
+        })
+    }
+
+    /// Which states the dumps ask for: all but TIME_WAIT unless set (see [`DumpStates`]).
+    pub fn set_dump_states(&mut self, states: DumpStates) {
+        self.states = states;
     }
 
     /// The inode of leaktrace's own network namespace.
@@ -54,7 +65,8 @@ impl Inventory {
         self.namespaces.own_netns()
     }
 
-    /// Every TCP socket in every network namespace (IPv4 and IPv6, all states), without owners.
+    /// Every TCP socket in every network namespace (IPv4 and IPv6, in the
+    /// [states](Self::set_dump_states) asked for), without owners.
     /// Namespaces that cannot be dumped are left out; [`take`](Self::take) reports them.
     pub fn dump_tcp(&mut self) -> Result<Vec<DiagSocket>, InventoryError> {
         let pids = self.proc.pids()?;
@@ -63,16 +75,41 @@ impl Inventory {
 
     /// The sockets joined with their owners: the tracker's seed and sweep in one call.
     pub fn take(&mut self) -> Result<Snapshot, InventoryError> {
+        self.take_inner(true)
+    }
+
+    /// [`take`](Self::take) without the `/proc/*/fd` walk: no owners (every `owners` is empty,
+    /// `owner_scan` is zero), directions and idle times as usual. For the periodic sweeps and
+    /// idle times, which go by cookie: the owner walk is most of an inventory's cost (one
+    /// readlink per fd of every process), and only seeding needs it.
+    pub fn take_without_owners(&mut self) -> Result<Snapshot, InventoryError> {
+        self.take_inner(false)
+    }
+
+    fn take_inner(&mut self, scan_owners: bool) -> Result<Snapshot, InventoryError> {
         let clock = StartClock::now();
         let taken_ns = process::now_ns(ClockId::Monotonic);
         let pids = self.proc.pids()?;
         let dumped = self.dump_namespaces(&pids)?;
-        let owners = SocketOwners::scan_pids(&self.proc, &pids, &clock);
-        let mut snapshot =
-            Snapshot::assemble(taken_ns, clock, dumped.sockets, &owners, &self.namespaces.ephemeral_ports());
+        let owners = if scan_owners {
+            SocketOwners::scan_pids(&self.proc, &pids, &clock)
+        } else {
+            SocketOwners::default()
+        };
+        let mut snapshot = Snapshot::assemble(
+            taken_ns,
+            clock,
+            dumped.sockets,
+            &owners,
+            &self.namespaces.ephemeral_ports(),
+        );
         snapshot.namespaces = dumped.namespaces;
         snapshot.namespace_failures = dumped.failures;
-        snapshot.undecodable = self.namespaces.open_namespaces().map(|(_, open)| open.diag.undecodable()).sum();
+        snapshot.undecodable = self
+            .namespaces
+            .open_namespaces()
+            .map(|(_, open)| open.diag.undecodable())
+            .sum();
         Ok(snapshot)
     }
 
@@ -80,7 +117,12 @@ impl Inventory {
     /// confirmation before treating a tracked socket missing from one dump as closed (a dump
     /// can miss a socket that moved in the kernel's hash table while it ran). `None`, or a
     /// [`SockKind::TimeWait`] answer, means the connection is over.
-    pub fn lookup(&mut self, local: SocketAddr, remote: SocketAddr, cookie: u64) -> Result<Option<DiagSocket>, InventoryError> {
+    pub fn lookup(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        cookie: u64,
+    ) -> Result<Option<DiagSocket>, InventoryError> {
         for (_, open) in self.namespaces.open_namespaces() {
             if let Some(found) = open.diag.lookup(local, remote, cookie)? {
                 return Ok(Some(found));
@@ -100,12 +142,15 @@ impl Inventory {
         let mut broken = Vec::new();
         for (netns, open) in self.namespaces.open_namespaces() {
             let before = sockets.len();
-            match open.diag.dump_tcp_into(&mut sockets) {
+            match open.diag.dump_tcp_into(self.states, &mut sockets) {
                 Ok(()) => namespaces.push(netns),
                 Err(err) if netns == own => return Err(err),
                 Err(err) => {
                     sockets.truncate(before);
-                    failures.push(NamespaceFailure { netns, error: std::sync::Arc::new(err) });
+                    failures.push(NamespaceFailure {
+                        netns,
+                        error: std::sync::Arc::new(err),
+                    });
                     broken.push(netns);
                 }
             }
@@ -113,7 +158,11 @@ impl Inventory {
         for netns in broken {
             self.namespaces.close(netns);
         }
-        Ok(Dumped { sockets, namespaces, failures })
+        Ok(Dumped {
+            sockets,
+            namespaces,
+            failures,
+        })
     }
 }
 

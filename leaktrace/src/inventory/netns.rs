@@ -12,11 +12,7 @@
 //! Only thread-group leaders are listed in `/proc`, so a namespace that only a non-leader
 //! thread has entered (as our own entering thread does) is not enumerated.
 use std::{
-    collections::HashMap,
-    fs::File,
-    ops::RangeInclusive,
-    os::fd::AsFd,
-    path::PathBuf,
+    collections::HashMap, fmt::Write, fs::File, ops::RangeInclusive, os::fd::AsFd, path::PathBuf,
     sync::Arc,
 };
 
@@ -28,10 +24,10 @@ use rustix::{
 use super::{InventoryError, SockDiag, procdir::ProcDir};
 
 /// A namespace's sock_diag socket and what else is read inside it.
-pub struct OpenNamespace {
-    pub diag: SockDiag,
+pub(super) struct OpenNamespace {
+    pub(super) diag: SockDiag,
     /// `net.ipv4.ip_local_port_range` in this namespace: where connect() picks local ports.
-    pub ephemeral_ports: Option<RangeInclusive<u16>>,
+    pub(super) ephemeral_ports: Option<RangeInclusive<u16>>,
 }
 
 /// A namespace that could not be inventoried, and why.
@@ -42,7 +38,7 @@ pub struct NamespaceFailure {
 }
 
 /// Every namespace's open socket, keyed by namespace inode.
-pub struct Namespaces {
+pub(super) struct Namespaces {
     own: OpenNamespace,
     others: HashMap<u64, OpenNamespace>,
     refused: HashMap<u64, Arc<InventoryError>>,
@@ -50,12 +46,16 @@ pub struct Namespaces {
 
 impl Namespaces {
     /// Opens the calling thread's own namespace.
-    pub fn open() -> Result<Self, InventoryError> {
+    pub(super) fn open() -> Result<Self, InventoryError> {
         let own = OpenNamespace::here(current_netns()?)?;
-        Ok(Self { own, others: HashMap::new(), refused: HashMap::new() })
+        Ok(Self {
+            own,
+            others: HashMap::new(),
+            refused: HashMap::new(),
+        })
     }
 
-    pub fn own_netns(&self) -> u64 {
+    pub(super) fn own_netns(&self) -> u64 {
         self.own.diag.netns()
     }
 
@@ -67,7 +67,11 @@ impl Namespaces {
         let own = self.own_netns();
         let new: Vec<(u64, u32)> = present
             .iter()
-            .filter(|(netns, _)| **netns != own && !self.others.contains_key(netns) && !self.refused.contains_key(netns))
+            .filter(|(netns, _)| {
+                **netns != own
+                    && !self.others.contains_key(netns)
+                    && !self.refused.contains_key(netns)
+            })
             .map(|(&netns, &pid)| (netns, pid))
             .collect();
         if new.is_empty() {
@@ -92,7 +96,8 @@ impl Namespaces {
     /// Mutable access to every open namespace, our own first.
     pub(super) fn open_namespaces(&mut self) -> impl Iterator<Item = (u64, &mut OpenNamespace)> {
         let own = self.own_netns();
-        std::iter::once((own, &mut self.own)).chain(self.others.iter_mut().map(|(&netns, open)| (netns, open)))
+        std::iter::once((own, &mut self.own))
+            .chain(self.others.iter_mut().map(|(&netns, open)| (netns, open)))
     }
 
     /// Forgets a namespace whose dump failed: it is entered afresh next time.
@@ -101,7 +106,10 @@ impl Namespaces {
     }
 
     pub(super) fn refused(&self) -> impl Iterator<Item = NamespaceFailure> + '_ {
-        self.refused.iter().map(|(&netns, error)| NamespaceFailure { netns, error: Arc::clone(error) })
+        self.refused.iter().map(|(&netns, error)| NamespaceFailure {
+            netns,
+            error: Arc::clone(error),
+        })
     }
 
     pub(super) fn ephemeral_ports(&self) -> HashMap<u64, Option<RangeInclusive<u16>>> {
@@ -115,7 +123,10 @@ impl Namespaces {
 impl OpenNamespace {
     /// Opens the namespace the calling thread is in.
     fn here(netns: u64) -> Result<Self, InventoryError> {
-        Ok(Self { diag: SockDiag::open(netns)?, ephemeral_ports: read_ephemeral_ports() })
+        Ok(Self {
+            diag: SockDiag::open(netns)?,
+            ephemeral_ports: read_ephemeral_ports(),
+        })
     }
 }
 
@@ -126,7 +137,6 @@ pub(super) fn present(proc: &ProcDir, pids: &[u32]) -> HashMap<u64, u32> {
     let mut path = String::new();
     for &pid in pids {
         path.clear();
-        use std::fmt::Write;
         write!(path, "{pid}/ns/net").unwrap();
         if let Ok(stat) = statat(proc.fd(), path.as_str(), AtFlags::empty()) {
             namespaces.entry(stat.st_ino).or_insert(pid);
@@ -150,9 +160,16 @@ type Entered = Result<Option<OpenNamespace>, InventoryError>;
 fn enter_all(namespaces: Vec<(u64, u32)>) -> Result<Vec<(u64, Entered)>, InventoryError> {
     let thread = std::thread::Builder::new()
         .name("leaktrace-netns".into())
-        .spawn(move || namespaces.into_iter().map(|(netns, pid)| (netns, enter(netns, pid))).collect())
+        .spawn(move || {
+            namespaces
+                .into_iter()
+                .map(|(netns, pid)| (netns, enter(netns, pid)))
+                .collect()
+        })
         .map_err(|source| InventoryError::Thread { source })?;
-    Ok(thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    Ok(thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
 }
 
 /// On the entering thread: moves into namespace `netns` through process `pid` and opens it.
@@ -161,17 +178,31 @@ fn enter(netns: u64, pid: u32) -> Entered {
     let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let file = match File::open(&path) {
         Ok(file) => file,
-        Err(err) if err.raw_os_error() == Some(libc::ENOENT) || err.raw_os_error() == Some(libc::ESRCH) => {
+        Err(err)
+            if err.raw_os_error() == Some(libc::ENOENT)
+                || err.raw_os_error() == Some(libc::ESRCH) =>
+        {
             return Ok(None);
         }
-        Err(source) => return Err(InventoryError::EnterNamespace { netns, path, source }),
+        Err(source) => {
+            return Err(InventoryError::EnterNamespace {
+                netns,
+                path,
+                source,
+            });
+        }
     };
     // The pid may have been reused, or the process may have moved, since the listing.
     if fstat(file.as_fd()).map(|stat| stat.st_ino).ok() != Some(netns) {
         return Ok(None);
     }
-    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))
-        .map_err(|errno| InventoryError::EnterNamespace { netns, path, source: errno.into() })?;
+    move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network)).map_err(|errno| {
+        InventoryError::EnterNamespace {
+            netns,
+            path,
+            source: errno.into(),
+        }
+    })?;
     OpenNamespace::here(netns).map(Some)
 }
 

@@ -7,8 +7,11 @@
 //! exit, fds that close, and directories we may not read (no CAP_SYS_PTRACE for another
 //! user's process) are skipped and counted in [`OwnerScanStats`], never an error.
 //!
-//! Hand-written over `procfs` (already a crate here for the stat line): its fd listing opens,
-//! stats and closes every fd on top of the readlink, four syscalls per fd where one does.
+//! The walk is hand-written (rustix, no unsafe) rather than the `procfs` crate's (whose
+//! parser, procfs-core, reads the stat line): its fd listing opens, stats and closes every fd
+//! around the readlink, four syscalls per fd where one does, and the fd walk is most of an
+//! inventory's cost. readlink and not stat, because stat follows the link into the target's
+//! filesystem and can hang on a dead NFS or FUSE mount.
 use std::{
     collections::HashMap,
     fmt::Write,
@@ -20,7 +23,7 @@ use rustix::{
     io::Errno,
 };
 
-use super::{InventoryError, ProcessRef, StartClock, process::parse_stat, procdir::ProcDir};
+use super::{InventoryError, ProcessRef, StartClock, procdir::ProcDir, process::parse_stat};
 
 /// The holders of each socket inode.
 #[derive(Clone, Debug, Default)]
@@ -86,7 +89,10 @@ impl SocketOwners {
 
     /// The processes holding socket `inode` (empty for inode 0 or a socket nobody holds).
     pub fn owners(&self, inode: u64) -> &[ProcessRef] {
-        self.by_inode.get(&inode).map(Vec::as_slice).unwrap_or_default()
+        self.by_inode
+            .get(&inode)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// Distinct socket inodes found.
@@ -147,16 +153,30 @@ fn scan_process(
     }
 
     // Only holders of sockets need their stat line read.
-    let stat = openat(process_dir.as_fd(), "stat", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    let stat = openat(
+        process_dir.as_fd(),
+        "stat",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     read_all(stat.as_fd(), &mut scratch.stat)?;
     // The directory answered for the listing, so a line that does not parse is a kernel
     // format this build does not know: count the process as failed rather than guess.
     let (comm, start_ticks) = parse_stat(&scratch.stat).map_err(|_| Errno::INVAL)?;
-    Ok(Some(ProcessRef { pid, comm, start_time_ns: clock.ticks_to_ns(start_ticks) }))
+    Ok(Some(ProcessRef {
+        pid,
+        comm,
+        start_time_ns: clock.ticks_to_ns(start_ticks),
+    }))
 }
 
 fn open_dir(parent: BorrowedFd, name: &str) -> Result<OwnedFd, Errno> {
-    openat(parent, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 fn read_all(fd: BorrowedFd, buffer: &mut Vec<u8>) -> Result<(), Errno> {
@@ -185,17 +205,40 @@ mod tests {
     #[test]
     fn socket_links_give_their_inode_and_others_none() {
         assert_eq!(socket_inode(b"socket:[123456]"), Some(123456));
-        assert_eq!(socket_inode(b"socket:[18446744073709551615]"), Some(u64::MAX));
-        for other in [&b"pipe:[123]"[..], b"/dev/null", b"anon_inode:[eventfd]", b"socket:[]", b"socket:[12", b"socket:[x]"] {
-            assert_eq!(socket_inode(other), None, "{:?}", String::from_utf8_lossy(other));
+        assert_eq!(
+            socket_inode(b"socket:[18446744073709551615]"),
+            Some(u64::MAX)
+        );
+        for other in [
+            &b"pipe:[123]"[..],
+            b"/dev/null",
+            b"anon_inode:[eventfd]",
+            b"socket:[]",
+            b"socket:[12",
+            b"socket:[x]",
+        ] {
+            assert_eq!(
+                socket_inode(other),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 
     #[test]
     fn a_process_holding_a_socket_in_two_fds_is_one_owner() {
         let mut owners = SocketOwners::default();
-        let process = ProcessRef { pid: 7, comm: "curl".into(), start_time_ns: 10 };
-        let child = ProcessRef { pid: 8, comm: "curl".into(), start_time_ns: 20 };
+        let process = ProcessRef {
+            pid: 7,
+            comm: "curl".into(),
+            start_time_ns: 10,
+        };
+        let child = ProcessRef {
+            pid: 8,
+            comm: "curl".into(),
+            start_time_ns: 20,
+        };
         owners.add(99, &process);
         owners.add(99, &process);
         owners.add(99, &child);

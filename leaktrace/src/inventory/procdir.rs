@@ -17,8 +17,13 @@ const PROC: &str = "/proc";
 
 impl ProcDir {
     pub(super) fn open() -> Result<Self, InventoryError> {
-        let fd = openat(CWD, PROC, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|errno| proc_error(PROC, errno))?;
+        let fd = openat(
+            CWD,
+            PROC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|errno| proc_error(PROC, errno))?;
         Ok(Self { fd })
     }
 
@@ -32,7 +37,12 @@ impl ProcDir {
         let mut pids = Vec::new();
         for entry in dir {
             let entry = entry.map_err(|errno| proc_error(PROC, errno))?;
-            if let Some(pid) = entry.file_name().to_str().ok().and_then(|name| name.parse().ok()) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|name| name.parse().ok())
+            {
                 pids.push(pid);
             }
         }
@@ -41,5 +51,8 @@ impl ProcDir {
 }
 
 pub(super) fn proc_error(path: &str, errno: rustix::io::Errno) -> InventoryError {
-    InventoryError::Proc { path: PathBuf::from(path), source: errno.into() }
+    InventoryError::Proc {
+        path: PathBuf::from(path),
+        source: errno.into(),
+    }
 }

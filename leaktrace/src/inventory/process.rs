@@ -43,11 +43,17 @@ impl StartClock {
     pub fn now() -> Self {
         let monotonic = now_ns(ClockId::Monotonic);
         let boottime = now_ns(ClockId::Boottime);
-        Self::new(rustix::param::clock_ticks_per_second(), boottime.saturating_sub(monotonic))
+        Self::new(
+            rustix::param::clock_ticks_per_second(),
+            boottime.saturating_sub(monotonic),
+        )
     }
 
     pub fn new(ticks_per_second: u64, suspended_ns: u64) -> Self {
-        Self { tick_ns: 1_000_000_000 / ticks_per_second.max(1), suspended_ns }
+        Self {
+            tick_ns: 1_000_000_000 / ticks_per_second.max(1),
+            suspended_ns,
+        }
     }
 
     pub fn tick_ns(&self) -> u64 {
@@ -68,7 +74,9 @@ impl StartClock {
     pub fn same_start(&self, proc_start_ns: u64, kernel_start_ns: u64) -> bool {
         let slack = START_TOLERANCE_TICKS * self.tick_ns;
         let earliest = kernel_start_ns.saturating_sub(slack);
-        let latest = kernel_start_ns.saturating_add(self.suspended_ns).saturating_add(slack);
+        let latest = kernel_start_ns
+            .saturating_add(self.suspended_ns)
+            .saturating_add(slack);
         (earliest..=latest).contains(&proc_start_ns)
     }
 }
@@ -76,7 +84,9 @@ impl StartClock {
 /// A clock's reading in nanoseconds.
 pub(super) fn now_ns(clock: ClockId) -> u64 {
     let now = clock_gettime(clock);
-    (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
 /// `comm` and the start time in ticks from the contents of a `/proc/PID/stat`. The comm may
@@ -125,8 +135,14 @@ mod tests {
         let proc_start = clock.ticks_to_ns(kernel / clock.tick_ns());
         assert!(clock.same_start(proc_start, kernel));
         assert!(clock.same_start(proc_start + 2 * clock.tick_ns(), kernel));
-        assert!(!clock.same_start(proc_start + 4 * clock.tick_ns(), kernel), "a later process with the pid");
-        assert!(!clock.same_start(proc_start - 3 * clock.tick_ns(), kernel), "an earlier one");
+        assert!(
+            !clock.same_start(proc_start + 4 * clock.tick_ns(), kernel),
+            "a later process with the pid"
+        );
+        assert!(
+            !clock.same_start(proc_start - 3 * clock.tick_ns(), kernel),
+            "an earlier one"
+        );
 
         // After 5 s suspended before the process started, /proc reads 5 s later than MONOTONIC.
         let suspended = StartClock::new(100, 5_000_000_000);

@@ -13,7 +13,9 @@ use std::{
     ops::RangeInclusive,
 };
 
-use super::{DiagSocket, NamespaceFailure, OwnerScanStats, ProcessRef, SockKind, SocketOwners, StartClock};
+use super::{
+    DiagSocket, NamespaceFailure, OwnerScanStats, ProcessRef, SockKind, SocketOwners, StartClock,
+};
 use crate::tcp::TcpState;
 
 /// Every TCP socket on the host at one moment, with its owners.
@@ -24,7 +26,10 @@ pub struct Snapshot {
     /// `taken_ns - last_data_*_ms * 1_000_000`.
     pub taken_ns: u64,
     /// Every socket that is not listening: live connections ([`SockKind::Full`]), and the
-    /// time-wait and request sockets the tracker needs to tell apart from them.
+    /// time-wait and request sockets to tell apart from them (time-wait ones in their
+    /// FIN_WAIT2 phase only, unless the inventory asks for [`DumpStates::All`]).
+    ///
+    /// [`DumpStates::All`]: super::DumpStates::All
     pub connections: Vec<Connection>,
     /// Listening sockets.
     pub listeners: Vec<Listener>,
@@ -68,21 +73,29 @@ pub enum Direction {
 impl Snapshot {
     /// The connection with this socket cookie, whatever its state or kind.
     pub fn connection(&self, cookie: u64) -> Option<&Connection> {
-        self.by_cookie.get(&cookie).map(|&index| &self.connections[index])
+        self.by_cookie
+            .get(&cookie)
+            .map(|&index| &self.connections[index])
     }
 
     /// Whether the socket with this cookie is still a connection: present as a full socket.
+    /// A socket its owner closed that is still shutting down (FIN_WAIT1, CLOSING, LAST_ACK:
+    /// inode 0, no owners) is live: the kernel has not moved it to CLOSE yet.
     /// A tracked socket for which this is false has closed, even if its CLOSE was missed; a
     /// dump can miss a socket that moved in the hash table while it ran, so confirm with
     /// [`Inventory::lookup`](super::Inventory::lookup) before acting on one absence.
     pub fn is_live(&self, cookie: u64) -> bool {
-        self.connection(cookie).is_some_and(|connection| connection.socket.kind == SockKind::Full)
+        self.connection(cookie)
+            .is_some_and(|connection| connection.socket.kind == SockKind::Full)
     }
 
     /// Whether `process` (from this snapshot) is the process a kernel event names by `pid`
     /// and `process_start_ns`.
     pub fn same_process(&self, process: &ProcessRef, pid: u32, process_start_ns: u64) -> bool {
-        process.pid == pid && self.clock.same_start(process.start_time_ns, process_start_ns)
+        process.pid == pid
+            && self
+                .clock
+                .same_start(process.start_time_ns, process_start_ns)
     }
 
     /// Joins the dumped sockets with their owners. A socket the dump reported twice (it moved
@@ -101,7 +114,10 @@ impl Snapshot {
         let mut listening: HashMap<(u64, u16), Vec<IpAddr>> = HashMap::new();
         for socket in &sockets {
             if socket.state == TcpState::Listen {
-                listening.entry((socket.netns, socket.local.port())).or_default().push(socket.local.ip());
+                listening
+                    .entry((socket.netns, socket.local.port()))
+                    .or_default()
+                    .push(socket.local.ip());
             }
         }
 
@@ -112,15 +128,30 @@ impl Snapshot {
             if latest.get(&socket.cookie) != Some(&index) {
                 continue;
             }
-            let holders = if socket.inode == 0 { Vec::new() } else { owners.owners(socket.inode).to_vec() };
+            let holders = if socket.inode == 0 {
+                Vec::new()
+            } else {
+                owners.owners(socket.inode).to_vec()
+            };
             if socket.state == TcpState::Listen {
-                listeners.push(Listener { socket, owners: holders });
+                listeners.push(Listener {
+                    socket,
+                    owners: holders,
+                });
                 continue;
             }
             let ports = ephemeral_ports.get(&socket.netns).cloned().flatten();
-            let direction = direction(socket.local, &listening.get(&(socket.netns, socket.local.port())), ports);
+            let direction = direction(
+                socket.local,
+                &listening.get(&(socket.netns, socket.local.port())),
+                ports,
+            );
             by_cookie.insert(socket.cookie, connections.len());
-            connections.push(Connection { socket, owners: holders, direction });
+            connections.push(Connection {
+                socket,
+                owners: holders,
+                direction,
+            });
         }
         Self {
             taken_ns,
@@ -137,9 +168,15 @@ impl Snapshot {
 }
 
 /// The rule of the module documentation, for one connection.
-fn direction(local: SocketAddr, listeners: &Option<&Vec<IpAddr>>, ephemeral: Option<RangeInclusive<u16>>) -> Direction {
+fn direction(
+    local: SocketAddr,
+    listeners: &Option<&Vec<IpAddr>>,
+    ephemeral: Option<RangeInclusive<u16>>,
+) -> Direction {
     let listened = listeners.is_some_and(|addresses| {
-        addresses.iter().any(|&address| address.is_unspecified() || address == local.ip())
+        addresses
+            .iter()
+            .any(|&address| address.is_unspecified() || address == local.ip())
     });
     if listened {
         return Direction::Accept;
@@ -157,7 +194,14 @@ mod tests {
     const HOST: u64 = 1;
     const POD: u64 = 2;
 
-    fn socket(netns: u64, cookie: u64, inode: u64, state: TcpState, local: &str, remote: &str) -> DiagSocket {
+    fn socket(
+        netns: u64,
+        cookie: u64,
+        inode: u64,
+        state: TcpState,
+        local: &str,
+        remote: &str,
+    ) -> DiagSocket {
         DiagSocket {
             netns,
             cookie,
@@ -179,7 +223,11 @@ mod tests {
     }
 
     fn directions(snapshot: &Snapshot) -> Vec<(u64, Direction)> {
-        snapshot.connections.iter().map(|c| (c.socket.cookie, c.direction)).collect()
+        snapshot
+            .connections
+            .iter()
+            .map(|c| (c.socket.cookie, c.direction))
+            .collect()
     }
 
     #[test]
@@ -187,13 +235,41 @@ mod tests {
         let snapshot = assemble(
             vec![
                 socket(HOST, 1, 11, TcpState::Listen, "0.0.0.0:8080", "0.0.0.0:0"),
-                socket(HOST, 2, 12, TcpState::Established, "127.0.0.1:40000", "127.0.0.1:8080"),
-                socket(HOST, 3, 13, TcpState::Established, "127.0.0.1:8080", "127.0.0.1:40000"),
-                socket(HOST, 4, 14, TcpState::CloseWait, "10.0.0.1:8080", "10.0.0.9:50000"),
+                socket(
+                    HOST,
+                    2,
+                    12,
+                    TcpState::Established,
+                    "127.0.0.1:40000",
+                    "127.0.0.1:8080",
+                ),
+                socket(
+                    HOST,
+                    3,
+                    13,
+                    TcpState::Established,
+                    "127.0.0.1:8080",
+                    "127.0.0.1:40000",
+                ),
+                socket(
+                    HOST,
+                    4,
+                    14,
+                    TcpState::CloseWait,
+                    "10.0.0.1:8080",
+                    "10.0.0.9:50000",
+                ),
             ],
             &SocketOwners::default(),
         );
-        assert_eq!(directions(&snapshot), [(2, Direction::Connect), (3, Direction::Accept), (4, Direction::Accept)]);
+        assert_eq!(
+            directions(&snapshot),
+            [
+                (2, Direction::Connect),
+                (3, Direction::Accept),
+                (4, Direction::Accept)
+            ]
+        );
         assert_eq!(snapshot.listeners.len(), 1);
     }
 
@@ -203,20 +279,55 @@ mod tests {
             vec![
                 socket(POD, 1, 11, TcpState::Listen, "10.0.0.1:443", "0.0.0.0:0"),
                 // Same port, other namespace: no listener there; the pod's range is unknown.
-                socket(HOST, 2, 12, TcpState::Established, "10.0.0.1:443", "10.0.0.7:50000"),
+                socket(
+                    HOST,
+                    2,
+                    12,
+                    TcpState::Established,
+                    "10.0.0.1:443",
+                    "10.0.0.7:50000",
+                ),
                 // Same namespace, other address than the listener's.
-                socket(POD, 3, 13, TcpState::Established, "127.0.0.1:443", "127.0.0.1:50000"),
-                socket(POD, 4, 14, TcpState::Established, "10.0.0.1:443", "10.0.0.7:50000"),
+                socket(
+                    POD,
+                    3,
+                    13,
+                    TcpState::Established,
+                    "127.0.0.1:443",
+                    "127.0.0.1:50000",
+                ),
+                socket(
+                    POD,
+                    4,
+                    14,
+                    TcpState::Established,
+                    "10.0.0.1:443",
+                    "10.0.0.7:50000",
+                ),
             ],
             &SocketOwners::default(),
         );
-        assert_eq!(directions(&snapshot), [(2, Direction::Unknown), (3, Direction::Connect), (4, Direction::Accept)]);
+        assert_eq!(
+            directions(&snapshot),
+            [
+                (2, Direction::Unknown),
+                (3, Direction::Connect),
+                (4, Direction::Accept)
+            ]
+        );
     }
 
     #[test]
     fn a_fixed_port_without_a_listener_is_unknown() {
         let snapshot = assemble(
-            vec![socket(HOST, 1, 11, TcpState::Established, "10.0.0.1:5432", "10.0.0.2:41000")],
+            vec![socket(
+                HOST,
+                1,
+                11,
+                TcpState::Established,
+                "10.0.0.1:5432",
+                "10.0.0.2:41000",
+            )],
             &SocketOwners::default(),
         );
         assert_eq!(directions(&snapshot), [(1, Direction::Unknown)]);
@@ -225,15 +336,40 @@ mod tests {
     #[test]
     fn owners_join_by_inode_and_duplicates_keep_the_last_report() {
         let mut owners = SocketOwners::default();
-        let curl = ProcessRef { pid: 7, comm: "curl".into(), start_time_ns: 10 };
+        let curl = ProcessRef {
+            pid: 7,
+            comm: "curl".into(),
+            start_time_ns: 10,
+        };
         owners.add(12, &curl);
-        let mut moved = socket(HOST, 2, 12, TcpState::CloseWait, "127.0.0.1:40000", "127.0.0.1:8080");
+        let mut moved = socket(
+            HOST,
+            2,
+            12,
+            TcpState::CloseWait,
+            "127.0.0.1:40000",
+            "127.0.0.1:8080",
+        );
         moved.last_data_sent_ms = Some(5);
-        let mut time_wait = socket(HOST, 3, 0, TcpState::TimeWait, "127.0.0.1:40001", "127.0.0.1:8080");
+        let mut time_wait = socket(
+            HOST,
+            3,
+            0,
+            TcpState::TimeWait,
+            "127.0.0.1:40001",
+            "127.0.0.1:8080",
+        );
         time_wait.kind = SockKind::TimeWait;
         let snapshot = assemble(
             vec![
-                socket(HOST, 2, 12, TcpState::Established, "127.0.0.1:40000", "127.0.0.1:8080"),
+                socket(
+                    HOST,
+                    2,
+                    12,
+                    TcpState::Established,
+                    "127.0.0.1:40000",
+                    "127.0.0.1:8080",
+                ),
                 time_wait,
                 moved,
             ],
@@ -241,10 +377,16 @@ mod tests {
         );
         assert_eq!(snapshot.connections.len(), 2);
         let connection = snapshot.connection(2).unwrap();
-        assert_eq!((connection.socket.state, connection.socket.last_data_sent_ms), (TcpState::CloseWait, Some(5)));
+        assert_eq!(
+            (connection.socket.state, connection.socket.last_data_sent_ms),
+            (TcpState::CloseWait, Some(5))
+        );
         assert_eq!(connection.owners, std::slice::from_ref(&curl));
         assert!(snapshot.is_live(2));
-        assert!(!snapshot.is_live(3), "a time-wait socket is a closed connection");
+        assert!(
+            !snapshot.is_live(3),
+            "a time-wait socket is a closed connection"
+        );
         assert!(snapshot.connection(3).unwrap().owners.is_empty());
         assert!(!snapshot.is_live(99));
         assert!(snapshot.same_process(&curl, 7, 10));

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use leaktrace_common::{ClassicStateFormat, Config, filter};
+use leaktrace_common::{ClassicStateFormat, Config, filter, reported_states};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
@@ -20,9 +20,9 @@ use super::{
 /// Which attachment of `inet_sock_set_state` to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum StateHook {
-    /// Both `tp_btf` (where it loads) and the classic tracepoint, each covering the
-    /// transitions the kernel skips for the other (nested runs); every transition is applied
-    /// once.
+    /// Two `tp_btf` programs (the classic tracepoint where `tp_btf` does not load), each
+    /// covering the transitions the kernel skips for the other (nested runs); every transition
+    /// is applied once.
     #[default]
     Auto,
     /// Only `tp_btf`.
@@ -44,6 +44,31 @@ pub struct TracerOptions {
     pub state_hook: StateHook,
     /// How often the reader drains the ring buffer when no wakeup came.
     pub drain_interval: Duration,
+    /// Which state transitions reach userspace.
+    pub transitions: Transitions,
+    /// Take the user stack at each open (off only to measure what the stack walk costs).
+    pub user_stacks: bool,
+}
+
+/// Which TCP state transitions the probes send to userspace. Every transition is followed in
+/// the kernel either way (the socket map entry's state, the missed-transition counter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transitions {
+    /// Every transition.
+    #[default]
+    All,
+    /// Those the leak tracker uses: into ESTABLISHED, CLOSE_WAIT and CLOSE. A connection
+    /// closed normally costs 3 records per end instead of 5.
+    Essential,
+}
+
+impl Transitions {
+    fn reported_states(self) -> u32 {
+        match self {
+            Self::All => reported_states::ALL,
+            Self::Essential => reported_states::ESSENTIAL,
+        }
+    }
 }
 
 impl Default for TracerOptions {
@@ -56,6 +81,8 @@ impl Default for TracerOptions {
             max_sockets: 131_072,
             state_hook: StateHook::Auto,
             drain_interval: Duration::from_millis(25),
+            transitions: Transitions::All,
+            user_stacks: true,
         }
     }
 }
@@ -119,6 +146,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 static EBPF_OBJECT: &[u8] = &[];
 
 const STATE_BTF: &str = "inet_sock_set_state_btf";
+const STATE_BTF_TWIN: &str = "inet_sock_set_state_btf_twin";
 const STATE_CLASSIC: &str = "inet_sock_set_state_classic";
 const ACCEPT4: &str = "sys_exit_accept4";
 const ACCEPT: &str = "sys_exit_accept";
@@ -150,6 +178,8 @@ impl Tracer {
             // Wake the reader once an eighth of the buffer is pending; below that, the timed
             // drain collects records in batches.
             wakeup_bytes: options.ring_buffer_bytes / 8,
+            reported_states: options.transitions.reported_states(),
+            user_stacks: u32::from(options.user_stacks),
         };
 
         let mut ebpf = EbpfLoader::new()
@@ -254,10 +284,19 @@ fn fill_filters(ebpf: &mut Ebpf, options: &TracerOptions) -> Result<(), LoadErro
 fn attach_state_probes(ebpf: &mut Ebpf, preference: StateHook) -> Result<Vec<AttachedHook>, LoadError> {
     let mut hooks = Vec::new();
     if preference != StateHook::Classic {
-        match attach_state_btf(ebpf) {
+        match attach_state_btf(ebpf, STATE_BTF) {
             Ok(hook) => hooks.push(hook),
             Err(err) if preference == StateHook::Btf => return Err(err),
             Err(err) => log::warn!("tp_btf hook unavailable, using the classic tracepoint alone: {err}"),
+        }
+    }
+    if preference == StateHook::Auto && !hooks.is_empty() {
+        match attach_state_btf(ebpf, STATE_BTF_TWIN) {
+            Ok(hook) => {
+                hooks.push(hook);
+                return Ok(hooks);
+            }
+            Err(err) => log::warn!("second tp_btf program unavailable, the classic tracepoint covers instead: {err}"),
         }
     }
     if preference != StateHook::Btf {
@@ -266,20 +305,20 @@ fn attach_state_probes(ebpf: &mut Ebpf, preference: StateHook) -> Result<Vec<Att
     Ok(hooks)
 }
 
-fn attach_state_btf(ebpf: &mut Ebpf) -> Result<AttachedHook, LoadError> {
+fn attach_state_btf(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedHook, LoadError> {
     let btf = Btf::from_sys_fs().map_err(|err| LoadError::Program {
-        program: STATE_BTF,
+        program: name,
         source: ProgramError::Btf(err),
     })?;
     let program: &mut BtfTracePoint = ebpf
-        .program_mut(STATE_BTF)
-        .ok_or(LoadError::ProgramMissing { program: STATE_BTF })?
+        .program_mut(name)
+        .ok_or(LoadError::ProgramMissing { program: name })?
         .try_into()
-        .map_err(|source| LoadError::Program { program: STATE_BTF, source })?;
-    program.load("inet_sock_set_state", &btf).map_err(|source| LoadError::Program { program: STATE_BTF, source })?;
+        .map_err(|source| LoadError::Program { program: name, source })?;
+    program.load("inet_sock_set_state", &btf).map_err(|source| LoadError::Program { program: name, source })?;
     let hook = "tp_btf/inet_sock_set_state".to_string();
-    program.attach().map_err(|source| LoadError::Attach { program: STATE_BTF, hook: hook.clone(), source })?;
-    Ok(AttachedHook { program: STATE_BTF, hook })
+    program.attach().map_err(|source| LoadError::Attach { program: name, hook: hook.clone(), source })?;
+    Ok(AttachedHook { program: name, hook })
 }
 
 fn attach_tracepoint(

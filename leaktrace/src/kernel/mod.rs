@@ -3,9 +3,12 @@
 //! every record (`produced = received + dropped`).
 //!
 //! The state probe, chosen at load time by what loads (not by kernel version):
-//! 1. `tp_btf/inet_sock_set_state`: cheapest, and can take the socket cookie;
-//! 2. the classic tracepoint `sock:inet_sock_set_state` (tracefs), attached as well by
-//!    default: the kernel skips a program nested in itself, and each covers the other's skips.
+//! 1. `tp_btf/inet_sock_set_state`, twice by default (two programs of the same logic): the
+//!    kernel skips a program nested in itself, per program, so each covers the other's skips.
+//!    The cheapest hook (the socket's fields are plain loads the verifier checks against BTF),
+//!    and the one that can take the socket cookie;
+//! 2. the classic tracepoint `sock:inet_sock_set_state` (tracefs): alone where `tp_btf` does
+//!    not load, or beside it where a second `tp_btf` program does not.
 //!
 //! kprobes are not a fallback worth having: the tracepoints exist since 4.16, and some
 //! kernels (CONFIG_KPROBES=n) have no kprobes at all.
@@ -21,7 +24,7 @@ mod stats;
 mod switch;
 pub mod tracefs;
 
-pub use loader::{AttachedHook, LoadError, StateHook, Tracer, TracerOptions};
+pub use loader::{AttachedHook, LoadError, StateHook, Tracer, TracerOptions, Transitions};
 pub use reader::{KernelCounters, ReadError};
 pub use stats::{MapMemory, ProgramStats, RunTimeStats, StatsError};
 pub use switch::SwitchError;

@@ -46,7 +46,9 @@ pub struct RunTimeStats {
 
 impl RunTimeStats {
     pub fn enable() -> Result<Self, StatsError> {
-        Ok(Self { _holder: enable_stats(Stats::RunTime).map_err(StatsError::Enable)? })
+        Ok(Self {
+            _holder: enable_stats(Stats::RunTime).map_err(StatsError::Enable)?,
+        })
     }
 }
 
@@ -79,9 +81,16 @@ impl Tracer {
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, StatsError> {
         self.hooks()
             .iter()
-            .filter_map(|hook| self.ebpf.program(hook.program).map(|program| (hook, program)))
+            .filter_map(|hook| {
+                self.ebpf
+                    .program(hook.program)
+                    .map(|program| (hook, program))
+            })
             .map(|(hook, program)| {
-                let error = |source| StatsError::Program { program: hook.program, source };
+                let error = |source| StatsError::Program {
+                    program: hook.program,
+                    source,
+                };
                 let info = program.info().map_err(error)?;
                 let nested_skips = program
                     .fd()
@@ -104,9 +113,21 @@ impl Tracer {
     pub fn map_memory(&self) -> Result<Vec<MapMemory>, StatsError> {
         let mut ids = BTreeSet::new();
         for hook in self.hooks() {
-            let Some(program) = self.ebpf.program(hook.program) else { continue };
-            let error = |source| StatsError::Program { program: hook.program, source };
-            ids.extend(program.info().map_err(error)?.map_ids().map_err(error)?.unwrap_or_default());
+            let Some(program) = self.ebpf.program(hook.program) else {
+                continue;
+            };
+            let error = |source| StatsError::Program {
+                program: hook.program,
+                source,
+            };
+            ids.extend(
+                program
+                    .info()
+                    .map_err(error)?
+                    .map_ids()
+                    .map_err(error)?
+                    .unwrap_or_default(),
+            );
         }
         ids.into_iter()
             .map(|id| {
@@ -125,9 +146,14 @@ impl Tracer {
     /// How many sockets the kernel side tracks now (entries of its socket map). Walks the map
     /// key by key: about a second per million entries.
     pub fn tracked_sockets(&self) -> Result<u64, StatsError> {
-        let error = |message: String| StatsError::Count { map: SOCKETS_MAP, message };
+        let error = |message: String| StatsError::Count {
+            map: SOCKETS_MAP,
+            message,
+        };
         let Some(Map::HashMap(data)) = self.ebpf.map(SOCKETS_MAP) else {
-            return Err(error("missing from the eBPF object, or not a hash map".into()));
+            return Err(error(
+                "missing from the eBPF object, or not a hash map".into(),
+            ));
         };
         let fd = data.fd().as_fd();
         let mut count = 0;
@@ -152,13 +178,22 @@ fn next_key(map: BorrowedFd<'_>, key: Option<&u64>) -> std::io::Result<Option<u6
     // SAFETY: the kernel reads 8 bytes at `key` and writes 8 bytes at `next` (the map's key
     // size, checked by the caller's choice of map).
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_MAP_GET_NEXT_KEY as libc::c_long, &raw mut attr, size_of::<bpf_attr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_GET_NEXT_KEY as libc::c_long,
+            &raw mut attr,
+            size_of::<bpf_attr>(),
+        )
     };
     if rc == 0 {
         return Ok(Some(next));
     }
     let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(err) }
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
 }
 
 /// A numeric field of `/proc/self/fdinfo/<fd>` (`memlock:\t4096`).
@@ -171,7 +206,9 @@ fn fdinfo_field(fd: BorrowedFd<'_>, field: &str) -> Result<u64, String> {
 fn parse_fdinfo_field(text: &str, field: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
-        (name.trim() == field).then(|| value.trim().parse().ok()).flatten()
+        (name.trim() == field)
+            .then(|| value.trim().parse().ok())
+            .flatten()
     })
 }
 
@@ -186,7 +223,11 @@ mod tests {
                       memlock:\t13644544\nmap_id:\t57\nfrozen:\t0\n";
         assert_eq!(parse_fdinfo_field(fdinfo, "memlock"), Some(13_644_544));
         assert_eq!(parse_fdinfo_field(fdinfo, "max_entries"), Some(131_072));
-        assert_eq!(parse_fdinfo_field(fdinfo, "map_flags"), None, "hex is not read as decimal");
+        assert_eq!(
+            parse_fdinfo_field(fdinfo, "map_flags"),
+            None,
+            "hex is not read as decimal"
+        );
         assert_eq!(parse_fdinfo_field(fdinfo, "owner_jited"), None);
     }
 }

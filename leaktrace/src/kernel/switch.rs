@@ -29,15 +29,27 @@ impl Tracer {
     pub fn set_probes_enabled(&mut self, enabled: bool) -> Result<(), SwitchError> {
         let action = if enabled { "resume" } else { "pause" };
         let error = |message: String| SwitchError { action, message };
-        let map = self.ebpf.map_mut(SWITCH_MAP).ok_or_else(|| error("missing from the eBPF object".into()))?;
-        let mut switch: Array<_, u32> = Array::try_from(map).map_err(|err| error(err.to_string()))?;
-        switch.set(0, u32::from(!enabled), 0).map_err(|err| error(err.to_string()))
+        let map = self
+            .ebpf
+            .map_mut(SWITCH_MAP)
+            .ok_or_else(|| error("missing from the eBPF object".into()))?;
+        let mut switch: Array<_, u32> =
+            Array::try_from(map).map_err(|err| error(err.to_string()))?;
+        switch
+            .set(0, u32::from(!enabled), 0)
+            .map_err(|err| error(err.to_string()))
     }
 
     /// Whether the probes run (`false` while paused by [`set_probes_enabled`](Self::set_probes_enabled)).
     pub fn probes_enabled(&self) -> Result<bool, SwitchError> {
-        let error = |message: String| SwitchError { action: "read the switch of", message };
-        let map = self.ebpf.map(SWITCH_MAP).ok_or_else(|| error("missing from the eBPF object".into()))?;
+        let error = |message: String| SwitchError {
+            action: "read the switch of",
+            message,
+        };
+        let map = self
+            .ebpf
+            .map(SWITCH_MAP)
+            .ok_or_else(|| error("missing from the eBPF object".into()))?;
         let switch: Array<_, u32> = Array::try_from(map).map_err(|err| error(err.to_string()))?;
         Ok(switch.get(&0, 0).map_err(|err| error(err.to_string()))? == 0)
     }

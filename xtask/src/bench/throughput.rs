@@ -1,0 +1,157 @@
+//! Throughput and CPU per connection of the saturating loop (loadgen: connect, request,
+//! response, close), untraced and under each tracer, in interleaved epochs: every epoch runs
+//! each variant once, in an order rotated per epoch, so that the machine's drift (other
+//! people's builds and tests) falls on all variants alike. Ratios are taken within an epoch
+//! (variant / untraced of the same epoch), then summarized over epochs.
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+
+use super::{
+    Bench,
+    figures::{Spread, thousands},
+    report::{Section, Table, Target},
+    rig::{self, Tracer, TracerKind},
+};
+
+const VARIANTS: [TracerKind; 6] = [
+    TracerKind::Untraced,
+    TracerKind::LiveView,
+    TracerKind::Events,
+    TracerKind::Reader,
+    TracerKind::Paused,
+    TracerKind::Bpftrace,
+];
+
+/// The issue's target: traced / untraced throughput, stacks on.
+const TARGET_RATIO: f64 = 0.97;
+
+struct Sample {
+    conn_per_s: f64,
+    load_cpu_us: f64,
+    tracer_cpu_us: f64,
+}
+
+pub fn section(bench: &Bench) -> Result<Section> {
+    let epochs = bench.options.epochs;
+    let mut samples: Vec<Vec<Sample>> = VARIANTS.iter().map(|_| Vec::new()).collect();
+    let mut others = BTreeSet::new();
+    let mut measurements_with_others = 0;
+    for epoch in 0..epochs {
+        for offset in 0..VARIANTS.len() {
+            let index = (epoch + offset) % VARIANTS.len();
+            let seen = rig::other_tracers(&bench.bins)?;
+            measurements_with_others += usize::from(!seen.is_empty());
+            others.extend(seen);
+            let sample = measure(bench, VARIANTS[index])?;
+            say!(
+                "bench: epoch {}/{epochs} {}: {} conn/s",
+                epoch + 1,
+                VARIANTS[index].label(),
+                thousands(sample.conn_per_s)
+            );
+            samples[index].push(sample);
+        }
+    }
+
+    let untraced = &samples[0];
+    let mut table = Table::new(&[
+        "variant",
+        "conn/s, median (IQR)",
+        "ratio to untraced, median (IQR)",
+        "ratio min–max",
+        "CPU µs/conn: loadgen",
+        "tracer",
+        "total",
+    ]);
+    let mut traced_ratio = None;
+    for (kind, series) in VARIANTS.iter().zip(&samples) {
+        let rate = Spread::of(&series.iter().map(|s| s.conn_per_s).collect::<Vec<_>>());
+        let ratios: Vec<f64> = series
+            .iter()
+            .zip(untraced)
+            .map(|(s, u)| s.conn_per_s / u.conn_per_s)
+            .collect();
+        let ratio = Spread::of(&ratios);
+        let median = |values: Vec<f64>| Spread::of(&values).map_or(f64::NAN, |s| s.median);
+        let load_cpu = median(series.iter().map(|s| s.load_cpu_us).collect());
+        let tracer_cpu = median(series.iter().map(|s| s.tracer_cpu_us).collect());
+        let total_cpu = median(
+            series
+                .iter()
+                .map(|s| s.load_cpu_us + s.tracer_cpu_us)
+                .collect(),
+        );
+        if *kind == TracerKind::LiveView {
+            traced_ratio = ratio;
+        }
+        table.row(vec![
+            kind.label().to_string(),
+            rate.map_or("-".into(), |r| r.show(thousands)),
+            ratio.map_or("-".into(), |r| r.show(|v| format!("{v:.3}"))),
+            ratio.map_or("-".into(), |r| format!("{:.3}–{:.3}", r.min, r.max)),
+            format!("{load_cpu:.1}"),
+            format!("{tracer_cpu:.1}"),
+            format!("{total_cpu:.1}"),
+        ]);
+    }
+
+    let mut notes = vec![
+        "The reference script (`xtask/src/bench/reference.bt`) does leaktrace's job in bpftrace with tracepoints \
+         only: an open with its owner and user stack (kept in a kernel map: bpftrace 0.17 prints stacks only \
+         symbolized), every later transition of a tracked socket printed to userspace."
+            .to_string(),
+    ];
+    if !others.is_empty() {
+        notes.push(format!(
+            "Other people's tracing programs were loaded before {measurements_with_others} of the {} measurements \
+             and ran on these connections too, widening the spread: {}.",
+            epochs * VARIANTS.len(),
+            others.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let targets = traced_ratio
+        .map(|ratio| Target {
+            goal: format!("traced / untraced throughput on the saturating loop, stacks on: >= {TARGET_RATIO}"),
+            measured: format!("{:.3} (IQR {:.3}–{:.3})", ratio.median, ratio.p25, ratio.p75),
+            met: Some(ratio.median >= TARGET_RATIO),
+            limit: (ratio.median < TARGET_RATIO).then(|| {
+                "the probes' kernel cost (the loop runs in the kernel's context; see the kernel cost per \
+                 program below) and, on 2 cores shared with the load, the tracer's own CPU; compare the \
+                 reader-only and paused rows"
+                    .to_string()
+            }),
+        })
+        .into_iter()
+        .collect();
+    Ok(Section {
+        title: "Throughput, traced and untraced".into(),
+        what: format!(
+            "`loadgen run --duration {s}` (2 client threads, 4 server ports with a thread each, 64-byte request and \
+             response, the client closes first) in a private network namespace, saturating; {epochs} interleaved epochs \
+             of the {n} variants, each epoch in a rotated order. Every tracer traces all processes with its default \
+             settings. CPU is loadgen's (getrusage, includes the probes, which run in its context) and the tracer \
+             process's during the load window (schedstat), per connection.",
+            s = bench.load_seconds(),
+            n = VARIANTS.len(),
+        ),
+        table,
+        targets,
+        notes,
+    })
+}
+
+fn measure(bench: &Bench, kind: TracerKind) -> Result<Sample> {
+    let tracer = Tracer::start(&bench.bins, kind)?;
+    let before = tracer.cpu_time()?;
+    let load = rig::run_load(&bench.bins, &["--duration".into(), bench.load_seconds()]);
+    let tracer_cpu = tracer.cpu_time()?.saturating_sub(before);
+    tracer.stop()?;
+    let load = load?;
+    let per_conn = |seconds: f64| seconds * 1e6 / load.connections;
+    Ok(Sample {
+        conn_per_s: load.conn_per_s,
+        load_cpu_us: per_conn(load.cpu_s),
+        tracer_cpu_us: per_conn(tracer_cpu.as_secs_f64()),
+    })
+}
