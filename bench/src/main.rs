@@ -6,6 +6,9 @@
 //!   BPF run-time statistics on, drains and decodes every event as leaktrace does, and reports
 //!   counters, per-program cost and map memory when asked.
 //! - `others`: the tracing programs loaded on the host (other people's tracers).
+//! - `aggregate`: the aggregator alone on a synthetic stream (events/s per core), or its
+//!   memory per live connection (`--live N`).
+mod aggregate;
 mod others;
 mod trace;
 
@@ -31,6 +34,9 @@ enum Command {
     Trace(trace::TraceArgs),
     /// List the tracing programs loaded on this host, as one JSON line.
     Others,
+    /// Time the tracker alone on a synthetic stream built in memory (events/s per core), or
+    /// measure its memory per live connection (`--live N`); one JSON line.
+    Aggregate(aggregate::AggregateArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Trace(args) => trace::run(&args),
         Command::Others => others::run(),
+        Command::Aggregate(args) => aggregate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,4 +55,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes `value` as one JSON line on stdout, flushed: xtask reads these as they come.
+fn print_line(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let line = serde_json::to_string(value)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")
 }

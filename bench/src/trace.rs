@@ -11,6 +11,8 @@ use leaktrace::{
     kernel::{AttachedHook, KernelCounters, MapMemory, ProgramStats, RunTimeStats, Tracer, Transitions},
 };
 use serde::Serialize;
+
+use crate::print_line;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     signal::unix::{SignalKind, signal},
@@ -174,13 +176,4 @@ fn own_usage() -> Result<(Duration, Duration, u64)> {
         time(usage.ru_stime),
         usage.ru_maxrss as u64,
     ))
-}
-
-fn print_line(value: &impl Serialize) -> Result<()> {
-    use std::io::Write;
-    let line = serde_json::to_string(value)?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")
-        .and_then(|()| out.flush())
-        .context("writing to stdout")
 }

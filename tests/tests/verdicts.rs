@@ -76,7 +76,7 @@ fn one_shared_connection_is_ok() {
     let Some(_guard) = require_privileges("one_shared_connection_is_ok") else { return };
     let server = GrpcServer::start(GoBuild::Normal);
     let port = server.port().to_string();
-    let mut trace = LiveTrace::start(&["--port", &port]);
+    let trace = LiveTrace::start(&["--port", &port]);
     let mut client = GrpcClient::start(GoBuild::Normal, ClientMode::Shared, server.addr, Messages { per_second: 50, count: Some(100) });
     let pid = client.pid();
     client.wait_handled(100);
@@ -178,7 +178,7 @@ fn a_replay_of_the_recording_gives_the_live_report() {
     let (listener, port) = server.listen("127.0.0.1");
     let mut client = Puppet::spawn();
     let pids = [client.pid().to_string(), server.pid().to_string()];
-    let mut trace = LiveTrace::start(&["--pid", &pids[0], "--pid", &pids[1], "--record", &record]);
+    let trace = LiveTrace::start(&["--pid", &pids[0], "--pid", &pids[1], "--record", &record]);
     // A leak spread over four seconds, and a few closed connections.
     for second in 0..4 {
         for _ in 0..4 {

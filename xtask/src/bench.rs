@@ -5,6 +5,7 @@
 //!
 //! Each section is one function in [`SECTIONS`]: it runs what it measures through [`rig`]
 //! (loadgen, the tracers) and returns a [`report::Section`]. Adding a row is adding one.
+mod aggregator;
 mod children;
 mod events;
 mod figures;
@@ -37,6 +38,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("events at fixed rates", events::section),
     ("kernel memory per live connection", memory::section),
     ("time to a leak verdict", leak_latency::section),
+    ("aggregator", aggregator::section),
 ];
 
 /// The packages whose release binaries the benchmark runs.

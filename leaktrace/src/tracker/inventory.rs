@@ -6,7 +6,7 @@ use std::{collections::HashSet, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Connection, Direction, SiteKey, Tracker};
+use super::{Connection, Direction, MaybeNs, SiteKeyRef, Tracker};
 use crate::tcp::TcpState;
 
 /// The TCP sockets that existed at one moment.
@@ -70,24 +70,24 @@ impl Tracker {
             }
             let process = self.processes.observe(owner.pid, owner.start_ns, &owner.comm, owner.cgroup_id, inventory.ts_ns);
             let direction = socket.direction.unwrap_or(Direction::Connect);
-            let key = SiteKey { process, direction, stack: Default::default(), born_before_start: true };
-            let site = self.site_for(key, None, inventory.ts_ns);
-            self.site_mut(site).open(inventory.ts_ns, socket.remote, false);
+            let key = SiteKeyRef { process, direction, stack: &[], born_before_start: true };
+            let site = self.site_for(&key, None, inventory.ts_ns);
+            let peer = self.site_mut(site).open(inventory.ts_ns, socket.remote, false);
             let in_close_wait = socket.state == TcpState::CloseWait;
             if in_close_wait {
                 self.site_mut(site).close_wait += 1;
             }
             let connection = Connection {
                 site,
+                peer,
                 birth_ns: 0,
-                opened_ns: None,
+                opened_ns: MaybeNs::NONE,
                 cookie: socket.cookie,
                 state: socket.state,
                 established: socket.state != TcpState::SynSent,
                 // Not when it entered CLOSE_WAIT, but a lower bound on how long it has been in it.
-                close_wait_since_ns: in_close_wait.then_some(inventory.ts_ns),
-                last_activity_ns: idle_since(inventory.ts_ns, socket.idle_ms),
-                remote: socket.remote,
+                close_wait_since_ns: MaybeNs::from_option(in_close_wait.then_some(inventory.ts_ns)),
+                last_activity_ns: MaybeNs::from_option(idle_since(inventory.ts_ns, socket.idle_ms)),
                 missing_from_inventory: 0,
             };
             self.seeded.insert(socket.cookie, connection);
@@ -106,18 +106,18 @@ impl Tracker {
             let last_activity = idle_since(inventory.ts_ns, socket.idle_ms);
             if let Some(&sk) = self.cookies.get(&socket.cookie) {
                 if let Some(connection) = self.connections.get_mut(&sk) {
-                    connection.last_activity_ns = last_activity.or(connection.last_activity_ns);
+                    connection.last_activity_ns = MaybeNs::from_option(last_activity.or(connection.last_activity_ns.get()));
                 }
             } else if let Some(connection) = self.seeded.get_mut(&socket.cookie) {
-                connection.last_activity_ns = last_activity.or(connection.last_activity_ns);
+                connection.last_activity_ns = MaybeNs::from_option(last_activity.or(connection.last_activity_ns.get()));
                 let (was, now) = (connection.state, socket.state);
                 connection.state = now;
                 let site = connection.site;
                 if was != TcpState::CloseWait && now == TcpState::CloseWait {
-                    connection.close_wait_since_ns = Some(inventory.ts_ns);
+                    connection.close_wait_since_ns = MaybeNs::some(inventory.ts_ns);
                     self.site_mut(site).close_wait += 1;
                 } else if was == TcpState::CloseWait && now != TcpState::CloseWait {
-                    connection.close_wait_since_ns = None;
+                    connection.close_wait_since_ns = MaybeNs::NONE;
                     let site = self.site_mut(site);
                     site.close_wait = site.close_wait.saturating_sub(1);
                 }
@@ -132,7 +132,7 @@ impl Tracker {
         let mut gone = Vec::new();
         for (&sk, connection) in &mut self.connections {
             // A connection opened after the inventory was taken cannot be in it.
-            if connection.cookie == 0 || connection.opened_ns.is_none_or(|opened| opened >= ts_ns) {
+            if connection.cookie == 0 || connection.opened_ns.get().is_none_or(|opened| opened >= ts_ns) {
                 continue;
             }
             if listed.contains(&connection.cookie) {

@@ -10,6 +10,8 @@
 //!   start"), with their owner but no stack and no made-up lifetime;
 //! - memory stays bounded: closed sockets are forgotten at once, call sites without live
 //!   connections age out after [`Limits::site_ttl`], and at most [`Limits::max_sites`] are kept.
+mod connection;
+mod hash;
 mod inventory;
 mod process;
 mod site;
@@ -18,12 +20,7 @@ pub mod thresholds;
 pub mod verdict;
 mod window;
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -31,11 +28,13 @@ use crate::{
     event::{ConnOpen, Event, EventBody, SocketId, StateChange},
     tcp::TcpState,
 };
+use connection::{Connection, MaybeNs};
+use hash::{FastMap, FastSet};
 pub use inventory::{Inventory, ObservedOwner, ObservedSocket};
 pub use process::{Filter, ProcessKey};
 use process::Processes;
 pub use site::{Destination, Direction, Lifetimes, SiteKey};
-use site::Site;
+use site::{Site, SiteKeyParts, SiteKeyRef};
 pub use snapshot::{ProcessView, SiteView, Snapshot};
 pub use thresholds::Thresholds;
 pub use verdict::{Finding, SiteFacts, Verdict};
@@ -76,25 +75,6 @@ pub struct TrackerStats {
     pub sites_expired: u64,
 }
 
-/// A connection the tracker holds until its CLOSE.
-#[derive(Clone, Debug)]
-struct Connection {
-    site: u32,
-    /// The kernel's birth time of the socket (part of its identity); 0 when seeded.
-    birth_ns: u64,
-    /// When the open was seen; `None` for connections born before start.
-    opened_ns: Option<u64>,
-    cookie: u64,
-    state: TcpState,
-    established: bool,
-    close_wait_since_ns: Option<u64>,
-    /// The last data sent or received, from the latest inventory (tcp_info).
-    last_activity_ns: Option<u64>,
-    remote: SocketAddr,
-    /// Inventories in a row that did not list this socket.
-    missing_from_inventory: u8,
-}
-
 struct Pending {
     socket: SocketId,
     ts_ns: u64,
@@ -108,18 +88,18 @@ pub struct Tracker {
     started_ns: u64,
     latest_ns: u64,
     /// Traced connections by `struct sock` address.
-    connections: HashMap<u64, Connection>,
+    connections: FastMap<u64, Connection>,
     /// Sockets (address, birth) the filters dropped: their transitions are not orphans.
-    ignored: HashSet<SocketId>,
+    ignored: FastSet<SocketId>,
     /// Socket cookie -> address, for the inventory's lookups.
-    cookies: HashMap<u64, u64>,
+    cookies: FastMap<u64, u64>,
     /// Connections born before start, by socket cookie.
-    seeded: HashMap<u64, Connection>,
-    pending: HashMap<u64, Pending>,
+    seeded: FastMap<u64, Connection>,
+    pending: FastMap<u64, Pending>,
     processes: Processes,
     sites: Vec<Option<Site>>,
     free_sites: Vec<u32>,
-    site_index: HashMap<SiteKey, u32>,
+    site_index: FastMap<SiteKey, u32>,
     stats: TrackerStats,
 }
 
@@ -133,15 +113,15 @@ impl Tracker {
             filter,
             started_ns,
             latest_ns: started_ns,
-            connections: HashMap::new(),
-            ignored: HashSet::new(),
-            cookies: HashMap::new(),
-            seeded: HashMap::new(),
-            pending: HashMap::new(),
+            connections: FastMap::default(),
+            ignored: FastSet::default(),
+            cookies: FastMap::default(),
+            seeded: FastMap::default(),
+            pending: FastMap::default(),
             processes: Processes::default(),
             sites: Vec::new(),
             free_sites: Vec::new(),
-            site_index: HashMap::new(),
+            site_index: FastMap::default(),
             stats: TrackerStats::default(),
         }
     }
@@ -197,19 +177,19 @@ impl Tracker {
             return;
         }
         let process = self.processes.observe(open.owner.pid, open.owner.process_start_ns, &open.owner.comm, open.owner.cgroup_id, event.ts_ns);
-        let key = SiteKey { process, direction, stack: Arc::from(open.stack.as_slice()), born_before_start: false };
-        let site = self.site_for(key, open.stack_error, event.ts_ns);
-        self.site_mut(site).open(event.ts_ns, open.remote, true);
+        let key = SiteKeyRef { process, direction, stack: &open.stack, born_before_start: false };
+        let site = self.site_for(&key, open.stack_error, event.ts_ns);
+        let peer = self.site_mut(site).open(event.ts_ns, open.remote, true);
         let connection = Connection {
             site,
+            peer,
             birth_ns: socket.birth_ns,
-            opened_ns: Some(event.ts_ns),
+            opened_ns: MaybeNs::some(event.ts_ns),
             cookie: event.cookie,
             state: open.state,
             established: open.state != TcpState::SynSent,
-            close_wait_since_ns: None,
-            last_activity_ns: None,
-            remote: open.remote,
+            close_wait_since_ns: MaybeNs::NONE,
+            last_activity_ns: MaybeNs::NONE,
             missing_from_inventory: 0,
         };
         if event.cookie != 0 {
@@ -231,18 +211,19 @@ impl Tracker {
     }
 
     fn transition(&mut self, socket: SocketId, cookie: u64, ts_ns: u64, change: &StateChange) {
-        let known = self.connections.get(&socket.sk).is_some_and(|c| c.birth_ns == socket.birth_ns);
-        if !known {
-            if self.ignored.contains(&socket) {
-                if change.new_state == TcpState::Close {
-                    self.ignored.remove(&socket);
+        let connection = match self.connections.get_mut(&socket.sk) {
+            Some(connection) if connection.birth_ns == socket.birth_ns => connection,
+            _ => {
+                if self.ignored.contains(&socket) {
+                    if change.new_state == TcpState::Close {
+                        self.ignored.remove(&socket);
+                    }
+                } else {
+                    self.hold(socket, ts_ns, change);
                 }
-            } else {
-                self.hold(socket, ts_ns, change);
+                return;
             }
-            return;
-        }
-        let connection = self.connections.get_mut(&socket.sk).expect("checked above");
+        };
         if connection.cookie == 0 && cookie != 0 {
             connection.cookie = cookie;
             self.cookies.insert(cookie, socket.sk);
@@ -256,7 +237,7 @@ impl Tracker {
         }
         let site = connection.site;
         if was_close_wait && change.new_state != TcpState::CloseWait {
-            connection.close_wait_since_ns = None;
+            connection.close_wait_since_ns = MaybeNs::NONE;
             let site = self.site_mut(site);
             site.close_wait = site.close_wait.saturating_sub(1);
         }
@@ -283,7 +264,7 @@ impl Tracker {
 
     fn enter_close_wait(&mut self, sk: u64, ts_ns: u64) {
         let Some(connection) = self.connections.get_mut(&sk) else { return };
-        connection.close_wait_since_ns = Some(ts_ns);
+        connection.close_wait_since_ns = MaybeNs::some(ts_ns);
         let site = connection.site;
         self.site_mut(site).close_wait += 1;
     }
@@ -304,18 +285,19 @@ impl Tracker {
     }
 
     fn close_connection(&mut self, connection: &Connection, ts_ns: u64, seen: bool) {
-        let lifetime = connection.opened_ns.filter(|_| seen).map(|opened| ts_ns.saturating_sub(opened));
+        let lifetime = connection.opened_ns.get().filter(|_| seen).map(|opened| ts_ns.saturating_sub(opened));
         let site = self.site_mut(connection.site);
         if connection.close_wait_since_ns.is_some() {
             site.close_wait = site.close_wait.saturating_sub(1);
         }
-        site.close(ts_ns, connection.remote, connection.established, lifetime);
+        site.close(ts_ns, connection.peer, connection.established, lifetime);
     }
 
-    fn site_for(&mut self, key: SiteKey, stack_error: Option<i32>, ts_ns: u64) -> u32 {
-        if let Some(&id) = self.site_index.get(&key) {
+    fn site_for(&mut self, key: &SiteKeyRef, stack_error: Option<i32>, ts_ns: u64) -> u32 {
+        if let Some(&id) = self.site_index.get(key as &dyn SiteKeyParts) {
             return id;
         }
+        let key = key.to_owned();
         let site = Site::new(key.clone(), stack_error, ts_ns, self.thresholds.window.as_secs().max(1));
         let id = match self.free_sites.pop() {
             Some(id) => {

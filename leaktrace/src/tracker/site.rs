@@ -1,6 +1,11 @@
 //! A call site: the process, the direction and the user stack that opened connections, with
 //! everything counted about them (opens, closes, failures, lifetimes, destinations, the trend).
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Borrow,
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -16,7 +21,7 @@ pub enum Direction {
 }
 
 /// What makes two connections the same call site.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteKey {
     pub process: ProcessKey,
     pub direction: Direction,
@@ -26,8 +31,78 @@ pub struct SiteKey {
     pub born_before_start: bool,
 }
 
+/// A call site's key as its parts, owned or borrowed: an open looks its site up by the stack
+/// it carries, so finding a known site allocates nothing (the `Arc` is made for a new site only).
+pub trait SiteKeyParts {
+    fn parts(&self) -> (ProcessKey, Direction, &[u64], bool);
+}
+
+/// A key borrowing the stack of the event being applied.
+pub struct SiteKeyRef<'a> {
+    pub process: ProcessKey,
+    pub direction: Direction,
+    pub stack: &'a [u64],
+    pub born_before_start: bool,
+}
+
+impl SiteKeyParts for SiteKey {
+    fn parts(&self) -> (ProcessKey, Direction, &[u64], bool) {
+        (self.process, self.direction, &self.stack, self.born_before_start)
+    }
+}
+
+impl SiteKeyParts for SiteKeyRef<'_> {
+    fn parts(&self) -> (ProcessKey, Direction, &[u64], bool) {
+        (self.process, self.direction, self.stack, self.born_before_start)
+    }
+}
+
+impl SiteKeyRef<'_> {
+    pub fn to_owned(&self) -> SiteKey {
+        SiteKey { process: self.process, direction: self.direction, stack: Arc::from(self.stack), born_before_start: self.born_before_start }
+    }
+}
+
+// SiteKey and its borrowed form hash alike and compare alike, as `Borrow` requires.
+impl Hash for SiteKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl Hash for dyn SiteKeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn SiteKeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SiteKeyParts + '_ {}
+
+impl<'a> Borrow<dyn SiteKeyParts + 'a> for SiteKey {
+    fn borrow(&self) -> &(dyn SiteKeyParts + 'a) {
+        self
+    }
+}
+
 /// Most distinct destinations kept per call site; the rest are summed as "other".
 const MAX_DESTINATIONS: usize = 32;
+
+/// Where a connection is counted among its call site's peers: the index of its peer in the
+/// site's destinations, or [`PeerSlot::OTHER`]. One byte in the connection instead of the
+/// 32-byte address (destinations are only ever added, so an index stays valid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerSlot(u8);
+
+impl PeerSlot {
+    /// The peers beyond the first [`MAX_DESTINATIONS`], summed.
+    pub const OTHER: Self = Self(u8::MAX);
+}
 
 pub struct Site {
     pub key: SiteKey,
@@ -49,7 +124,8 @@ pub struct Site {
     /// Lifetimes of the closed connections, in microseconds (allocated at the first close).
     lifetimes_us: Option<Box<Histogram<u32>>>,
     pub window: RateWindow,
-    destinations: HashMap<SocketAddr, Destination>,
+    /// The first [`MAX_DESTINATIONS`] peers, in the order they were first seen.
+    destinations: Vec<(SocketAddr, Destination)>,
     other_destinations: Destination,
 }
 
@@ -87,7 +163,7 @@ impl Site {
             last_open_ns: now_ns,
             lifetimes_us: None,
             window: RateWindow::new(window_secs),
-            destinations: HashMap::new(),
+            destinations: Vec::new(),
             other_destinations: Destination::default(),
         }
     }
@@ -101,19 +177,32 @@ impl Site {
         }
     }
 
-    fn destination(&mut self, peer: SocketAddr) -> &mut Destination {
-        if self.destinations.len() >= MAX_DESTINATIONS && !self.destinations.contains_key(&peer) {
-            return &mut self.other_destinations;
+    /// The slot of `peer`, added when there is room.
+    fn peer_slot(&mut self, peer: SocketAddr) -> PeerSlot {
+        // At most 32, compared without hashing: a scan is as quick, and costs no table.
+        if let Some(index) = self.destinations.iter().position(|(addr, _)| *addr == peer) {
+            return PeerSlot(index as u8);
         }
-        self.destinations.entry(peer).or_default()
+        if self.destinations.len() >= MAX_DESTINATIONS {
+            return PeerSlot::OTHER;
+        }
+        self.destinations.push((peer, Destination::default()));
+        PeerSlot((self.destinations.len() - 1) as u8)
     }
 
-    /// A connection opened (or seeded) here.
-    pub fn open(&mut self, ts_ns: u64, remote: SocketAddr, counts_as_open: bool) {
+    fn destination(&mut self, slot: PeerSlot) -> &mut Destination {
+        match self.destinations.get_mut(usize::from(slot.0)) {
+            Some((_, destination)) => destination,
+            None => &mut self.other_destinations,
+        }
+    }
+
+    /// A connection opened (or seeded) here; it is counted under the returned peer slot.
+    pub fn open(&mut self, ts_ns: u64, remote: SocketAddr, counts_as_open: bool) -> PeerSlot {
         self.last_event_ns = self.last_event_ns.max(ts_ns);
         self.live += 1;
-        let peer = self.peer_key(remote);
-        let destination = self.destination(peer);
+        let slot = self.peer_slot(self.peer_key(remote));
+        let destination = self.destination(slot);
         destination.live += 1;
         if counts_as_open {
             destination.opened += 1;
@@ -126,18 +215,15 @@ impl Site {
             }
             self.last_open_ns = self.last_open_ns.max(ts_ns);
         }
+        slot
     }
 
     /// A connection of this site ended. `lifetime_ns` is `None` when it is not known (born
     /// before start, or a close inferred from the socket's absence).
-    pub fn close(&mut self, ts_ns: u64, remote: SocketAddr, established: bool, lifetime_ns: Option<u64>) {
+    pub fn close(&mut self, ts_ns: u64, peer: PeerSlot, established: bool, lifetime_ns: Option<u64>) {
         self.last_event_ns = self.last_event_ns.max(ts_ns);
         self.live = self.live.saturating_sub(1);
-        let peer = self.peer_key(remote);
-        let destination = match self.destinations.get_mut(&peer) {
-            Some(destination) => destination,
-            None => &mut self.other_destinations,
-        };
+        let destination = self.destination(peer);
         destination.live = destination.live.saturating_sub(1);
         if established {
             self.closed += 1;
@@ -159,19 +245,16 @@ impl Site {
     pub fn lifetimes(&self) -> Option<Lifetimes> {
         let histogram = self.lifetimes_us.as_deref()?;
         let seconds = |us: u64| us as f64 / 1e6;
-        Some(Lifetimes {
-            count: histogram.len(),
-            p50_s: seconds(histogram.value_at_quantile(0.5)),
-            p90_s: seconds(histogram.value_at_quantile(0.9)),
-            p99_s: seconds(histogram.value_at_quantile(0.99)),
-            max_s: seconds(histogram.max()),
-        })
+        // One pass over the counts for the three (every snapshot asks, for every site).
+        let mut quantiles = histogram.value_at_quantiles([0.5, 0.9, 0.99]).map(seconds);
+        let mut next = || quantiles.next().expect("one value per quantile asked");
+        Some(Lifetimes { count: histogram.len(), p50_s: next(), p90_s: next(), p99_s: next(), max_s: seconds(histogram.max()) })
     }
 
     /// The busiest peers: most live first, then most opened.
     pub fn top_destinations(&self, n: usize) -> Vec<(Option<SocketAddr>, Destination)> {
         let mut all: Vec<(Option<SocketAddr>, Destination)> =
-            self.destinations.iter().map(|(addr, dest)| (Some(*addr), *dest)).collect();
+            self.destinations.iter().map(|(addr, destination)| (Some(*addr), *destination)).collect();
         if self.other_destinations.opened > 0 || self.other_destinations.live > 0 {
             all.push((None, self.other_destinations));
         }

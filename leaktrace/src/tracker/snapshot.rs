@@ -75,17 +75,19 @@ impl Tracker {
         let min_age = t.min_age.as_nanos() as u64;
         let close_wait_after = t.close_wait_after.as_nanos() as u64;
         let idle_after = t.idle_after.as_nanos() as u64;
-        let mut live: HashMap<u32, LiveFacts> = HashMap::new();
+        // Indexed by site id: one slot per site beats a hash lookup per connection.
+        let mut live: Vec<LiveFacts> = Vec::new();
+        live.resize_with(self.sites.len(), LiveFacts::default);
         let all = self.connections.values().chain(self.seeded.values());
         for connection in all {
-            let facts = live.entry(connection.site).or_default();
+            let facts = &mut live[connection.site as usize];
             walk(facts, connection, now_ns, self.started_ns, min_age, close_wait_after, idle_after);
         }
 
         let mut sites: Vec<SiteView> = self
             .sites()
             .map(|(id, site)| {
-                let walked = live.remove(&id).unwrap_or_default();
+                let walked = std::mem::take(&mut live[id as usize]);
                 let lifetimes = site.lifetimes();
                 let facts = SiteFacts {
                     born_before_start: site.key.born_before_start,
@@ -150,20 +152,20 @@ fn walk(
     idle_after: u64,
 ) {
     // A connection born before start is at least as old as the tracing.
-    let opened = connection.opened_ns.unwrap_or(started_ns);
+    let opened = connection.opened_ns.get().unwrap_or(started_ns);
     if now_ns.saturating_sub(opened) >= min_age {
         facts.unclosed += 1;
     }
     if connection.opened_ns.is_some() {
         facts.oldest_open_ns = Some(facts.oldest_open_ns.map_or(opened, |oldest| oldest.min(opened)));
     }
-    if let Some(since) = connection.close_wait_since_ns {
+    if let Some(since) = connection.close_wait_since_ns.get() {
         if now_ns.saturating_sub(since) >= close_wait_after {
             facts.close_wait_stuck += 1;
         }
         facts.oldest_close_wait_ns = Some(facts.oldest_close_wait_ns.map_or(since, |oldest| oldest.min(since)));
     }
-    if let Some(last) = connection.last_activity_ns {
+    if let Some(last) = connection.last_activity_ns.get() {
         let idle = now_ns.saturating_sub(last);
         facts.idle_known += 1;
         if idle >= idle_after {
