@@ -77,7 +77,7 @@ impl SockAccess for Typed {
     #[inline(always)]
     fn sock_protocol(sk: u64) -> Result<u16, i32> {
         let shift = config!(offsets.sock_protocol_shift);
-        if config!(offsets.sock_protocol_bits) == 16 && shift % 8 == 0 {
+        if config!(offsets.sock_protocol_bits) == 16 && shift.is_multiple_of(8) {
             Self::read::<u16>(sk, config!(offsets.sock_protocol_word) + shift / 8)
         } else {
             Probed::sock_protocol(sk)

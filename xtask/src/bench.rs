@@ -118,6 +118,14 @@ pub fn bench(ready: &Ready, options: Options) -> Result<()> {
         }
         sections.push(result);
     }
+    // The memory target spans two sections: the kernel maps' share and the tracker's.
+    if let Some(target) = report::combined_memory_target(&sections)
+        && let Some(Ok(section)) = sections.iter_mut().find(|s| {
+            s.as_ref().is_ok_and(|s| s.figures.iter().any(|(name, _)| *name == report::TRACKER_BYTES_PER_CONNECTION))
+        })
+    {
+        section.targets.insert(0, target);
+    }
     if bench.options.smoke {
         // A smoke run checks that every row works; its figures decide nothing.
         for section in sections.iter_mut().flatten() {

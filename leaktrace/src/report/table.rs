@@ -16,7 +16,7 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
     header(&mut out, report);
     let _ = writeln!(
         out,
-        "{:>7} {:<15} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
+        "{:>7} {:<15} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  VERDICT",
         "PID",
         "COMM",
         "DIR",
@@ -28,7 +28,6 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
         "CLOSE_WAIT",
         "OLDEST",
         "IDLE",
-        "VERDICT",
         w = FRAME_WIDTH
     );
     for site in report.call_sites.iter().take(max_rows) {

@@ -211,7 +211,7 @@ pub fn rules() -> [&'static dyn Rule; 6] {
 /// The verdict for `facts` and every finding behind it (most severe first).
 pub fn judge(facts: &SiteFacts, thresholds: &Thresholds) -> (Verdict, Vec<Finding>) {
     let mut findings: Vec<Finding> = rules().iter().filter_map(|rule| rule.check(facts, thresholds)).collect();
-    findings.sort_by(|a, b| b.verdict.cmp(&a.verdict));
+    findings.sort_by_key(|finding| std::cmp::Reverse(finding.verdict));
     let verdict = findings.first().map_or(Verdict::Ok, |finding| finding.verdict);
     (verdict, findings)
 }

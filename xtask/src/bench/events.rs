@@ -99,6 +99,7 @@ pub fn section(bench: &Bench) -> Result<Section> {
         table,
         targets,
         notes: Vec::new(),
+        figures: Vec::new(),
     })
 }
 

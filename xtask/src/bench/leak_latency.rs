@@ -203,6 +203,7 @@ pub fn section(bench: &Bench) -> Result<Section> {
         table,
         targets,
         notes,
+        figures: Vec::new(),
     })
 }
 

@@ -15,6 +15,45 @@ pub struct Section {
     pub table: Table,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
+    /// Named figures that a target spanning sections reads ([`combined_memory_target`]).
+    pub figures: Vec<(&'static str, f64)>,
+}
+
+/// [`Section::figures`]: the kernel's bytes per tracked socket (socket map entry), at the
+/// largest live count measured.
+pub const KERNEL_BYTES_PER_SOCKET: &str = "kernel_bytes_per_socket";
+/// [`Section::figures`]: the userspace tracker's bytes per live connection, at the largest
+/// live count measured.
+pub const TRACKER_BYTES_PER_CONNECTION: &str = "tracker_bytes_per_connection";
+/// The issue's target for both together.
+const TARGET_BYTES_PER_CONNECTION: f64 = 256.0;
+
+/// The memory target, kernel maps and userspace together: what one traced socket costs (a
+/// connection to another host is one traced socket here; a loopback connection is two, both
+/// ends being local). `None` unless both sections ran.
+pub fn combined_memory_target(sections: &[Result<Section, String>]) -> Option<Target> {
+    let figure = |name: &str| {
+        sections.iter().flatten().flat_map(|s| &s.figures).find(|(n, _)| *n == name).map(|(_, v)| *v)
+    };
+    let kernel = figure(KERNEL_BYTES_PER_SOCKET)?;
+    let tracker = figure(TRACKER_BYTES_PER_CONNECTION)?;
+    let total = kernel + tracker;
+    let met = total <= TARGET_BYTES_PER_CONNECTION;
+    Some(Target {
+        goal: format!(
+            "<= {TARGET_BYTES_PER_CONNECTION:.0} bytes per live connection, kernel maps + userspace (per traced socket)"
+        ),
+        measured: format!(
+            "{total:.0} B: {kernel:.0} B kernel (socket map entry) + {tracker:.0} B userspace tracker, at the largest live \
+             count measured"
+        ),
+        met: Some(met),
+        limit: (!met).then(|| {
+            "the kernel's preallocated hash map entry (key, value and its bucket overhead) and the tracker's \
+             connection table; see the two memory tables"
+                .into()
+        }),
+    })
 }
 
 #[derive(Default)]
