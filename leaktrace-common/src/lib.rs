@@ -106,7 +106,8 @@ pub struct Owner {
     pub comm: [u8; TASK_COMM_LEN],
 }
 
-/// A connection's birth, with its owner and the user stack that opened it.
+/// A connection's birth, with its owner and the user stack that opened it. The probes send it
+/// only up to the end of its stack: [`OPEN_RECORD_FIXED`] bytes, then `stack_depth` frames.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnOpenRecord {
@@ -123,6 +124,9 @@ pub struct ConnOpenRecord {
     pub _pad: u32,
     pub stack: [u64; MAX_STACK_DEPTH],
 }
+
+/// The bytes of a [`ConnOpenRecord`] before its stack array: every open record has them.
+pub const OPEN_RECORD_FIXED: usize = core::mem::offset_of!(ConnOpenRecord, stack);
 
 /// A transition of a tracked socket.
 #[repr(C)]
@@ -273,6 +277,7 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 40);
         assert_eq!(size_of::<StateChangeRecord>(), 88);
         assert_eq!(size_of::<ConnOpenRecord>(), 136 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(OPEN_RECORD_FIXED, 136);
         assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
     }
 

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use leaktrace_common::{
-    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_STACK_DEPTH, Owner,
+    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, Owner,
     StateChangeRecord, Tuple, filter, reported_states, tcp_state,
 };
 
@@ -34,7 +34,7 @@ use crate::{
     emit,
     kernel::{self, Probed, SockAccess},
     maps::{
-        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, SOCKET_ACCEPTED, SOCKET_ACTIVE,
+        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, SCRATCH_ACCEPT, SCRATCH_CONNECT, SOCKET_ACCEPTED, SOCKET_ACTIVE,
         SOCKET_PASSIVE, SOCKETS, SocketEntry, config, count,
     },
 };
@@ -94,18 +94,28 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
         count(Counter::SocketMapFull);
         return;
     }
-    let Some(mut record) = emit::reserve::<ConnOpenRecord>() else {
-        // The open is lost (and counted): stop tracking so no orphan transitions follow.
+    let Some(open) = OPEN_SCRATCH.get_ptr_mut(SCRATCH_CONNECT) else {
         let _ = SOCKETS.remove(sk);
         return;
     };
-    let open = unsafe { &mut *record.as_mut_ptr() };
+    let open = unsafe { &mut *open };
     open.header = header(EventKind::Connect, now, sk, &entry);
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
     open.tuple = tuple;
     open.state = tcp_state::SYN_SENT;
     take_user_stack(ctx, open);
-    emit::submit(record);
+    if !emit_open(open) {
+        // The open is lost (and counted): stop tracking so no orphan transitions follow.
+        let _ = SOCKETS.remove(sk);
+    }
+}
+
+/// Sends an open's record up to the end of its stack; whether it was written.
+#[inline(always)]
+fn emit_open(open: &ConnOpenRecord) -> bool {
+    let depth = open.stack_depth as usize;
+    let depth = if depth < MAX_STACK_DEPTH { depth } else { MAX_STACK_DEPTH };
+    emit::output_prefix(open, OPEN_RECORD_FIXED + depth * 8)
 }
 
 #[inline(always)]
@@ -193,11 +203,11 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     }
     entry.flags |= SOCKET_ACCEPTED;
     unsafe { (*entry_ptr).flags = entry.flags };
-    let Some(mut record) = emit::reserve::<ConnOpenRecord>() else {
+    let Some(open) = OPEN_SCRATCH.get_ptr_mut(SCRATCH_ACCEPT) else {
         let _ = SOCKETS.remove(sk);
         return;
     };
-    let open = unsafe { &mut *record.as_mut_ptr() };
+    let open = unsafe { &mut *open };
     let now = unsafe { bpf_ktime_get_ns() };
     open.header = header(EventKind::Accept, now, sk, &entry);
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
@@ -205,7 +215,9 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
     open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
     take_user_stack(ctx, open);
-    emit::submit(record);
+    if !emit_open(open) {
+        let _ = SOCKETS.remove(sk);
+    }
 }
 
 #[inline(always)]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use leaktrace_common::{COUNTER_SLOTS, Config, Counter};
+use leaktrace_common::{COUNTER_SLOTS, Config, ConnOpenRecord, Counter};
 
 /// Written by userspace before load (`EbpfLoader::override_global`). Read one field at a time
 /// through [`config!`], with volatile loads so the compiler cannot fold the zeros it sees here.
@@ -58,6 +58,16 @@ pub static PAUSED: Array<u32> = Array::with_max_entries(1, 0);
 pub fn paused() -> bool {
     PAUSED.get(0).is_some_and(|flag| *flag != 0)
 }
+
+/// Where an open's record is assembled before its used part (the stack up to its depth) is
+/// copied to the ring buffer: a record reserved there whole would take its 127-frame stack
+/// array (1 KiB) for a stack of a few frames, and the buffer would hold a sixth as many opens.
+/// Per CPU; slot [`SCRATCH_CONNECT`] for connect, [`SCRATCH_ACCEPT`] for accept, so that the
+/// two never share one even if one interrupted the other.
+#[map]
+pub static OPEN_SCRATCH: PerCpuArray<ConnOpenRecord> = PerCpuArray::with_max_entries(2, 0);
+pub const SCRATCH_CONNECT: u32 = 0;
+pub const SCRATCH_ACCEPT: u32 = 1;
 
 /// The transition the first `tp_btf` program last began on this CPU (see [`TransitionMark`]).
 #[map]

@@ -1,7 +1,7 @@
 //! Ring-buffer records to [`Event`]s, with every length checked: a record too short for its
 //! kind, an unknown kind or a stack depth past the array is an error, never a misread.
 use leaktrace_common::{
-    ConnOpenRecord, EventHeader, EventKind, MAX_STACK_DEPTH, StateChangeRecord, Tuple,
+    ConnOpenRecord, EventHeader, EventKind, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, StateChangeRecord, Tuple,
 };
 
 use crate::{
@@ -27,11 +27,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
     let body = match kind {
         EventKind::Connect | EventKind::Accept => {
-            let record: ConnOpenRecord = read_record(bytes).ok_or(DecodeError::Truncated {
-                kind,
-                len: bytes.len(),
-                expected: size_of::<ConnOpenRecord>(),
-            })?;
+            let record = read_open_record(bytes, kind)?;
             let open = conn_open(&record)?;
             if kind == EventKind::Connect { EventBody::Connect(open) } else { EventBody::Accept(open) }
         }
@@ -89,6 +85,28 @@ fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
     )
 }
 
+/// An open record, which the probes send only up to the end of its stack: the fixed part, then
+/// `stack_depth` frames (the rest of the array reads as zeros).
+fn read_open_record(bytes: &[u8], kind: EventKind) -> Result<ConnOpenRecord, DecodeError> {
+    let truncated = |expected| DecodeError::Truncated { kind, len: bytes.len(), expected };
+    if bytes.len() < OPEN_RECORD_FIXED {
+        return Err(truncated(OPEN_RECORD_FIXED));
+    }
+    let mut whole = [0u8; size_of::<ConnOpenRecord>()];
+    let len = bytes.len().min(whole.len());
+    whole[..len].copy_from_slice(&bytes[..len]);
+    let record: ConnOpenRecord = read_record(&whole).expect("the buffer is one record long");
+    let depth = record.stack_depth as usize;
+    if depth > MAX_STACK_DEPTH {
+        return Err(DecodeError::StackTooDeep { depth: record.stack_depth, max: MAX_STACK_DEPTH });
+    }
+    let expected = OPEN_RECORD_FIXED + depth * 8;
+    if bytes.len() < expected {
+        return Err(truncated(expected));
+    }
+    Ok(record)
+}
+
 /// Copies a `#[repr(C)]` plain-data record out of the front of `bytes`, if it is long enough.
 fn read_record<T: Copy>(bytes: &[u8]) -> Option<T> {
     (bytes.len() >= size_of::<T>())
@@ -138,6 +156,20 @@ pub(crate) mod tests {
         assert_eq!(open.state, TcpState::SynSent);
     }
 
+    /// The probes send an open only up to the end of its stack.
+    #[test]
+    fn an_open_sent_up_to_its_stack_decodes_as_the_whole_record() {
+        let full = as_bytes(&connect_record(2));
+        let sent = &full[..OPEN_RECORD_FIXED + 2 * 8];
+        assert_eq!(decode(sent).unwrap(), decode(&full).unwrap());
+        let mut stackless = connect_record(0);
+        stackless.stack_error = -14;
+        let EventBody::Connect(open) = decode(&as_bytes(&stackless)[..OPEN_RECORD_FIXED]).unwrap().body else {
+            panic!("not a connect")
+        };
+        assert_eq!((open.stack, open.stack_error), (vec![], Some(-14)));
+    }
+
     #[test]
     fn decodes_a_state_change() {
         let record = StateChangeRecord {
@@ -158,7 +190,15 @@ pub(crate) mod tests {
         unknown[0] = 77;
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind { kind: 77 }));
         let full = as_bytes(&connect_record(2));
-        assert!(matches!(decode(&full[..200]), Err(DecodeError::Truncated { kind: EventKind::Connect, .. })));
+        assert_eq!(
+            decode(&full[..100]),
+            Err(DecodeError::Truncated { kind: EventKind::Connect, len: 100, expected: OPEN_RECORD_FIXED })
+        );
+        // Two frames promised, one and a half sent.
+        assert_eq!(
+            decode(&full[..OPEN_RECORD_FIXED + 12]),
+            Err(DecodeError::Truncated { kind: EventKind::Connect, len: OPEN_RECORD_FIXED + 12, expected: OPEN_RECORD_FIXED + 16 })
+        );
         assert_eq!(
             decode(&as_bytes(&connect_record(500))),
             Err(DecodeError::StackTooDeep { depth: 500, max: MAX_STACK_DEPTH })
