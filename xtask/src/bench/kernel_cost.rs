@@ -40,6 +40,9 @@ const SETTINGS: [(&str, &[&str]); 4] = [
 
 const CLOSES: [&str; 2] = ["normal", "rst"];
 
+/// Interleaved rounds of every setting (a smoke run: one).
+const ROUNDS: usize = 3;
+
 /// One settings' measurement under one close mode.
 struct Measured {
     /// `program (hook)` -> (ns per run, runs per connection).
@@ -64,9 +67,32 @@ pub fn section(bench: &Bench) -> Result<Section> {
     let mut notes = Vec::new();
     let mut targets = Vec::new();
     let mut totals = BTreeMap::new();
-    for (index, (label, args)) in SETTINGS.iter().enumerate() {
-        let (by_close, final_counters) = measure_settings(bench, args)?;
-        for (close, measured) in CLOSES.iter().zip(&by_close) {
+    // Interleaved rounds, each running every setting in a rotated order, so that the machine's
+    // drift falls on all settings alike; each row is its round of median cost.
+    let rounds = if bench.options.smoke { 1 } else { ROUNDS };
+    let mut runs: Vec<Vec<Vec<Measured>>> = SETTINGS.iter().map(|_| Vec::new()).collect();
+    let mut final_counters = String::new();
+    for round in 0..rounds {
+        for offset in 0..SETTINGS.len() {
+            let index = (round + offset) % SETTINGS.len();
+            let (by_close, counters) = measure_settings(bench, SETTINGS[index].1)?;
+            say!("bench: round {}/{rounds} {}: {:.0} ns per connection", round + 1, SETTINGS[index].0, by_close[0].ns_per_conn);
+            if index == 0 {
+                final_counters = counters;
+            }
+            runs[index].push(by_close);
+        }
+    }
+    for (index, (label, _)) in SETTINGS.iter().enumerate() {
+        for (close_index, close) in CLOSES.iter().enumerate() {
+            let mut by_round: Vec<&Measured> = runs[index].iter().map(|round| &round[close_index]).collect();
+            by_round.sort_by(|a, b| a.ns_per_conn.total_cmp(&b.ns_per_conn));
+            let measured = by_round[by_round.len() / 2];
+            let spread = if by_round.len() > 1 {
+                format!(" ({:.0}–{:.0})", by_round[0].ns_per_conn, by_round[by_round.len() - 1].ns_per_conn)
+            } else {
+                String::new()
+            };
             // Per program for the shipped live view; the other settings' totals suffice.
             if index == 0 {
                 for (name, ns_per_run, per_conn) in &measured.programs {
@@ -87,22 +113,20 @@ pub fn section(bench: &Bench) -> Result<Section> {
                 "**all programs**".into(),
                 String::new(),
                 format!("{:.2}", measured.runs_per_conn),
-                format!("**{:.0}**", measured.ns_per_conn),
+                format!("**{:.0}**{spread}", measured.ns_per_conn),
                 format!("{:.1}", measured.events_per_conn),
             ]);
             totals.insert((index, *close), measured.ns_per_conn);
             if index == 0 {
                 notes.push(format!(
-                    "{close} close: {} connections at {} conn/s.",
+                    "{close} close, the live view's median round: {} connections at {} conn/s.",
                     thousands(measured.connections),
                     thousands(measured.conn_per_s)
                 ));
             }
         }
-        if index == 0 {
-            notes.push(format!("Final counters of the live view's settings: {final_counters}."));
-        }
     }
+    notes.push(format!("Final counters of the live view's last round: {final_counters}."));
     let shipped = totals.get(&(0, "normal")).copied().unwrap_or(f64::NAN);
     let stackless = totals.get(&(2, "normal")).copied().unwrap_or(f64::NAN);
     let floor = totals.get(&(3, "normal")).copied().unwrap_or(f64::NAN);
@@ -143,8 +167,11 @@ pub fn section(bench: &Bench) -> Result<Section> {
              the settings in the table, while `loadgen run --duration {}` saturates, once per close mode; \
              `run_time_ns` and `run_cnt` of each program from BPF_OBJ_GET_INFO_BY_FD. These cover the programs' own \
              instructions and helpers, not the kernel's dispatch to them (a classic tracepoint also formats its \
-             record first). Events per connection are the records received during the load.",
-            bench.load_seconds()
+             record first). Events per connection are the records received during the load. {} interleaved \
+             rounds of the settings, each in a rotated order; each row is the setting's median round, the total's \
+             min–max over rounds in parentheses.",
+            bench.load_seconds(),
+            if bench.options.smoke { 1 } else { ROUNDS },
         ),
         table,
         targets,
