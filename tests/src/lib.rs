@@ -3,7 +3,8 @@
 //!
 //! - [`require_privileges`]: skip with a reason where the machine cannot trace, and fail
 //!   instead where it must (`LEAKTRACE_REQUIRE_PRIVILEGED=1`, set by `cargo xtask test` as root).
-//! - [`TraceSession`]: a tracer on its own thread, collecting events.
+//! - [`TraceSession`]: a tracer on its own thread, collecting events; [`events_until`] for a
+//!   test that drives a [`Tracer`] itself.
 //! - [`Puppet`]: the `sockpuppet` C helper, driven one socket operation at a time.
 //! - [`lifecycle`]: a socket's events as short strings, for exact assertions.
 //! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
@@ -15,11 +16,14 @@ pub mod puppet;
 pub mod session;
 pub mod tcp_table;
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
 
 use leaktrace::{
     event::{Event, EventBody, SocketId},
-    kernel::privileges,
+    kernel::{Tracer, privileges},
 };
 
 pub use puppet::Puppet;
@@ -85,3 +89,14 @@ pub const CLIENT_CLOSES_FIRST: &[&str] =
 /// The lifecycle of an accepted socket whose peer closes first.
 pub const ACCEPTED_PEER_CLOSES_FIRST: &[&str] =
     &["accept ESTABLISHED", "ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK", "LAST_ACK->CLOSE"];
+
+/// Reads events from a tracer the test drives itself until `done` holds for them (or 10 s
+/// pass), and returns them.
+pub async fn events_until(tracer: &mut Tracer, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(&events) && tokio::time::Instant::now() < deadline {
+        tracer.next_batch(&mut events).await.unwrap();
+    }
+    events
+}

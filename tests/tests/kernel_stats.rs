@@ -4,24 +4,10 @@
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
-    time::Duration,
 };
 
-use leaktrace::{
-    event::Event,
-    kernel::{RunTimeStats, Tracer, TracerOptions},
-};
-use leaktrace_tests::require_privileges;
-
-/// Reads events until `done` holds for them (or 10 s pass) and returns them.
-async fn events_until(tracer: &mut Tracer, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done(&events) && tokio::time::Instant::now() < deadline {
-        tracer.next_batch(&mut events).await.unwrap();
-    }
-    events
-}
+use leaktrace::kernel::{RunTimeStats, Tracer, TracerOptions};
+use leaktrace_tests::{events_until, require_privileges};
 
 #[test]
 fn run_time_map_memory_and_tracked_sockets_follow_a_connection() {

@@ -3,14 +3,13 @@
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
-    time::Duration,
 };
 
 use leaktrace::{
     event::{Event, EventBody},
     kernel::{Tracer, TracerOptions},
 };
-use leaktrace_tests::require_privileges;
+use leaktrace_tests::{events_until, require_privileges};
 
 /// Connects to `listener`, accepts, and closes both ends, client first.
 fn one_connection(listener: &TcpListener) {
@@ -18,16 +17,6 @@ fn one_connection(listener: &TcpListener) {
     let (mut server, _) = listener.accept().unwrap();
     drop(client);
     server.read_to_end(&mut Vec::new()).unwrap();
-}
-
-/// Reads events until `done` holds for them (or 10 s pass) and returns them.
-async fn events_until(tracer: &mut Tracer, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done(&events) && tokio::time::Instant::now() < deadline {
-        tracer.next_batch(&mut events).await.unwrap();
-    }
-    events
 }
 
 fn opens(events: &[Event]) -> usize {
