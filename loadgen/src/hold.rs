@@ -16,7 +16,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use socket2::SockRef;
 
-use crate::server;
+use crate::{
+    fdlimit::{nofile_limits, set_soft_nofile},
+    server,
+};
 
 /// Connections opened before the worker accepts them: well inside the listen backlog.
 const BATCH: usize = 1024;
@@ -158,28 +161,7 @@ pub fn worker(count: usize) -> Result<()> {
     Ok(())
 }
 
-fn nofile_limits() -> Result<(u64, u64)> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-    }
-    Ok((limit.rlim_cur, limit.rlim_max))
-}
-
 fn raise_nofile_limit() -> Result<()> {
     let (_, hard) = nofile_limits()?;
-    let limit = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit reads the struct it is given; raising the soft limit up to the hard one
-    // needs no privilege.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error()).context("raising RLIMIT_NOFILE to its hard limit");
-    }
-    Ok(())
+    set_soft_nofile(hard, hard)
 }

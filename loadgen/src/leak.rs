@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use socket2::SockRef;
 
-use crate::server;
+use crate::{
+    fdlimit::{nofile_limits, set_soft_nofile},
+    server,
+};
 
 /// Descriptors needed besides the leaked connections' (stdio, the listener, the runtime).
 const SPARE_FDS: u64 = 64;
@@ -166,32 +169,17 @@ fn print_ended(opened: usize, elapsed: Duration, ended: Ended) -> Result<()> {
 /// Raises the soft fd limit to `needed` (within the hard limit, no privilege needed): each
 /// leaked connection takes two descriptors, and soft limits of 1024 are common.
 fn make_room_for(needed: u64) -> Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-    }
-    if limit.rlim_cur >= needed {
+    let (soft, hard) = nofile_limits()?;
+    if soft >= needed {
         return Ok(());
     }
-    if limit.rlim_max < needed {
+    if hard < needed {
         bail!(
-            "the leak needs {needed} file descriptors (2 per connection) and the hard limit is {}: \
-             lower --rate or --duration, or raise the limit (ulimit -Hn, as root)",
-            limit.rlim_max
+            "the leak needs {needed} file descriptors (2 per connection) and the hard limit is {hard}: \
+             lower --rate or --duration, or raise the limit (ulimit -Hn, as root)"
         );
     }
-    limit.rlim_cur = needed;
-    // SAFETY: setrlimit reads the struct it is given; a soft limit within the hard one needs no
-    // privilege.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("raising RLIMIT_NOFILE to {needed}"));
-    }
-    Ok(())
+    set_soft_nofile(needed, hard)
 }
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock of leaktrace's event timestamps.

@@ -5,6 +5,7 @@
 //! line on stdout; diagnostics on stderr.
 mod client;
 mod exchange;
+mod fdlimit;
 mod hold;
 mod leak;
 mod netns;

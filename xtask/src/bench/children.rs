@@ -50,6 +50,8 @@ pub struct Running {
 pub struct Finished {
     pub success: bool,
     pub status: String,
+    /// The exit code, when the child exited (not killed by a signal).
+    pub exit_code: Option<i32>,
     /// Every stdout line not waited for (`Stdout::Lines`), or the last ones (`Stdout::Tail`).
     pub lines: Vec<String>,
 }
@@ -249,14 +251,15 @@ impl Running {
         };
         let success = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
             || libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGINT;
-        let status = if libc::WIFEXITED(status) {
-            format!("exit status {}", libc::WEXITSTATUS(status))
-        } else {
-            format!("signal {}", libc::WTERMSIG(status))
+        let exit_code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        let status = match exit_code {
+            Some(code) => format!("exit status {code}"),
+            None => format!("signal {}", libc::WTERMSIG(status)),
         };
         Ok(Finished {
             success,
             status,
+            exit_code,
             lines,
         })
     }

@@ -24,6 +24,7 @@ use super::{
     children::{Running, Stdout},
     figures::Spread,
     report::{Section, Table, Target},
+    rig,
 };
 
 /// The leak rate and its target.
@@ -44,8 +45,6 @@ const INTERVAL: &str = "0.25";
 /// How long leaktrace may take to attach its probes, and to detach and exit.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// The documented exit status of the live view when it found leaks.
-const LEAKS_FOUND_STATUS: &str = "exit status 1";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
@@ -252,10 +251,11 @@ fn measure(bench: &Bench, variant: Variant) -> Result<Run> {
 
     let verdict = wait_for_verdict(&mut tracer, pid, clock_start_ns)?;
     let stopped = tracer.signal_and_wait(libc::SIGINT, STOP_TIMEOUT)?;
-    if verdict.is_some() && stopped.status != LEAKS_FOUND_STATUS {
+    if verdict.is_some() && stopped.exit_code != Some(rig::LEAKS_FOUND_EXIT_CODE) {
         bail!(
-            "leaktrace found the leak but ended with {}, not {LEAKS_FOUND_STATUS} (leaks found, the documented exit status)",
-            stopped.status
+            "leaktrace found the leak but ended with {}, not exit status {} (leaks found, the documented exit status)",
+            stopped.status,
+            rig::LEAKS_FOUND_EXIT_CODE
         );
     }
     let ended = leak.close_stdin_and_wait(STOP_TIMEOUT)?;

@@ -18,6 +18,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a tracer may take to detach, drain and exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The live view's documented exit code when it found leaks.
+pub const LEAKS_FOUND_EXIT_CODE: i32 = 1;
+
 /// The release binaries the benchmark runs.
 pub struct Binaries {
     pub leaktrace: PathBuf,
@@ -175,7 +178,7 @@ impl Tracer {
             _ => running.close_stdin_and_wait(STOP_TIMEOUT)?,
         };
         // The live view exits with 1 when it found a leak: some process on the host may leak.
-        let leaks_found = self.kind == TracerKind::LiveView && finished.status == "exit status 1";
+        let leaks_found = self.kind == TracerKind::LiveView && finished.exit_code == Some(LEAKS_FOUND_EXIT_CODE);
         if !finished.success && !leaks_found {
             bail!("{} failed ({})", self.kind.label(), finished.status);
         }
