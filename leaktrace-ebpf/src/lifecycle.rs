@@ -13,7 +13,8 @@
 //! as two `tp_btf` programs (the guard is per program), or where `tp_btf` is missing as `tp_btf`
 //! and the classic tracepoint (guarded by the per-CPU `bpf_prog_active`): when one is skipped
 //! the other runs. Each transition is applied once, by whichever runs first: the entry's
-//! `last_state` says whether it already was, and the second run stops at that lookup.
+//! `last_state` says whether it already was. Between the two `tp_btf` programs a per-CPU mark
+//! (`maps::TransitionMark`) saves the second even that lookup when the first was not skipped.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
@@ -159,11 +160,9 @@ fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
         return;
     }
     // Transitions the reader has no use for (FIN_WAIT1, FIN_WAIT2, LAST_ACK... in the live
-    // view) stop here: the entry above already follows them.
-    if !reported_states::reports(config!(reported_states), new) {
-        return;
-    }
-    if let Some(mut record) = emit::reserve::<StateChangeRecord>() {
+    // view) are not sent: the entry above already follows them.
+    let reported = reported_states::reports(config!(reported_states), new);
+    if let Some(mut record) = reported.then(emit::reserve::<StateChangeRecord>).flatten() {
         let change = unsafe { &mut *record.as_mut_ptr() };
         let now = unsafe { bpf_ktime_get_ns() };
         change.header = header(EventKind::StateChange, now, sk, &entry);
