@@ -14,6 +14,7 @@ use super::{
 use crate::{
     cli::{WatchArgs, parse_duration, seconds},
     event::Event,
+    goruntime::policy::AncestryPolicy,
     kernel::{Tracer, Transitions},
     recording::{self, Mark, RECORDING_VERSION},
     report::Report,
@@ -46,6 +47,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let started_ns = monotonic_ns();
     let symbolizer = Symbolizer::spawn();
     let mut tracker = Tracker::new(thresholds.clone(), Limits::default(), filter, started_ns);
+    let mut ancestry = AncestryPolicy::new(args.go_ancestry, started_ns);
     let mut session = Session { tracker: &mut tracker, recorder: &mut recorder, symbolizer: &symbolizer };
     session.mark(&Mark::Start { ts_ns: started_ns, version: RECORDING_VERSION })?;
     let mut view = View::new(args.view.format, args.view.top);
@@ -67,7 +69,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
             _ = refresh.tick() => {
                 let now = monotonic_ns();
                 session.tracker.expire(now);
-                let report = Report::new(&session.tracker.snapshot(now), Some(tracer.counters()?), &thresholds, &symbolizer);
+                let mut report = Report::new(&session.tracker.snapshot(now), Some(tracer.counters()?), &thresholds, &symbolizer);
+                ancestry.after_report(&mut report, &mut tracer, now);
                 view.refresh(&report)?;
             }
             inventory = inventories.next() => {
@@ -91,7 +94,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     if let Some(recorder) = &mut recorder {
         std::io::Write::flush(recorder).context("--record: writing the recording")?;
     }
-    let report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &symbolizer);
+    let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &symbolizer);
+    ancestry.annotate(&mut report);
     view.finish(&report)?;
     report_counters(&counters);
     Ok(report.leaks() > 0)
