@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(size_of::<GoRuntimeOffsets>(), 24);
         assert_eq!(size_of::<GoroutineKey>(), 16);
         // Room for every hop after the deepest thread stack that still takes ancestry.
-        assert!(GO_SPAWN_DEPTH * MAX_GO_HOPS < MAX_STACK_DEPTH);
+        const { assert!(GO_SPAWN_DEPTH * MAX_GO_HOPS < MAX_STACK_DEPTH) };
         assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
     }
 

@@ -54,7 +54,7 @@ pub struct GoroutineSpawn {
 /// and not a later process that reused its pid.
 #[inline(always)]
 fn offsets_of(tgid: u32, process_start_ns: u64) -> Option<GoRuntimeOffsets> {
-    let offsets = unsafe { GO_PROCESSES.get(&tgid) }.copied()?;
+    let offsets = unsafe { GO_PROCESSES.get(tgid) }.copied()?;
     (offsets.process_start_ns == process_start_ns).then_some(offsets)
 }
 
@@ -104,7 +104,7 @@ fn record_spawn(ctx: *mut c_void, tgid: u32, offsets: &GoRuntimeOffsets, new_g: 
     spawn.depth = (bytes as u32) / 8;
     spawn._pad = 0;
     let key = GoroutineKey { tgid, _pad: 0, goid };
-    GOROUTINES.insert(&key, spawn, 0)?;
+    GOROUTINES.insert(key, spawn, 0)?;
     count(Counter::GoroutinesRecorded);
     Ok(())
 }
@@ -125,7 +125,7 @@ pub fn add_trail(open: &mut ConnOpenRecord, tgid: u32, process_start_ns: u64) {
             break;
         }
         let key = GoroutineKey { tgid, _pad: 0, goid: child };
-        let Some(spawn) = (unsafe { GOROUTINES.get(&key) }) else { break };
+        let Some(spawn) = (unsafe { GOROUTINES.get(key) }) else { break };
         let depth = spawn.depth as usize;
         let depth = if depth < GO_SPAWN_DEPTH { depth } else { GO_SPAWN_DEPTH };
         let copied = unsafe {

@@ -26,6 +26,15 @@ pub enum LayoutSource {
     Table(GoVersion),
 }
 
+impl std::fmt::Display for LayoutSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayoutSource::Dwarf => write!(f, "DWARF"),
+            LayoutSource::Table(version) => write!(f, "the {version} table"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     #[error("the binary's DWARF has no {0} (not a Go runtime leaktrace knows)")]

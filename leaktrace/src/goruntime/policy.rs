@@ -135,7 +135,7 @@ impl AncestryPolicy {
         match tracer.attach_go_ancestry(process.pid, process.start_ns, &program) {
             Ok(()) => {
                 log::info!(
-                    "goroutine ancestry attached to pid {} ({} probes at runtime.newproc1's returns, layout from {:?})",
+                    "goroutine ancestry attached to pid {} ({} probes at runtime.newproc1's returns, layout from {})",
                     process.pid,
                     program.newproc1_returns.len(),
                     program.layout.source
