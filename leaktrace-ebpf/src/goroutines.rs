@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_task, bpf_get_stack, bpf_probe_read_kernel_buf, bpf_probe_read_user},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use core::ffi::c_void;
 use leaktrace_common::{
@@ -30,6 +30,11 @@ use crate::{
 /// Filled by userspace when it attaches the `newproc1` probes to a process.
 #[map]
 pub static GO_PROCESSES: HashMap<u32, GoRuntimeOffsets> = HashMap::with_max_entries(1024, 0);
+
+/// Goroutine creations seen per traced process, per CPU (no atomics): userspace reads the rate
+/// and detaches ancestry from a process that creates goroutines faster than its budget.
+#[map]
+pub static GO_SPAWNS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 
 /// Each recorded goroutine's spawn. LRU: goroutines end unseen (no probe on their exit), so the
 /// oldest records make room; a connect whose chain was evicted stops its trail there.
@@ -79,6 +84,10 @@ fn user<T>(address: u64) -> Result<T, i64> {
 #[inline(always)]
 pub fn on_goroutine_created(ctx: *mut c_void, tgid: u32, process_start_ns: u64, new_g: u64) {
     let Some(offsets) = offsets_of(tgid, process_start_ns) else { return };
+    if let Some(spawns) = GO_SPAWNS.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's slot of the entry userspace made at attach.
+        unsafe { *spawns += 1 };
+    }
     if record_spawn(ctx, tgid, &offsets, new_g).is_err() {
         count(Counter::GoroutinesUnrecorded);
     }

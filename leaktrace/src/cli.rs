@@ -72,6 +72,10 @@ pub struct WatchArgs {
     /// call sites has no application frame, `on` to every Go process that connects, `off` never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = AncestryMode::Auto)]
     pub go_ancestry: AncestryMode,
+    /// Detach goroutine ancestry from a process creating more goroutines per second than this
+    /// (each creation costs it a uprobe hit, a few microseconds).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 2000.0)]
+    pub go_ancestry_max_rate: f64,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +237,18 @@ impl JudgeArgs {
     }
 }
 
+impl WatchArgs {
+    /// `--go-ancestry-max-rate`, which must be positive.
+    pub fn go_ancestry_max_rate(&self) -> Result<f64, ArgsError> {
+        let rate = self.go_ancestry_max_rate;
+        if rate.is_finite() && rate > 0.0 {
+            Ok(rate)
+        } else {
+            Err(ArgsError::Positive { flag: "go-ancestry-max-rate", value: rate.to_string() })
+        }
+    }
+}
+
 impl ViewArgs {
     pub fn interval(&self) -> Result<Duration, ArgsError> {
         seconds("interval", self.interval)
@@ -367,6 +383,8 @@ mod tests {
         assert_eq!(args.judge.comms, vec!["grpcleak".to_string()]);
         assert_eq!(args.go_ancestry, AncestryMode::Auto);
         assert_eq!(watch(&["--go-ancestry", "off"]).unwrap().go_ancestry, AncestryMode::Off);
+        let err = watch(&["--go-ancestry-max-rate", "0"]).unwrap().go_ancestry_max_rate().unwrap_err().to_string();
+        assert_eq!(err, "--go-ancestry-max-rate 0: must be a positive number");
         // Watch flags do not mix with a subcommand.
         assert!(watch(&["--format", "json", "events"]).is_err());
         let err = watch(&["--interval", "0"]).unwrap().view.interval().unwrap_err().to_string();

@@ -247,28 +247,62 @@ fn ancestry_off_keeps_the_dialing_goroutines_stack_alone() {
     assert!(!stderr.contains("goroutine ancestry attached"), "{stderr}");
 }
 
-#[test]
-fn a_goroutine_heavy_program_keeps_working_with_ancestry_attached() {
-    let Some(_guard) = require_privileges("a_goroutine_heavy_program_keeps_working_with_ancestry_attached") else { return };
-    const GOROUTINES: u64 = 50_000;
-    let server = GoServer::start(&go_program("httpleak", GoBuild::Normal));
-    let port = server.port().to_string();
-    let mut trace = LiveTrace::start(&["--port", &port, "--go-ancestry", "on"]);
+/// The spawner program, started under a leaktrace with `args` that has attached ancestry to it
+/// (`--go-ancestry on`), then told to create `goroutines` goroutines, which it has checked:
+/// the program (still running) and the trace.
+fn spawn_under_ancestry(goroutines: u64, args: &[&str]) -> (GoProcess, LiveTrace) {
     let spawner = go_program("spawner", GoBuild::Normal);
-    let mut program =
-        GoProcess::spawn(&spawner, &["-target".into(), server.addr.to_string(), "-goroutines".into(), GOROUTINES.to_string()]);
-    assert_eq!(program.next_line(), "connected");
+    let mut program = GoProcess::spawn(&spawner, &["-goroutines".into(), goroutines.to_string()]);
     let pid = program.pid();
+    assert_eq!(program.next_line(), "ready");
+    let pid_arg = pid.to_string();
+    let mut trace = LiveTrace::start(&[&["--pid", pid_arg.as_str(), "--go-ancestry", "on"], args].concat());
+    program.send_line("connect");
+    assert_eq!(program.next_line(), "connected");
     trace.wait_for("ancestry attached to the spawner", PATIENCE, |report| {
         sites_of(report, pid).iter().any(|site| site["go_ancestry"]["status"].is_string())
     });
     program.send_line("go");
-    assert_eq!(program.next_line(), format!("checked {GOROUTINES}"), "{}", program.stderr());
+    let checked = program.next_line();
+    assert!(checked.starts_with(&format!("checked {goroutines} in ")), "{checked}: {}", program.stderr());
+    (program, trace)
+}
+
+#[test]
+fn a_goroutine_heavy_program_keeps_working_with_ancestry_attached() {
+    let Some(_guard) = require_privileges("a_goroutine_heavy_program_keeps_working_with_ancestry_attached") else { return };
+    const GOROUTINES: u64 = 50_000;
+    let (program, trace) = spawn_under_ancestry(GOROUTINES, &["--go-ancestry-max-rate", "10000000"]);
+    let pid = program.pid();
     let (last, _, stderr) = trace.interrupt();
     let recorded = last["events"]["goroutines_recorded"].as_u64().unwrap();
     assert!(recorded >= GOROUTINES, "every goroutine created was recorded: {recorded} of {GOROUTINES}; {stderr}");
     assert_eq!(last["events"]["goroutines_unrecorded"], 0);
     assert!(stderr.contains(&format!("goroutine ancestry attached to pid {pid}")), "{stderr}");
+    assert!(!stderr.contains("detached"), "{stderr}");
+}
+
+#[test]
+fn a_process_creating_goroutines_past_the_budget_is_detached_and_says_so() {
+    let Some(_guard) = require_privileges("a_process_creating_goroutines_past_the_budget_is_detached_and_says_so") else {
+        return;
+    };
+    // Far more than the budget, for long enough that a report interval measures it.
+    const GOROUTINES: u64 = 200_000;
+    let (program, mut trace) = spawn_under_ancestry(GOROUTINES, &["--go-ancestry-max-rate", "1000"]);
+    let pid = program.pid();
+    let report = trace.wait_for("the spawner's ancestry detached", PATIENCE, |report| {
+        sites_of(report, pid).iter().any(|site| site["go_ancestry"]["status"] == "unavailable")
+    });
+    let site = sites_of(&report, pid).into_iter().find(|site| site["go_ancestry"]["status"] == "unavailable").unwrap();
+    let detail = site["go_ancestry"]["detail"].as_str().unwrap();
+    assert!(detail.contains("detached") && detail.contains("--go-ancestry-max-rate 1000"), "{detail}");
+    let (last, _, stderr) = trace.interrupt();
+    // Detached mid-run: fewer recorded than created, and the program went on unharmed (its
+    // `checked` line came after every goroutine's answer was verified).
+    let recorded = last["events"]["goroutines_recorded"].as_u64().unwrap();
+    assert!(recorded < GOROUTINES, "{recorded}; {stderr}");
+    assert!(stderr.contains(&format!("pid {pid} created")), "{stderr}");
 }
 
 /// The layout table stands in for DWARF in stripped binaries: each of its rows must be what

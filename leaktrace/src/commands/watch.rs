@@ -27,6 +27,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let thresholds = args.judge.thresholds()?;
     let interval = args.view.interval()?;
     let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
+    let go_ancestry_max_rate = args.go_ancestry_max_rate()?;
     let duration = parse_duration(args.duration)?;
     // The kernel applies pid, port and cgroup filters to events; the tracker applies them again
     // to seeded connections (no probe saw those), and the process name to everything.
@@ -47,7 +48,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let started_ns = monotonic_ns();
     let symbolizer = Symbolizer::spawn();
     let mut tracker = Tracker::new(thresholds.clone(), Limits::default(), filter, started_ns);
-    let mut ancestry = AncestryPolicy::new(args.go_ancestry, started_ns);
+    let mut ancestry = AncestryPolicy::new(args.go_ancestry, go_ancestry_max_rate, started_ns);
     let mut session = Session { tracker: &mut tracker, recorder: &mut recorder, symbolizer: &symbolizer };
     session.mark(&Mark::Start { ts_ns: started_ns, version: RECORDING_VERSION })?;
     let mut view = View::new(args.view.format, args.view.top);

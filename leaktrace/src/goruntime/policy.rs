@@ -4,9 +4,11 @@
 //! the processes it is attached to, so it is not attached everywhere: with `auto` (the
 //! default), only to a Go process once one of its connect call sites shows no application
 //! frame (the dial ran on a goroutine a library spawned: gRPC, net/http); with `on`, to every Go
-//! process that opens a connection; never with `off`. At most [`MAX_PROCESSES`] at once. The
-//! connections opened by goroutines created before the attach stay in their library-only call
-//! site, which says so ([`AncestryStatus::NotRecorded`]).
+//! process that opens a connection; never with `off`. At most [`MAX_PROCESSES`] at once, and a
+//! process that creates goroutines faster than its budget (`--go-ancestry-max-rate`) is detached
+//! again, since it would pay that rate times the probe's cost. The connections opened by
+//! goroutines created before the attach stay in their library-only call site, which says so
+//! ([`AncestryStatus::NotRecorded`]).
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt,
@@ -40,7 +42,12 @@ pub enum AncestryMode {
 }
 
 enum ProcessAncestry {
-    Attached { since_ns: u64 },
+    Attached {
+        since_ns: u64,
+        /// The goroutines it had created at `counted_ns`, for its rate.
+        spawns: u64,
+        counted_ns: u64,
+    },
     Unavailable(String),
     /// Not a Go program: nothing to say.
     NotGo,
@@ -48,6 +55,8 @@ enum ProcessAncestry {
 
 pub struct AncestryPolicy {
     mode: AncestryMode,
+    /// Goroutine creations per second a process may make with ancestry attached.
+    max_rate: f64,
     started_ns: u64,
     /// Inspections by the executable's (device, inode): each binary is read once.
     programs: HashMap<(u64, u64), Result<Arc<GoProgram>, Unsupported>>,
@@ -55,14 +64,15 @@ pub struct AncestryPolicy {
 }
 
 impl AncestryPolicy {
-    pub fn new(mode: AncestryMode, started_ns: u64) -> Self {
-        Self { mode, started_ns, programs: HashMap::new(), processes: HashMap::new() }
+    pub fn new(mode: AncestryMode, max_rate: f64, started_ns: u64) -> Self {
+        Self { mode, max_rate, started_ns, programs: HashMap::new(), processes: HashMap::new() }
     }
 
     /// After each periodic report: detach from processes gone, attach where the report shows
     /// the need, and say on each Go call site what ancestry it has.
     pub fn after_report(&mut self, report: &mut Report, tracer: &mut Tracer, now_ns: u64) {
         self.forget_exited(tracer);
+        self.hold_to_budget(tracer, now_ns);
         if self.mode != AncestryMode::Off {
             for process in self.wanted(report) {
                 let state = self.attach(process, tracer, now_ns);
@@ -76,9 +86,18 @@ impl AncestryPolicy {
     pub fn annotate(&self, report: &mut Report) {
         for site in &mut report.call_sites {
             let key = ProcessKey { pid: site.pid, start_ns: site.process_start_ns };
+            let hops = site.frames.iter().filter_map(|frame| frame.spawned_by).max();
             site.go_ancestry = match self.processes.get(&key) {
                 _ if site.direction != Direction::Connect || site.born_before_start => None,
-                Some(ProcessAncestry::Attached { since_ns }) => Some(self.note_attached(site, *since_ns)),
+                // Recorded while attached, whatever became of the process since.
+                _ if hops.is_some() => Some(AncestryNote {
+                    status: AncestryStatus::Joined,
+                    detail: format!(
+                        "the stack includes {} spawning goroutine(s), each at its go statement",
+                        hops.unwrap_or_default()
+                    ),
+                }),
+                Some(ProcessAncestry::Attached { since_ns, .. }) => Some(self.note_not_recorded(*since_ns)),
                 Some(ProcessAncestry::Unavailable(reason)) => {
                     Some(AncestryNote { status: AncestryStatus::Unavailable, detail: reason.clone() })
                 }
@@ -87,26 +106,45 @@ impl AncestryPolicy {
         }
     }
 
-    fn note_attached(&self, site: &CallSite, since_ns: u64) -> AncestryNote {
-        let hops = site.frames.iter().filter_map(|frame| frame.spawned_by).max();
-        match hops {
-            Some(hops) => AncestryNote {
-                status: AncestryStatus::Joined,
-                detail: format!("the stack includes {hops} spawning goroutine(s), each at its go statement"),
-            },
-            None => AncestryNote {
-                status: AncestryStatus::NotRecorded,
-                detail: format!(
-                    "goroutine ancestry was attached {:.1}s after start: these connections came from goroutines \
-                     created before that (or whose records were evicted), so only the dialing goroutine's stack is known",
-                    since_ns.saturating_sub(self.started_ns) as f64 / 1e9
-                ),
-            },
+    fn note_not_recorded(&self, since_ns: u64) -> AncestryNote {
+        AncestryNote {
+            status: AncestryStatus::NotRecorded,
+            detail: format!(
+                "goroutine ancestry was attached {:.1}s after start: these connections came from goroutines \
+                 created before that (or whose records were evicted), so only the dialing goroutine's stack is known",
+                since_ns.saturating_sub(self.started_ns) as f64 / 1e9
+            ),
+        }
+    }
+
+    /// Detaches from processes creating goroutines faster than the budget, over the last
+    /// second or more.
+    fn hold_to_budget(&mut self, tracer: &mut Tracer, now_ns: u64) {
+        for (key, state) in &mut self.processes {
+            let ProcessAncestry::Attached { spawns, counted_ns, .. } = state else { continue };
+            let elapsed_s = now_ns.saturating_sub(*counted_ns) as f64 / 1e9;
+            if elapsed_s < 1.0 {
+                continue;
+            }
+            let Some(count) = tracer.go_spawn_count(key.pid) else { continue };
+            let rate = count.saturating_sub(*spawns) as f64 / elapsed_s;
+            (*spawns, *counted_ns) = (count, now_ns);
+            if rate > self.max_rate {
+                tracer.detach_go_ancestry(key.pid);
+                let reason = format!(
+                    "goroutine ancestry was detached: pid {} created {rate:.0} goroutines/s, over the budget of \
+                     --go-ancestry-max-rate {} (each creation costs a uprobe hit)",
+                    key.pid, self.max_rate
+                );
+                log::warn!("{reason}");
+                *state = ProcessAncestry::Unavailable(reason);
+            }
         }
     }
 
     /// Processes not decided yet whose call sites call for ancestry.
     fn wanted(&self, report: &Report) -> Vec<ProcessKey> {
+        // Processes already decided (attached, detached, unavailable or not Go) stay decided.
         let mut wanted: Vec<ProcessKey> = report
             .call_sites
             .iter()
@@ -140,7 +178,7 @@ impl AncestryPolicy {
                     program.newproc1_returns.len(),
                     program.layout.source
                 );
-                ProcessAncestry::Attached { since_ns: now_ns }
+                ProcessAncestry::Attached { since_ns: now_ns, spawns: 0, counted_ns: now_ns }
             }
             Err(err) => {
                 log::warn!("goroutine ancestry for pid {}: {err}", process.pid);

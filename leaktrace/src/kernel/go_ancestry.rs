@@ -5,7 +5,7 @@
 use std::{collections::HashMap as StdHashMap, num::NonZeroU32};
 
 use aya::{
-    maps::HashMap,
+    maps::{HashMap, PerCpuHashMap, PerCpuValues},
     programs::{UProbe, uprobe::{UProbeLinkId, UProbeScope}},
 };
 use leaktrace_common::GoRuntimeOffsets;
@@ -62,6 +62,7 @@ impl Tracer {
         let mut processes: HashMap<_, u32, GoRuntimeOffsets> =
             HashMap::try_from(map).map_err(|err| AncestryError::Map(err.to_string()))?;
         processes.insert(pid, offsets, 0).map_err(|err| AncestryError::Map(format!("full? {err}")))?;
+        self.reset_spawn_count(pid)?;
         let exe = format!("/proc/{pid}/exe");
         let mut links = Vec::with_capacity(program.newproc1_returns.len());
         let mut failure = None;
@@ -96,9 +97,20 @@ impl Tracer {
         self.forget_go_process(pid);
     }
 
-    /// Processes with ancestry attached.
-    pub fn go_ancestry_pids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.ancestry.by_pid.keys().copied()
+    /// Goroutines process `pid` created since its ancestry was attached (summed over CPUs).
+    pub fn go_spawn_count(&self, pid: u32) -> Option<u64> {
+        let map = self.ebpf.map("GO_SPAWNS")?;
+        let counts = PerCpuHashMap::<_, u32, u64>::try_from(map).ok()?;
+        counts.get(&pid, 0).ok().map(|values| values.iter().sum())
+    }
+
+    fn reset_spawn_count(&mut self, pid: u32) -> Result<(), AncestryError> {
+        let error = |err: String| AncestryError::Map(format!("GO_SPAWNS: {err}"));
+        let cpus = aya::util::nr_cpus().map_err(|(_, err)| error(err.to_string()))?;
+        let map = self.ebpf.map_mut("GO_SPAWNS").ok_or_else(|| error("missing".into()))?;
+        let mut counts = PerCpuHashMap::<_, u32, u64>::try_from(map).map_err(|err| error(err.to_string()))?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|err| error(err.to_string()))?;
+        counts.insert(pid, zeros, 0).map_err(|err| error(format!("full? {err}")))
     }
 
     fn go_probe(&mut self) -> Result<&mut UProbe, AncestryError> {
@@ -124,6 +136,11 @@ impl Tracer {
             && let Ok(mut processes) = HashMap::<_, u32, GoRuntimeOffsets>::try_from(map)
         {
             let _ = processes.remove(&pid);
+        }
+        if let Some(map) = self.ebpf.map_mut("GO_SPAWNS")
+            && let Ok(mut counts) = PerCpuHashMap::<_, u32, u64>::try_from(map)
+        {
+            let _ = counts.remove(&pid);
         }
     }
 }
