@@ -110,8 +110,8 @@ impl AncestryPolicy {
         AncestryNote {
             status: AncestryStatus::NotRecorded,
             detail: format!(
-                "goroutine ancestry was attached {:.1}s after start: these connections came from goroutines \
-                 created before that (or whose records were evicted), so only the dialing goroutine's stack is known",
+                "attached {:.1}s after start; these connections came from goroutines created before that (or \
+                 whose records were evicted), so only the dialing goroutine's stack is known",
                 since_ns.saturating_sub(self.started_ns) as f64 / 1e9
             ),
         }
@@ -132,11 +132,11 @@ impl AncestryPolicy {
             if rate > self.max_rate {
                 tracer.detach_go_ancestry(key.pid);
                 let reason = format!(
-                    "goroutine ancestry was detached: pid {} created {rate:.0} goroutines/s, over the budget of \
-                     --go-ancestry-max-rate {} (each creation costs a uprobe hit)",
+                    "detached: pid {} created {rate:.0} goroutines/s, over the budget of --go-ancestry-max-rate {} \
+                     (each creation costs a uprobe hit)",
                     key.pid, self.max_rate
                 );
-                log::warn!("{reason}");
+                log::warn!("goroutine ancestry {reason}");
                 *state = ProcessAncestry::Unavailable(reason);
             }
         }
@@ -167,7 +167,7 @@ impl AncestryPolicy {
         let attached = self.processes.values().filter(|state| matches!(state, ProcessAncestry::Attached { .. })).count();
         if attached >= MAX_PROCESSES {
             return ProcessAncestry::Unavailable(format!(
-                "goroutine ancestry is already attached to {MAX_PROCESSES} processes, the most at once"
+                "not attached: already attached to {MAX_PROCESSES} processes, the most at once"
             ));
         }
         match tracer.attach_go_ancestry(process.pid, process.start_ns, &program) {
