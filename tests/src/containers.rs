@@ -6,6 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::{Duration, Instant},
 };
 
 /// Why containers cannot run here (a tool missing), or `None` when they can.
@@ -78,6 +79,23 @@ impl Container {
         (String::from_utf8_lossy(&stdout).into_owned(), String::from_utf8_lossy(&stderr).into_owned())
     }
 
+    /// Polls its stdout until a line starts with `prefix` and returns that line; panics with its
+    /// logs after `timeout`.
+    #[track_caller]
+    pub fn wait_for_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (stdout, stderr) = self.logs();
+            if let Some(line) = stdout.lines().find(|line| line.starts_with(prefix)) {
+                return line.to_string();
+            }
+            if Instant::now() >= deadline {
+                panic!("{}: no line starting with {prefix:?} within {timeout:?}; stdout:\n{stdout}\nstderr:\n{stderr}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits for it to exit and returns its exit code.
     #[track_caller]
     pub fn wait(&self) -> i32 {
@@ -94,12 +112,17 @@ impl Drop for Container {
 
 /// A directory holding only `binary` (at `/<its file name>`), for `podman run --rootfs DIR`: a
 /// static program as a container without any image. Kept in `target/test-helpers/rootfs/` and
-/// refreshed when the binary is newer; podman adds its mount points (dev, proc, sys, etc) to it.
+/// refreshed when the binary is newer.
 #[track_caller]
 pub fn rootfs(binary: &Path) -> PathBuf {
     let name = binary.file_name().expect("a binary has a file name");
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-helpers/rootfs").join(name);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
+    let parent = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent");
+    let dir = parent.join("target/test-helpers/rootfs").join(name);
+    // runc mounts onto these and does not create them.
+    for mount_point in ["dev", "proc", "sys", "etc", "run", "tmp"] {
+        let at = dir.join(mount_point);
+        std::fs::create_dir_all(&at).unwrap_or_else(|err| panic!("cannot create {}: {err}", at.display()));
+    }
     let inside = dir.join(name);
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     if modified(&inside) < modified(binary) {

@@ -112,6 +112,8 @@ fn static_binary(ready: &Ready) -> Result<PathBuf> {
     // image that runs on this machine's kind of CPU only.
     build.env("RUSTFLAGS", "-C target-feature=+crt-static");
     build.env_remove("CARGO_ENCODED_RUSTFLAGS");
+    // An image without its kernel programs would be useless.
+    build.env_remove("AYA_BUILD_SKIP");
     run(&mut build).context(
         "building the static leaktrace failed; see cargo's output above \
          (it needs glibc's static libraries, which Debian's libc6-dev ships)",
