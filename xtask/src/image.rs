@@ -59,7 +59,12 @@ pub fn image(ready: &Ready, options: &Options) -> Result<String> {
     build.args(["--tag", &name, "--tag", &format!("{REPOSITORY}:latest")]);
     build.args(["--label", &format!("org.opencontainers.image.version={version}")]);
     build.args(["--label", "org.opencontainers.image.title=leaktrace"]);
+    // The binary's time as the image's: the same binary makes the same image (the same id), so
+    // rebuilding without a change adds nothing to the container storage.
+    build.args(["--timestamp", &modified_seconds(&binary)?.to_string()]);
     build.arg(&context);
+    // buildah prints the image id on stdout, where xtask prints only the image's name.
+    build.stdout(std::io::stderr());
     run(&mut build).context("buildah could not build the image; see its output above")?;
     forget_previous(previous.as_deref(), image_id(&name).as_deref());
 
@@ -75,7 +80,8 @@ pub fn image(ready: &Ready, options: &Options) -> Result<String> {
         run(Command::new("buildah")
             .arg("push")
             .arg(&name)
-            .arg(format!("docker-archive:{}:{name}", archive.display())))
+            .arg(format!("docker-archive:{}:{name}", archive.display()))
+            .stdout(std::io::stderr()))
         .context("buildah could not write the image archive")?;
         say!("image: saved to {}", archive.display());
     }
@@ -169,11 +175,18 @@ fn interpreter(elf: &[u8]) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// When `path` was last modified, in seconds since the epoch.
+fn modified_seconds(path: &std::path::Path) -> Result<u64> {
+    let modified = fs::metadata(path).and_then(|m| m.modified()).with_context(|| format!("cannot stat {}", path.display()))?;
+    Ok(modified.duration_since(std::time::UNIX_EPOCH).map(|age| age.as_secs()).unwrap_or(0))
+}
+
 /// The id of the image `name`, if there is one.
 fn image_id(name: &str) -> Option<String> {
     capture(Command::new("buildah").args(["images", "--noheading", "--no-trunc", "--format", "{{.ID}}", name]))
         .ok()
-        .map(|id| id.trim().to_string())
+        // One line per tag of the same image.
+        .and_then(|ids| ids.lines().next().map(|id| id.trim().to_string()))
         .filter(|id| !id.is_empty())
 }
 

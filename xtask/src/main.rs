@@ -36,7 +36,7 @@ enum Task {
     /// with --test-deps also the end-to-end tests' tools. Mounts tracefs when root.
     Setup {
         /// Also install what the end-to-end tests need (gcc, iproute2, Go with grpc-go, python3,
-        /// podman, runc, buildah).
+        /// podman, runc, buildah, prometheus).
         #[arg(long)]
         test_deps: bool,
         /// Look for and install bpf-linker only in DIR/bin (`cargo install --root DIR`); also

@@ -32,6 +32,8 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("runc", "runc"),
     ("buildah", "buildah"),
+    // Checks the PrometheusRule's alerting rules.
+    ("promtool", "prometheus"),
 ];
 
 /// Newer Go toolchains the goroutine-ancestry tests build with besides Debian's 1.19 (runtime
