@@ -92,3 +92,28 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
         assert_ne!(site["verdict"], "leak", "{site:#}");
     }
 }
+
+/// The image holds one layer (the binary) and, run without arguments, does what the DaemonSet
+/// asks for: the same command, on the port the pod declares.
+#[test]
+fn the_image_runs_the_daemonsets_command_by_default() {
+    let Some(_serial) = require_privileges("the_image_runs_the_daemonsets_command_by_default") else {
+        return;
+    };
+    if let Some(reason) = containers::unavailable() {
+        eprintln!("skipped the_image_runs_the_daemonsets_command_by_default: {reason}");
+        return;
+    }
+    let image = deploy::leaktrace_image();
+    let config: Value = serde_json::from_str(&containers::podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &image]))
+        .expect("podman prints the image's config as JSON");
+    let layers = containers::podman_ok(&["image", "inspect", "--format", "{{len .RootFS.Layers}}", &image]);
+    assert_eq!(layers, "1", "FROM scratch plus one COPY");
+    let manifests = Manifests::load();
+    let container = &manifests.pod().containers[0];
+    assert_eq!(container.command, None, "the DaemonSet keeps the image's entrypoint");
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/leaktrace"]));
+    assert_eq!(config["Cmd"], serde_json::json!(container.args), "the image's default arguments are the DaemonSet's");
+    let port = container.ports.as_ref().expect("a port")[0].container_port;
+    assert!(config["ExposedPorts"].get(format!("{port}/tcp")).is_some(), "the image exposes the pod's port: {config}");
+}
