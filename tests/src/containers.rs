@@ -1,9 +1,11 @@
 //! Real containers for the tests, run by Debian's podman the way these machines can run them:
 //! rootful, with runc and the cgroupfs driver (crun refuses cgroup v1 hybrid hosts), and with
 //! the ulimits already in force (root here cannot raise them, and podman's defaults would).
-//! Generic: run with any flags, the container's host pid, its logs, its exit code; removed on
-//! drop. [`rootfs`] runs a static binary as a container without any image.
+//! Generic: run with any flags, the container's host pid, its logs, its exit code, reaching into
+//! its network namespace; removed on drop. [`rootfs`] runs a static binary as a container
+//! without any image.
 use std::{
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
@@ -94,6 +96,34 @@ impl Container {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs `f` on a thread inside this container's network namespace and returns what it
+    /// returns: a client of a server that listens only there (`--network=none` has loopback
+    /// alone), without publishing ports through a bridge.
+    #[track_caller]
+    pub fn in_network<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/proc/{}/ns/net", self.host_pid());
+        let namespace = std::fs::File::open(&path).unwrap_or_else(|err| panic!("{}: cannot open {path}: {err}", self.what));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a valid namespace fd; it moves only this thread.
+                    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(entered, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// `program` run in this container's network namespace (`nsenter --net`), with the host's
+    /// filesystem: a server or client beside the container, as another container of its pod.
+    pub fn command_in_network(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/proc/{}/ns/net", self.host_pid())).arg("--").arg(program);
+        command
     }
 
     /// Waits for it to exit and returns its exit code.

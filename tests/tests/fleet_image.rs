@@ -3,7 +3,7 @@
 //! host paths, limits), finds a program leaking connections in *another* container, and does
 //! not call a healthy one beside it a leak. No Kubernetes cluster can run here; podman (rootful,
 //! runc) stands in for the node's runtime.
-use std::time::Duration;
+use std::{sync::MutexGuard, time::Duration};
 
 use leaktrace_tests::{
     cli::{site_of, sites_of},
@@ -17,16 +17,20 @@ use serde_json::Value;
 /// The gRPC server's port, inside the network namespace the test's containers share.
 const PORT: &str = "50051";
 
+/// The image, built by `cargo xtask image`, with the guard that serialises privileged tests; or
+/// `None` (after saying why) where this machine cannot trace or run containers.
+fn the_image(test: &str) -> Option<(MutexGuard<'static, ()>, String)> {
+    let serial = require_privileges(test)?;
+    if let Some(reason) = containers::unavailable() {
+        eprintln!("skipped {test}: {reason}");
+        return None;
+    }
+    Some((serial, deploy::leaktrace_image()))
+}
+
 #[test]
 fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
-    let Some(_serial) = require_privileges("the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container") else {
-        return;
-    };
-    if let Some(reason) = containers::unavailable() {
-        eprintln!("skipped the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container: {reason}");
-        return;
-    }
-    let image = deploy::leaktrace_image();
+    let Some((_serial, image)) = the_image("the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container") else { return };
     let pod = PodmanPod::from_pod(Manifests::load().pod(), "leaktrace-test-node");
     assert_eq!(pod.image, image, "the DaemonSet runs the image `cargo xtask image` builds");
 
@@ -97,14 +101,7 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
 /// asks for: the same command, on the port the pod declares.
 #[test]
 fn the_image_runs_the_daemonsets_command_by_default() {
-    let Some(_serial) = require_privileges("the_image_runs_the_daemonsets_command_by_default") else {
-        return;
-    };
-    if let Some(reason) = containers::unavailable() {
-        eprintln!("skipped the_image_runs_the_daemonsets_command_by_default: {reason}");
-        return;
-    }
-    let image = deploy::leaktrace_image();
+    let Some((_serial, image)) = the_image("the_image_runs_the_daemonsets_command_by_default") else { return };
     let config: Value = serde_json::from_str(&containers::podman_ok(&["image", "inspect", "--format", "{{json .Config}}", &image]))
         .expect("podman prints the image's config as JSON");
     let layers = containers::podman_ok(&["image", "inspect", "--format", "{{len .RootFS.Layers}}", &image]);
