@@ -8,6 +8,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -53,9 +54,22 @@ impl Container {
     /// `--rootfs DIR`), then the command. `what` names it in failure messages.
     #[track_caller]
     pub fn run(what: &str, args: &[String]) -> Self {
-        let mut run = vec!["run", "--detach", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+        // Named, so that a container the runtime created but could not start is removed too.
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let name = format!("leaktrace-test-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed));
+        let mut run = vec!["run", "--detach", "--name", &name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
         run.extend(args.iter().map(String::as_str));
-        let id = podman_ok(&run);
+        let output = podman().args(&run).output().unwrap_or_else(|err| panic!("cannot run podman: {err}"));
+        if !output.status.success() {
+            let _ = podman().args(["rm", "--force", "--time", "0", &name]).output();
+            panic!(
+                "{what}: `podman {}` failed ({}): {}",
+                run.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "podman run printed {id:?}, not an id");
         Self { id, what: what.to_string() }
     }

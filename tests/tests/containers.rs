@@ -46,3 +46,22 @@ fn a_server_in_a_container_is_reached_through_its_network_namespace_only() {
     let exists = containers::podman().args(["container", "exists", &id]).status().unwrap();
     assert_eq!(exists.code(), Some(1), "removed on drop");
 }
+
+#[test]
+fn a_container_that_cannot_start_is_not_left_behind() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 || containers::unavailable().is_some() {
+        eprintln!("skipped a_container_that_cannot_start_is_not_left_behind: needs root and podman");
+        return;
+    }
+    let rootfs = containers::rootfs(&go_program("grpcleak", GoBuild::Normal)).display().to_string();
+    let failed = std::panic::catch_unwind(|| {
+        Container::run("a missing program", &["--network=none", "--rootfs", &rootfs, "/no-such-program"].map(String::from))
+    });
+    let message = *failed.expect_err("podman cannot start a program that is not there").downcast::<String>().unwrap();
+    assert!(message.contains("a missing program") && message.contains("no-such-program"), "{message}");
+    // The runtime created it before failing to start it; the helper removed it by its name.
+    let name = message.split("--name ").nth(1).and_then(|rest| rest.split(' ').next()).expect("the command names it");
+    let exists = containers::podman().args(["container", "exists", name]).status().unwrap();
+    assert_eq!(exists.code(), Some(1), "{name} was left behind");
+}
