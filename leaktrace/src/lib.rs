@@ -4,11 +4,13 @@
 //! - [`kernel`]: loads and attaches the probes, reads the ring buffer and the counters.
 //! - [`decode`] / [`event`]: ring-buffer records to aya-free [`event::Event`]s.
 //! - [`cli`] and [`commands`]: the command line.
+//! - [`host_access`]: what a container running leaktrace must be granted, and why.
 pub mod cli;
 pub mod commands;
 pub mod decode;
 pub mod event;
 pub mod goruntime;
+pub mod host_access;
 pub mod inventory;
 pub mod kernel;
 pub mod tcp;

@@ -10,7 +10,11 @@
 //! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
 //! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
+//! - [`containers`]: real podman containers (rootful, runc), removed on drop.
+//! - [`deploy`]: deploy/kubernetes/ as Kubernetes objects, its pod as podman flags, the image.
 pub mod cli;
+pub mod containers;
+pub mod deploy;
 pub mod go;
 pub mod puppet;
 pub mod session;

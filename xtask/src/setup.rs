@@ -27,6 +27,13 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
+    // The image's end-to-end test: rootful podman with runc (Debian's default crun cannot run
+    // containers on cgroup v1 hybrid hosts), and buildah for `cargo xtask image`.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("buildah", "buildah"),
+    // Checks the PrometheusRule's alerting rules.
+    ("promtool", "prometheus"),
 ];
 
 /// Newer Go toolchains the goroutine-ancestry tests build with besides Debian's 1.19 (runtime
@@ -78,7 +85,7 @@ pub fn setup(opts: &Options) -> Result<Ready> {
     rust_src()?;
     let extra_path = bpf_linker(opts.bpf_linker_root.as_deref())?;
     if opts.test_deps {
-        test_prerequisites()?;
+        debian_packages("test prerequisites", TEST_PREREQUISITES)?;
         backports_prerequisites()?;
     }
     tracefs();
@@ -363,7 +370,10 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
     })
 }
 
-fn test_prerequisites() -> Result<()> {
+/// Makes sure every `(what to look for, Debian package)` of `wanted` is present, installing the
+/// packages of all of them with apt-get (as root) when any is missing. `purpose` names them in
+/// messages ("test prerequisites").
+pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
     let present = |what: &str| {
         if what.starts_with('/') {
             Path::new(what).exists()
@@ -375,21 +385,21 @@ fn test_prerequisites() -> Result<()> {
                     .any(|d| cmd::is_executable(&Path::new(d).join(what)))
         }
     };
-    let missing: Vec<&str> = TEST_PREREQUISITES
+    let missing: Vec<&str> = wanted
         .iter()
         .map(|(what, _)| *what)
         .filter(|w| !present(w))
         .collect();
     if missing.is_empty() {
-        let names: Vec<&str> = TEST_PREREQUISITES
+        let names: Vec<&str> = wanted
             .iter()
             .map(|(what, _)| what.rsplit('/').next().unwrap_or(what))
             .collect();
-        say!("test prerequisites: present ({})", names.join(", "));
+        say!("{purpose}: present ({})", names.join(", "));
         return Ok(());
     }
     let mut packages: Vec<&str> = Vec::new();
-    for (_, package) in TEST_PREREQUISITES {
+    for (_, package) in wanted.iter() {
         if !packages.contains(package) {
             packages.push(package);
         }
@@ -400,18 +410,18 @@ fn test_prerequisites() -> Result<()> {
     );
     if !cmd::is_root() {
         bail!(
-            "the end-to-end tests need {}, which are missing, and installing them needs root\n\
+            "{purpose}: {} missing, and installing them needs root\n\
              fix: sudo apt-get update && sudo {install}",
             missing.join(", ")
         );
     }
     say!(
-        "test prerequisites: missing {}, installing them with apt-get",
+        "{purpose}: missing {}, installing them with apt-get",
         missing.join(", ")
     );
     let fix = || {
         format!(
-            "could not install the test prerequisites; check network access and the apt sources, then run `apt-get update && {install}`"
+            "could not install the {purpose}; check network access and the apt sources, then run `apt-get update && {install}`"
         )
     };
     run(Command::new("apt-get")
