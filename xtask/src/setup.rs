@@ -391,9 +391,10 @@ pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
         .filter(|w| !present(w))
         .collect();
     if missing.is_empty() {
+        // A file stands for its package: `golang-1.21-go` says more than `go`.
         let names: Vec<&str> = wanted
             .iter()
-            .map(|(what, _)| what.rsplit('/').next().unwrap_or(what))
+            .map(|(what, package)| if what.starts_with('/') { *package } else { *what })
             .collect();
         say!("{purpose}: present ({})", names.join(", "));
         return Ok(());
@@ -446,51 +447,34 @@ pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
 
 /// The newer Go toolchains, from bookworm-backports (whose apt source is added when missing).
 fn backports_prerequisites() -> Result<()> {
+    const PURPOSE: &str = "test prerequisites from bookworm-backports";
     let missing: Vec<&str> = BACKPORTS_PREREQUISITES
         .iter()
         .filter(|(binary, _)| !Path::new(binary).exists())
         .map(|(_, package)| *package)
         .collect();
-    if missing.is_empty() {
-        say!("test prerequisites from bookworm-backports: present (Go 1.21, 1.22, 1.23)");
-        return Ok(());
+    if !missing.is_empty() && cmd::is_root() {
+        let codename = std::fs::read_to_string("/etc/os-release")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_string))
+            .unwrap_or_default();
+        if codename != "bookworm" {
+            bail!(
+                "the goroutine-ancestry tests need Go 1.21 to 1.23 ({}), which are missing; setup installs them from \
+                 Debian 12's bookworm-backports, and this system is {codename:?}\n\
+                 fix: install those Go versions so that /usr/lib/go-1.2x/bin/go exist",
+                missing.join(", ")
+            );
+        }
+        let listed = capture(Command::new("apt-cache").args(["policy", missing[0]])).unwrap_or_default();
+        if !listed.contains("bookworm-backports") {
+            say!("{PURPOSE}: adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
+            std::fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
+                .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
+        }
     }
-    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
-    let codename = std::fs::read_to_string("/etc/os-release")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_string))
-        .unwrap_or_default();
-    if codename != "bookworm" {
-        bail!(
-            "the goroutine-ancestry tests need Go 1.21 to 1.23 ({}), which are missing; setup installs them from \
-             Debian 12's bookworm-backports, and this system is {codename:?}\n\
-             fix: install those Go versions so that /usr/lib/go-1.2x/bin/go exist",
-            missing.join(", ")
-        );
-    }
-    if !cmd::is_root() {
-        bail!(
-            "the goroutine-ancestry tests need {}, which are missing, and installing them needs root\n\
-             fix: add bookworm-backports to the apt sources, then sudo apt-get update && sudo {install}",
-            missing.join(", ")
-        );
-    }
-    let listed = capture(Command::new("apt-cache").args(["policy", missing[0]])).unwrap_or_default();
-    if !listed.contains("bookworm-backports") {
-        say!("adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
-        std::fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
-            .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
-    }
-    say!("test prerequisites: missing {}, installing them from bookworm-backports", missing.join(", "));
-    let fix = || format!("could not install {}; check network access, then run `apt-get update && {install}`", missing.join(" "));
-    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive")).with_context(fix)?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(fix)?;
-    Ok(())
+    debian_packages(PURPOSE, BACKPORTS_PREREQUISITES)
 }
 
 /// Mounts tracefs where classic tracepoints look for it. leaktrace mounts it itself when needed,
