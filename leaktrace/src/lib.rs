@@ -6,6 +6,7 @@
 //! - [`cli`] and [`commands`]: the command line.
 pub mod cli;
 pub mod commands;
+pub mod container;
 pub mod decode;
 pub mod event;
 pub mod inventory;

@@ -1,0 +1,358 @@
+//! Container and pod attribution: which container (id, runtime) a traced process runs in, and
+//! on a Kubernetes node which pod, namespace, container name and image that is.
+//!
+//! - [`cgroup`]: the container id and runtime from `/proc/PID/cgroup` (every runtime and driver,
+//!   cgroup v1 and v2), pure parsing.
+//! - [`kubernetes`]: a watch of this node's pods, indexed by container id.
+//! - [`Containers`]: the handle the event loop and the reports share. [`Containers::note_process`]
+//!   is called at a process's first sight and costs a hash lookup; a reader thread then reads the
+//!   process's cgroup while it runs (it may have exited by the time of the report). Names are
+//!   looked up in the pod index when a report asks ([`Containers::workload`]), since a container's
+//!   status reaches the API after it started, and remembered once found.
+//!
+//! **Whose view of cgroups.** `/proc/PID/cgroup` shows paths relative to the reader's cgroup
+//! namespace. The reader thread first joins the host's (setns(2) on `/proc/1/ns/cgroup`, which
+//! needs the host's pid namespace, CAP_SYS_ADMIN, and ptrace access to pid 1), so paths read as
+//! on the host. Where that is refused it reads through its own namespace: paths of other
+//! containers are then relative (`/../libpod-<id>`) but still name the container; only processes
+//! in leaktrace's own cgroup and its ancestors read as `/` and show no container.
+//!
+//! Memory is bounded: at most [`MAX_PROCESSES`] processes, [`MAX_CGROUPS`] cgroup ids and
+//! [`MAX_NAMED`] named containers are remembered, the oldest forgotten first.
+pub mod cgroup;
+pub mod kubernetes;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fs::File,
+    hash::Hash,
+    os::fd::AsFd,
+    sync::{Arc, Mutex, OnceLock, mpsc},
+    thread,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use cgroup::{CgroupContainer, Runtime};
+use kubernetes::{PodContainer, PodIndex};
+
+use crate::tracker::ProcessKey;
+
+/// How many processes' containers are remembered.
+pub const MAX_PROCESSES: usize = 16_384;
+/// How many cgroup ids' containers are remembered (for processes gone before their read).
+pub const MAX_CGROUPS: usize = 4_096;
+/// How many containers' names are remembered after their pod is gone from the API.
+pub const MAX_NAMED: usize = 4_096;
+
+/// Start times of one process read from `/proc` (clock ticks) and from the kernel (ns) differ
+/// by less than this.
+const SAME_START_NS: u64 = 30_000_000;
+
+/// A process's container, as the JSON report's `container` object shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// The container id: 64 hex digits.
+    pub id: String,
+    pub runtime: Runtime,
+    /// The container's name in its pod (Kubernetes only).
+    pub name: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub image: Option<String>,
+}
+
+impl Workload {
+    /// A container from its cgroup, named by its pod where one is known.
+    pub fn new(found: &CgroupContainer, pod: Option<&PodContainer>) -> Self {
+        let runtime = match (found.runtime, pod) {
+            (Runtime::Unknown, Some(pod)) => pod.runtime,
+            (runtime, _) => runtime,
+        };
+        Self {
+            id: found.id.clone(),
+            runtime,
+            name: pod.map(|pod| pod.name.clone()),
+            pod: pod.map(|pod| pod.pod.clone()),
+            namespace: pod.map(|pod| pod.namespace.clone()),
+            image: pod.and_then(|pod| pod.image.clone()),
+        }
+    }
+
+    /// The table's short form: `pod/container` when named, else the id's first 12 digits.
+    pub fn short(&self) -> String {
+        match (&self.pod, &self.name) {
+            (Some(pod), Some(name)) => format!("{pod}/{name}"),
+            _ => self.id.chars().take(12).collect(),
+        }
+    }
+}
+
+/// Which containers to keep (`--container`, `--pod`, `--namespace`): every given list must
+/// match; a process on the host matches none of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadFilter {
+    /// Container id prefixes or container names.
+    pub containers: Vec<String>,
+    pub pods: Vec<String>,
+    pub namespaces: Vec<String>,
+}
+
+impl WorkloadFilter {
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && self.pods.is_empty() && self.namespaces.is_empty()
+    }
+
+    pub fn wants(&self, workload: Option<&Workload>) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Some(workload) = workload else { return false };
+        let named = |wanted: &Vec<String>, value: &Option<String>| {
+            wanted.is_empty() || value.as_ref().is_some_and(|value| wanted.contains(value))
+        };
+        let container_ok = self.containers.is_empty()
+            || self.containers.iter().any(|wanted| workload.id.starts_with(wanted.as_str()) || workload.name.as_ref() == Some(wanted));
+        container_ok && named(&self.pods, &workload.pod) && named(&self.namespaces, &workload.namespace)
+    }
+}
+
+/// A map that forgets its oldest entries past a capacity.
+struct Bounded<K, V> {
+    map: HashMap<K, V>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: Clone + Eq + Hash, V> Bounded<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    /// Inserts or replaces; a replaced entry keeps its age.
+    fn insert(&mut self, key: K, value: V) {
+        if self.map.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+            while self.order.len() > self.capacity {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.map.remove(&oldest);
+                }
+            }
+        }
+    }
+}
+
+/// Filled once by the reader thread: the process's container, `None` on the host.
+type Slot = OnceLock<Option<Arc<CgroupContainer>>>;
+
+/// What processes in one cgroup id were found in: the same container for all, or not.
+#[derive(Clone)]
+enum CgroupAnswer {
+    One(Option<Arc<CgroupContainer>>),
+    /// Processes of this cgroup id were found in different containers (cgroup v1 without a
+    /// unified hierarchy gives every task the root's id): it says nothing.
+    Ambiguous,
+}
+
+struct Shared {
+    processes: Mutex<ProcessTable>,
+    by_cgroup: Mutex<Bounded<u64, CgroupAnswer>>,
+    named: Mutex<Bounded<String, PodContainer>>,
+    pods: Option<PodIndex>,
+}
+
+/// The processes noted, by pid then start time: the kernel's and `/proc`'s start times of one
+/// process differ by up to a few clock ticks, so a process noted from an event is found from an
+/// inventory's owner too. Bounded: past `capacity` the oldest noted is forgotten.
+struct ProcessTable {
+    by_pid: HashMap<u32, Vec<(u64, Arc<Slot>)>>,
+    order: VecDeque<ProcessKey>,
+    capacity: usize,
+}
+
+impl ProcessTable {
+    fn find(&self, pid: u32, start_ns: u64) -> Option<&Arc<Slot>> {
+        let starts = self.by_pid.get(&pid)?;
+        starts.iter().find(|(start, _)| start.abs_diff(start_ns) <= SAME_START_NS).map(|(_, slot)| slot)
+    }
+
+    /// The slot of a process never noted before, or `None` if it was.
+    fn add(&mut self, key: ProcessKey) -> Option<Arc<Slot>> {
+        if self.find(key.pid, key.start_ns).is_some() {
+            return None;
+        }
+        let slot = Arc::new(Slot::new());
+        self.by_pid.entry(key.pid).or_default().push((key.start_ns, Arc::clone(&slot)));
+        self.order.push_back(key);
+        while self.order.len() > self.capacity {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(starts) = self.by_pid.get_mut(&oldest.pid) {
+                starts.retain(|(start, _)| *start != oldest.start_ns);
+                if starts.is_empty() {
+                    self.by_pid.remove(&oldest.pid);
+                }
+            }
+        }
+        Some(slot)
+    }
+}
+
+enum Message {
+    Read { key: ProcessKey, cgroup_id: u64, slot: Arc<Slot> },
+    /// Answered once every read queued before it is done.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The container resolver: cheap to clone, Send + Sync; its reader thread ends with the last
+/// handle.
+#[derive(Clone)]
+pub struct Containers {
+    shared: Arc<Shared>,
+    reads: mpsc::Sender<Message>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Containers {
+    /// Starts the reader thread; `pods` names containers on a Kubernetes node.
+    pub fn spawn(pods: Option<PodIndex>) -> Self {
+        Self::spawn_reading(pods, read_container)
+    }
+
+    /// With `read` standing for the read of `/proc/PID/cgroup` (tests).
+    fn spawn_reading(pods: Option<PodIndex>, read: impl Fn(ProcessKey) -> Read + Send + 'static) -> Self {
+        let shared = Arc::new(Shared {
+            processes: Mutex::new(ProcessTable { by_pid: HashMap::new(), order: VecDeque::new(), capacity: MAX_PROCESSES }),
+            by_cgroup: Mutex::new(Bounded::new(MAX_CGROUPS)),
+            named: Mutex::new(Bounded::new(MAX_NAMED)),
+            pods,
+        });
+        let (reads, requests) = mpsc::channel::<Message>();
+        let reader = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("leaktrace-cgroup".into())
+            .spawn(move || {
+                match join_host_cgroup_namespace() {
+                    Ok(true) => log::debug!("reading cgroups in the host's cgroup namespace"),
+                    Ok(false) => {}
+                    Err(err) => log::debug!("reading cgroups in leaktrace's own cgroup namespace: {err}"),
+                }
+                for message in requests {
+                    match message {
+                        Message::Read { key, cgroup_id, slot } => {
+                            let found = read(key);
+                            let found = reader.remember_cgroup(cgroup_id, found);
+                            let _ = slot.set(found);
+                        }
+                        Message::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .expect("starting the container reader thread: the system is out of threads");
+        Self { shared, reads }
+    }
+
+    /// At the first sight of a process (cheap on later calls): queues the read of its cgroup.
+    /// `cgroup_id` is the event's, used when the process is gone before the read.
+    pub fn note_process(&self, pid: u32, process_start_ns: u64, cgroup_id: u64) {
+        let key = ProcessKey { pid, start_ns: process_start_ns };
+        if let Some(slot) = lock(&self.shared.processes).add(key) {
+            let _ = self.reads.send(Message::Read { key, cgroup_id, slot });
+        }
+    }
+
+    /// Waits until every process noted so far has been read (tests, and a final report).
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.reads.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// The container of a process noted before; `None` on the host, or not read yet.
+    pub fn workload(&self, pid: u32, process_start_ns: u64) -> Option<Workload> {
+        let found = self.slot(pid, process_start_ns)?.get().cloned().flatten()?;
+        let pod = self.pod(&found.id);
+        Some(Workload::new(&found, pod.as_ref()))
+    }
+
+    /// The pod container `id` belongs to: from the watch, or remembered from it.
+    fn pod(&self, id: &str) -> Option<PodContainer> {
+        let pods = self.shared.pods.as_ref()?;
+        let mut named = lock(&self.shared.named);
+        match pods.lookup(id) {
+            Some(pod) => {
+                named.insert(id.to_string(), pod.clone());
+                Some(pod)
+            }
+            None => named.get(&id.to_string()).cloned(),
+        }
+    }
+
+    fn slot(&self, pid: u32, start_ns: u64) -> Option<Arc<Slot>> {
+        lock(&self.shared.processes).find(pid, start_ns).cloned()
+    }
+}
+
+impl Shared {
+    /// Records what `cgroup_id` says (when the read worked) or asks it (when the process was gone).
+    fn remember_cgroup(&self, cgroup_id: u64, found: Read) -> Option<Arc<CgroupContainer>> {
+        let mut by_cgroup = lock(&self.by_cgroup);
+        match found {
+            Read::Found(found) => {
+                let answer = match by_cgroup.get(&cgroup_id) {
+                    Some(CgroupAnswer::One(known)) if *known != found => CgroupAnswer::Ambiguous,
+                    Some(CgroupAnswer::Ambiguous) => CgroupAnswer::Ambiguous,
+                    _ => CgroupAnswer::One(found.clone()),
+                };
+                by_cgroup.insert(cgroup_id, answer);
+                found
+            }
+            Read::Gone => match by_cgroup.get(&cgroup_id) {
+                Some(CgroupAnswer::One(known)) => known.clone(),
+                _ => None,
+            },
+        }
+    }
+}
+
+enum Read {
+    Found(Option<Arc<CgroupContainer>>),
+    /// The process exited (or its pid was reused) before its cgroup was read.
+    Gone,
+}
+
+fn read_container(key: ProcessKey) -> Read {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/cgroup", key.pid)) else { return Read::Gone };
+    // A pid reused since the event is another process.
+    if let Some(start) = crate::symbolize::capture::process_start_ns(key.pid)
+        && start.abs_diff(key.start_ns) > SAME_START_NS
+    {
+        return Read::Gone;
+    }
+    Read::Found(cgroup::parse(&text).map(Arc::new))
+}
+
+/// Moves the calling thread into pid 1's cgroup namespace when it is another one. `Ok(false)`:
+/// already there.
+fn join_host_cgroup_namespace() -> std::io::Result<bool> {
+    let own = std::fs::read_link("/proc/thread-self/ns/cgroup")?;
+    let host = std::fs::read_link("/proc/1/ns/cgroup")?;
+    if own == host {
+        return Ok(false);
+    }
+    let namespace = File::open("/proc/1/ns/cgroup")?;
+    rustix::thread::move_into_link_name_space(namespace.as_fd(), Some(rustix::thread::LinkNameSpaceType::ControlGroup))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;
