@@ -9,9 +9,11 @@
 //! - [`lifecycle`]: a socket's events as short strings, for exact assertions.
 //! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
 //! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
+//! - [`podman`]: real containers (rootful podman with runc), run from a directory or an image.
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
 pub mod cli;
 pub mod go;
+pub mod podman;
 pub mod puppet;
 pub mod session;
 pub mod tcp_table;

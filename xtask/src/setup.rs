@@ -27,6 +27,9 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
+    // Real containers (tests/src/podman.rs); runc, since crun refuses hybrid cgroup v1 hosts.
+    ("podman", "podman"),
+    ("runc", "runc"),
 ];
 
 /// Where tracefs belongs; classic tracepoints find their ids under `events/`.

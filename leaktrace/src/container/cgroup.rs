@@ -29,6 +29,17 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// As the report writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Containerd => "containerd",
+            Self::CriO => "cri-o",
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+            Self::Unknown => "unknown",
+        }
+    }
+
     /// The runtime named by a Kubernetes `containerID`'s scheme (`containerd://<id>`).
     pub fn from_scheme(scheme: &str) -> Self {
         match scheme {
@@ -237,11 +248,12 @@ mod tests {
 
     #[test]
     fn runtimes_serialize_as_the_report_names_them() {
-        let names: Vec<String> = [Runtime::Containerd, Runtime::CriO, Runtime::Docker, Runtime::Podman, Runtime::Unknown]
-            .iter()
-            .map(|runtime| serde_json::to_string(runtime).unwrap())
-            .collect();
+        let all = [Runtime::Containerd, Runtime::CriO, Runtime::Docker, Runtime::Podman, Runtime::Unknown];
+        let names: Vec<String> = all.iter().map(|runtime| serde_json::to_string(runtime).unwrap()).collect();
         assert_eq!(names, [r#""containerd""#, r#""cri-o""#, r#""docker""#, r#""podman""#, r#""unknown""#]);
+        for runtime in all {
+            assert_eq!(serde_json::to_string(&runtime).unwrap(), format!("\"{}\"", runtime.name()));
+        }
         assert_eq!(Runtime::from_scheme("cri-o"), Runtime::CriO);
     }
 }

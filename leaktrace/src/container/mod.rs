@@ -49,6 +49,40 @@ pub const MAX_NAMED: usize = 4_096;
 /// by less than this.
 const SAME_START_NS: u64 = 30_000_000;
 
+/// Where pod names come from, as the command line and the environment say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodNames {
+    /// Not in a cluster: containers are named by id only.
+    Off,
+    /// Watch this node's pods.
+    Watch { node: String },
+    /// In a cluster, but the node is unknown: containers are named by id only.
+    NodeUnknown,
+}
+
+/// The resolver of a tracing command, watching this node's pods when `names` says so. Off a
+/// cluster it says nothing; in one, what keeps pods from being named is a warning.
+pub async fn start(names: &PodNames) -> Containers {
+    let pods = match names {
+        PodNames::Off => None,
+        PodNames::NodeUnknown => {
+            log::warn!(
+                "in a Kubernetes cluster, but NODE_NAME is not set: containers are named by id only \
+                 (set NODE_NAME from the downward API's spec.nodeName, or pass --node)"
+            );
+            None
+        }
+        PodNames::Watch { node } => match kubernetes::start(node.clone()).await {
+            Ok(index) => Some(index),
+            Err(err) => {
+                log::warn!("cannot use the Kubernetes API ({err}): containers are named by id only");
+                None
+            }
+        },
+    };
+    Containers::spawn(pods)
+}
+
 /// A process's container, as the JSON report's `container` object shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {

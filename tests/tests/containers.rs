@@ -1,0 +1,73 @@
+//! Container attribution end to end: the real `leaktrace` binary tracing a real leaking program
+//! inside a real podman container (runc, cgroupfs, as these machines run them) names that
+//! container's id and runtime in the JSON report, for its call site and its process, while a
+//! host process beside it shows `null`; and `--container` keeps that container alone.
+use std::time::Duration;
+
+use leaktrace_tests::{
+    cli::{LiveTrace, site_of},
+    go::{GoBuild, GrpcServer, go_program},
+    podman::{PodmanContainer, Root, Rootfs, podman_missing},
+    require_privileges,
+};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(45);
+
+fn process(report: &Value, pid: u32) -> Option<&Value> {
+    report["processes"].as_array()?.iter().find(|process| process["pid"] == pid)
+}
+
+#[test]
+fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_none() {
+    let test = "a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_none";
+    let Some(_guard) = require_privileges(test) else { return };
+    if let Some(reason) = podman_missing() {
+        eprintln!("skipped {test}: {reason}");
+        return;
+    }
+    // The server on the host; the leaking client (a static Go binary) in a container sharing the
+    // host's network, dialing the server per message and never closing.
+    let server = GrpcServer::start(GoBuild::Normal);
+    let rootfs = Rootfs::with_binaries("grpcleak", &[&go_program("grpcleak", GoBuild::Normal)]);
+    let target = server.addr.to_string();
+    let container = PodmanContainer::run(
+        &["--network", "host"],
+        Root::Dir(&rootfs.dir),
+        &["/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "10"],
+    );
+    let client = container.pid();
+    let port = server.port().to_string();
+
+    let mut trace = LiveTrace::start(&["--port", &port]);
+    let report = trace.wait_for("the container's connects and the host's accepts", PATIENCE, |report| {
+        site_of(report, client, "connect").is_some_and(|site| !site["container"].is_null())
+            && site_of(report, server.pid(), "accept").is_some()
+    });
+    let site = site_of(&report, client, "connect").unwrap();
+    let named = &site["container"];
+    assert_eq!(named["id"], container.id(), "{site:#}\ncontainer logs: {}", container.logs());
+    assert_eq!(named["runtime"], "podman");
+    for field in ["name", "pod", "namespace", "image"] {
+        assert!(named[field].is_null(), "{field}: no Kubernetes here, so no names: {named}");
+    }
+    assert_eq!(process(&report, client).expect("the client's process")["container"], *named);
+    let host_site = site_of(&report, server.pid(), "accept").unwrap();
+    assert!(host_site["container"].is_null(), "a host process: {host_site:#}");
+    assert!(process(&report, server.pid()).unwrap()["container"].is_null());
+
+    let (last, _, stderr) = trace.interrupt();
+    assert_eq!(site_of(&last, client, "connect").unwrap()["container"]["id"], container.id());
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() {
+        assert!(!stderr.to_lowercase().contains("kubernetes"), "no cluster, so not a word about it: {stderr}");
+    }
+
+    // `--container <id prefix>`: the container's call sites alone, the host's server gone.
+    let mut filtered = LiveTrace::start(&["--port", &port, "--container", &container.id()[..12]]);
+    let report = filtered.wait_for("the container's connects", PATIENCE, |report| site_of(report, client, "connect").is_some());
+    for site in report["call_sites"].as_array().unwrap() {
+        assert_eq!(site["container"]["id"], container.id(), "{site:#}");
+    }
+    let pids: Vec<&Value> = report["processes"].as_array().unwrap().iter().map(|process| &process["pid"]).collect();
+    assert_eq!(pids, [client], "{report:#}");
+}
