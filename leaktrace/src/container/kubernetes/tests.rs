@@ -171,3 +171,12 @@ fn a_relist_forgets_pods_deleted_while_the_watch_was_down() {
     index.apply(watcher::Event::InitDone);
     assert_eq!((index.lookup(CHECKOUT_APP), index.pods()), (None, 1));
 }
+
+#[tokio::test]
+async fn an_in_cluster_https_client_builds_with_the_cluster_s_ca() {
+    // The API server as a pod sees it: https, trusted through the service account's ca.crt. The
+    // TLS setup (rustls with ring, no OpenSSL) happens when the client is made.
+    let mut config = kube::Config::new("https://10.96.0.1:443".parse().unwrap());
+    config.root_cert_file = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/container/fixtures/cluster-ca.crt"));
+    Client::try_from(config).expect("a client for the in-cluster API server");
+}
