@@ -6,7 +6,7 @@ use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    container::{PodNames, WorkloadFilter},
+    container::{PodNames, WorkloadFilter, cgroup::is_id_prefix},
     kernel::{StateHook, TracerOptions, Transitions},
     tracker::Thresholds,
 };
@@ -278,15 +278,15 @@ impl ContainerArgs {
     pub fn filter(&self, names: &PodNames) -> Result<WorkloadFilter, ArgsError> {
         let kubernetes = matches!(names, PodNames::Watch { .. });
         for container in &self.containers {
-            let is_id_prefix = container.len() <= 64 && container.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            if is_id_prefix {
+            if is_id_prefix(container) {
                 continue;
             }
+            let value = container.clone();
             if !is_dns_label(container) {
-                return Err(ArgsError::Name { flag: "container", value: container.clone(), what: "container id prefix or name" });
+                return Err(ArgsError::Name { flag: "container", value, what: "container id prefix or name" });
             }
             if !kubernetes {
-                return Err(ArgsError::NeedsKubernetes { flag: "container", value: container.clone(), what: "container names" });
+                return Err(ArgsError::NeedsKubernetes { flag: "container", value, what: "container names" });
             }
         }
         for (flag, values, (one, many), valid) in [
@@ -302,7 +302,11 @@ impl ContainerArgs {
                 }
             }
         }
-        Ok(WorkloadFilter { containers: self.containers.clone(), pods: self.pods.clone(), namespaces: self.namespaces.clone() })
+        Ok(WorkloadFilter {
+            containers: self.containers.clone(),
+            pods: self.pods.clone(),
+            namespaces: self.namespaces.clone(),
+        })
     }
 }
 
@@ -483,7 +487,8 @@ mod tests {
         let err = args(&["--pod", "orders-1"]).filter(&PodNames::NodeUnknown).unwrap_err().to_string();
         assert!(err.contains("hint: run leaktrace in the cluster"), "{err}");
         // In a cluster: names, checked.
-        let filter = args(&["--container", "consumer", "--pod", "orders-1.x", "--namespace", "shop"]).filter(&watching).unwrap();
+        let names = args(&["--container", "consumer", "--pod", "orders-1.x", "--namespace", "shop"]);
+        let filter = names.filter(&watching).unwrap();
         assert_eq!((filter.pods.len(), filter.namespaces.len()), (1, 1));
         let err = args(&["--namespace", "Shop"]).filter(&watching).unwrap_err().to_string();
         assert_eq!(err, "--namespace \"Shop\": not a valid namespace");

@@ -26,7 +26,9 @@ pub fn podman_missing() -> Option<String> {
     for (tool, version) in [("podman", "--version"), ("runc", "--version")] {
         match Command::new(tool).arg(version).output() {
             Ok(output) if output.status.success() => {}
-            _ => return Some(format!("{tool} is not installed (`cargo xtask setup --test-deps` installs podman and runc)")),
+            _ => {
+                return Some(format!("{tool} is not installed (`cargo xtask setup --test-deps` installs podman and runc)"));
+            }
         }
     }
     None
@@ -61,7 +63,8 @@ impl PodmanContainer {
         };
         let output = run.args(command).output().expect("running podman");
         let id = success(&output, "podman run").trim().to_string();
-        assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "podman run printed {id:?}, not a container id");
+        let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(is_id, "podman run printed {id:?}, not a container id");
         let mut container = Self { id, pid: 0 };
         let pid = container.inspect("{{.State.Pid}}");
         container.pid = pid.trim().parse().unwrap_or_else(|_| panic!("podman inspect: no pid in {pid:?}"));
@@ -128,7 +131,8 @@ impl Rootfs {
         }
         for binary in binaries {
             let target = dir.join(binary.file_name().expect("a binary's file name"));
-            std::fs::copy(binary, &target).unwrap_or_else(|err| panic!("copying {} into {}: {err}", binary.display(), dir.display()));
+            std::fs::copy(binary, &target)
+                .unwrap_or_else(|err| panic!("copying {} into {}: {err}", binary.display(), dir.display()));
         }
         Self { dir }
     }

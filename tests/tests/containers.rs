@@ -64,7 +64,8 @@ fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_non
 
     // `--container <id prefix>`: the container's call sites alone, the host's server gone.
     let mut filtered = LiveTrace::start(&["--port", &port, "--container", &container.id()[..12]]);
-    let report = filtered.wait_for("the container's connects", PATIENCE, |report| site_of(report, client, "connect").is_some());
+    let report =
+        filtered.wait_for("the container's connects", PATIENCE, |report| site_of(report, client, "connect").is_some());
     for site in report["call_sites"].as_array().unwrap() {
         assert_eq!(site["container"]["id"], container.id(), "{site:#}");
     }

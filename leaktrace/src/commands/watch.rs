@@ -74,7 +74,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
             _ = refresh.tick() => {
                 let now = monotonic_ns();
                 session.tracker.expire(now);
-                let mut report = Report::new(&session.tracker.snapshot(now), Some(tracer.counters()?), &thresholds, &resolver);
+                let snapshot = session.tracker.snapshot(now);
+                let mut report = Report::new(&snapshot, Some(tracer.counters()?), &thresholds, &resolver);
                 report.retain_workloads(&workload_filter);
                 view.refresh(&report)?;
             }

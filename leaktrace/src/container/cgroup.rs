@@ -134,7 +134,12 @@ fn container_component<'a>(component: &'a str, parent: Option<&str>) -> Option<(
 }
 
 fn is_container_id(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    text.len() == 64 && is_id_prefix(text)
+}
+
+/// Up to 64 lowercase hex digits: the start of a container id, as users abbreviate them.
+pub fn is_id_prefix(text: &str) -> bool {
+    (1..=64).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The pod UID in a kubelet cgroup: `pod<uid>` (cgroupfs) or `kubepods[-<qos>]-pod<uid>.slice`
@@ -154,7 +159,10 @@ fn pod_uid(component: &str) -> Option<String> {
 fn is_uid(text: &str) -> bool {
     let groups: Vec<&str> = text.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]

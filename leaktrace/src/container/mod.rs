@@ -146,7 +146,9 @@ impl WorkloadFilter {
             wanted.is_empty() || value.as_ref().is_some_and(|value| wanted.contains(value))
         };
         let container_ok = self.containers.is_empty()
-            || self.containers.iter().any(|wanted| workload.id.starts_with(wanted.as_str()) || workload.name.as_ref() == Some(wanted));
+            || self.containers.iter().any(|wanted| {
+                workload.id.starts_with(wanted.as_str()) || workload.name.as_ref() == Some(wanted)
+            });
         container_ok && named(&self.pods, &workload.pod) && named(&self.namespaces, &workload.namespace)
     }
 }
@@ -338,7 +340,14 @@ impl Containers {
 
 impl Shared {
     /// Records what `cgroup_id` says (when the read worked) or asks it (when the process was gone).
+    /// Cgroup id 0 is unknown (an inventory taken without cgroups), and says nothing.
     fn remember_cgroup(&self, cgroup_id: u64, found: Read) -> Option<Arc<CgroupContainer>> {
+        if cgroup_id == 0 {
+            return match found {
+                Read::Found(found) => found,
+                Read::Gone => None,
+            };
+        }
         let mut by_cgroup = lock(&self.by_cgroup);
         match found {
             Read::Found(found) => {

@@ -86,18 +86,30 @@ fn without_kubernetes_a_container_is_its_id_and_runtime() {
 #[test]
 fn a_process_gone_before_its_read_takes_its_cgroup_s_container_when_that_is_unambiguous() {
     let podman = fixture("podman-cgroupfs-v1-hybrid.cgroup");
-    let containers =
-        resolver(None, vec![(30, podman.clone()), (40, fixture("host-v1-hybrid.cgroup")), (41, fixture("docker-cgroupfs-v1.cgroup"))]);
+    let containers = resolver(
+        None,
+        vec![
+            (30, podman.clone()),
+            (40, fixture("host-v1-hybrid.cgroup")),
+            (41, fixture("docker-cgroupfs-v1.cgroup")),
+            (50, podman),
+        ],
+    );
     containers.note_process(30, S, 77);
     containers.note_process(31, S, 77); // gone
     // cgroup id 1 holds a host process and a container (v1 without a unified hierarchy).
     containers.note_process(40, S, 1);
     containers.note_process(41, S, 1);
     containers.note_process(42, S, 1); // gone
+    // An inventory's owner whose cgroup id is unknown (0), gone: nothing to go by.
+    containers.note_process(50, S, 0);
+    containers.note_process(51, S, 0); // gone
     containers.flush();
     assert_eq!(containers.workload(31, S).unwrap().id, containers.workload(30, S).unwrap().id);
     assert!(containers.workload(41, S).is_some());
     assert_eq!(containers.workload(42, S), None);
+    assert!(containers.workload(50, S).is_some());
+    assert_eq!(containers.workload(51, S), None);
 }
 
 #[test]

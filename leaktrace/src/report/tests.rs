@@ -156,7 +156,10 @@ fn json_report_matches_the_contract() {
     for entry in sites.iter().chain(json["processes"].as_array().unwrap()) {
         let container = &entry["container"];
         match entry["pid"].as_u64().unwrap() {
-            100 => assert_eq!((container["pod"].as_str(), container["runtime"].as_str()), (Some("orders-7d9f8b6c4-x2kqp"), Some("containerd"))),
+            100 => {
+                let named = (container["pod"].as_str(), container["runtime"].as_str());
+                assert_eq!(named, (Some("orders-7d9f8b6c4-x2kqp"), Some("containerd")));
+            }
             400 => assert_eq!((container["name"].is_null(), container["runtime"].as_str()), (true, Some("podman"))),
             _ => assert!(container.is_null(), "{entry}"),
         }
