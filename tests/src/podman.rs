@@ -43,6 +43,15 @@ pub enum Root<'a> {
     Image(&'a str),
 }
 
+impl Root<'_> {
+    fn add_to(self, run: &mut Command) {
+        match self {
+            Root::Dir(dir) => run.arg("--rootfs").arg(dir),
+            Root::Image(image) => run.arg(image),
+        };
+    }
+}
+
 /// A running container, removed on drop.
 #[derive(Debug)]
 pub struct PodmanContainer {
@@ -57,10 +66,7 @@ impl PodmanContainer {
     pub fn run(options: &[&str], root: Root<'_>, command: &[&str]) -> Self {
         let mut run = podman();
         run.args(["run", "-d"]).args(RUN_FLAGS).args(options);
-        match root {
-            Root::Dir(dir) => run.arg("--rootfs").arg(dir),
-            Root::Image(image) => run.arg(image),
-        };
+        root.add_to(&mut run);
         let output = run.args(command).output().expect("running podman");
         let id = success(&output, "podman run").trim().to_string();
         let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
@@ -69,6 +75,15 @@ impl PodmanContainer {
         let pid = container.inspect("{{.State.Pid}}");
         container.pid = pid.trim().parse().unwrap_or_else(|_| panic!("podman inspect: no pid in {pid:?}"));
         container
+    }
+
+    /// `podman run --rm` in the foreground, as [`PodmanContainer::run`] builds it: what the
+    /// command wrote and how it ended.
+    pub fn run_to_end(options: &[&str], root: Root<'_>, command: &[&str]) -> Output {
+        let mut run = podman();
+        run.args(["run", "--rm"]).args(RUN_FLAGS).args(options);
+        root.add_to(&mut run);
+        run.args(command).output().expect("running podman")
     }
 
     /// The full container id (64 hex digits).
@@ -120,7 +135,8 @@ pub struct Rootfs {
 }
 
 impl Rootfs {
-    /// Makes (or remakes) the directory with `binaries` in it, each under its file name.
+    /// Makes (or remakes) the directory with `binaries` in it, each under its file name. `name`
+    /// must be the test's own: tests in other binaries run at the same time.
     #[track_caller]
     pub fn with_binaries(name: &str, binaries: &[&Path]) -> Self {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-helpers/rootfs").join(name);
@@ -135,5 +151,24 @@ impl Rootfs {
                 .unwrap_or_else(|err| panic!("copying {} into {}: {err}", binary.display(), dir.display()));
         }
         Self { dir }
+    }
+
+    /// Also copies the shared libraries `binary` loads (as `ldd` lists them) to the same paths
+    /// in the rootfs, so a dynamically linked program runs there.
+    #[track_caller]
+    pub fn add_libraries_of(&self, binary: &Path) {
+        let output = Command::new("ldd").arg(binary).output().expect("running ldd");
+        let listing = success(&output, "ldd");
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`
+        let libraries = listing.lines().filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        });
+        for library in libraries {
+            let target = self.dir.join(library.strip_prefix("/").expect("an absolute path"));
+            std::fs::create_dir_all(target.parent().expect("a library's directory")).expect("making a library directory");
+            std::fs::copy(&library, &target)
+                .unwrap_or_else(|err| panic!("copying {} into {}: {err}", library.display(), self.dir.display()));
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Container attribution end to end: the real `leaktrace` binary tracing a real leaking program
 //! inside a real podman container (runc, cgroupfs, as these machines run them) names that
 //! container's id and runtime in the JSON report, for its call site and its process, while a
-//! host process beside it shows `null`; and `--container` keeps that container alone.
+//! host process beside it shows `null`; and `--container` keeps that container alone. leaktrace
+//! itself in a container with a private cgroup namespace still names the other containers.
 use std::time::Duration;
 
 use leaktrace_tests::{
-    cli::{LiveTrace, site_of},
+    cli::{LiveTrace, leaktrace_binary, site_of},
     go::{GoBuild, GrpcServer, go_program},
     podman::{PodmanContainer, Root, Rootfs, podman_missing},
     require_privileges,
@@ -13,6 +14,30 @@ use leaktrace_tests::{
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(45);
+
+/// The server on the host and the leaking client (a static Go binary) in a container sharing
+/// the host's network, dialing the server per message and never closing.
+fn leak_in_a_container() -> (GrpcServer, PodmanContainer) {
+    let server = GrpcServer::start(GoBuild::Normal);
+    let rootfs = Rootfs::with_binaries("attribution-grpcleak", &[&go_program("grpcleak", GoBuild::Normal)]);
+    let target = server.addr.to_string();
+    let container = PodmanContainer::run(
+        &["--network", "host"],
+        Root::Dir(&rootfs.dir),
+        &["/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "10"],
+    );
+    (server, container)
+}
+
+fn can_run_containers(test: &str) -> bool {
+    match podman_missing() {
+        Some(reason) => {
+            eprintln!("skipped {test}: {reason}");
+            false
+        }
+        None => true,
+    }
+}
 
 fn process(report: &Value, pid: u32) -> Option<&Value> {
     report["processes"].as_array()?.iter().find(|process| process["pid"] == pid)
@@ -22,20 +47,10 @@ fn process(report: &Value, pid: u32) -> Option<&Value> {
 fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_none() {
     let test = "a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_none";
     let Some(_guard) = require_privileges(test) else { return };
-    if let Some(reason) = podman_missing() {
-        eprintln!("skipped {test}: {reason}");
+    if !can_run_containers(test) {
         return;
     }
-    // The server on the host; the leaking client (a static Go binary) in a container sharing the
-    // host's network, dialing the server per message and never closing.
-    let server = GrpcServer::start(GoBuild::Normal);
-    let rootfs = Rootfs::with_binaries("grpcleak", &[&go_program("grpcleak", GoBuild::Normal)]);
-    let target = server.addr.to_string();
-    let container = PodmanContainer::run(
-        &["--network", "host"],
-        Root::Dir(&rootfs.dir),
-        &["/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "10"],
-    );
+    let (server, container) = leak_in_a_container();
     let client = container.pid();
     let port = server.port().to_string();
 
@@ -71,4 +86,31 @@ fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_non
     }
     let pids: Vec<&Value> = report["processes"].as_array().unwrap().iter().map(|process| &process["pid"]).collect();
     assert_eq!(pids, [client], "{report:#}");
+}
+
+#[test]
+fn leaktrace_in_its_own_cgroup_namespace_still_names_the_other_containers() {
+    let test = "leaktrace_in_its_own_cgroup_namespace_still_names_the_other_containers";
+    let Some(_guard) = require_privileges(test) else { return };
+    if !can_run_containers(test) {
+        return;
+    }
+    let (server, container) = leak_in_a_container();
+    // leaktrace in a privileged container with the host's pids but a cgroup namespace of its
+    // own: it joins the host's where pid 1 lets it, else reads paths relative to its own.
+    let rootfs = Rootfs::with_binaries("attribution-leaktrace", &[&leaktrace_binary()]);
+    rootfs.add_libraries_of(&leaktrace_binary());
+    let port = server.port().to_string();
+    let output = PodmanContainer::run_to_end(
+        &["--privileged", "--pid", "host", "--cgroupns", "private", "--network", "host"],
+        Root::Dir(&rootfs.dir),
+        &["/leaktrace", "--port", &port, "--format", "json", "--duration", "4"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|err| panic!("leaktrace in a container wrote no JSON report ({err}); stderr:\n{stderr}"));
+    let site = site_of(&report, container.pid(), "connect").unwrap_or_else(|| panic!("no connect site: {report:#}"));
+    assert_eq!(site["container"]["id"], container.id(), "{site:#}\nstderr: {stderr}");
+    assert_eq!(site["container"]["runtime"], "podman");
+    assert!(site_of(&report, server.pid(), "accept").expect("the server's accepts")["container"].is_null());
 }
