@@ -172,6 +172,8 @@ pub struct ContainerArgs {
 pub struct EventsArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,

@@ -3,7 +3,7 @@
 //! container's id and runtime in the JSON report, for its call site and its process, while a
 //! host process beside it shows `null`; and `--container` keeps that container alone. leaktrace
 //! itself in a container with a private cgroup namespace still names the other containers.
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
 use leaktrace_tests::{
     cli::{LiveTrace, leaktrace_binary, site_of},
@@ -86,6 +86,22 @@ fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_non
     }
     let pids: Vec<&Value> = report["processes"].as_array().unwrap().iter().map(|process| &process["pid"]).collect();
     assert_eq!(pids, [client], "{report:#}");
+    drop(filtered);
+
+    // `leaktrace events --container`: the container's connections, from their open on.
+    let output = Command::new(leaktrace_binary())
+        .args(["events", "--port", &port, "--container", &container.id()[..12], "--duration", "3"])
+        .output()
+        .expect("running leaktrace events");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let events: Vec<Value> = stdout.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let opens: Vec<&Value> = events.iter().filter(|event| event["owner"].is_object()).collect();
+    assert!(!opens.is_empty(), "no connect in the stream:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(opens.iter().all(|open| open["owner"]["pid"] == client && open["type"] == "connect"), "{stdout}");
+    let sockets: Vec<&Value> = opens.iter().map(|open| &open["socket"]).collect();
+    for change in events.iter().filter(|event| event["type"] == "state") {
+        assert!(sockets.contains(&&change["socket"]), "a state change of another socket: {change}");
+    }
 }
 
 #[test]

@@ -20,6 +20,7 @@
 //! Memory is bounded: at most [`MAX_PROCESSES`] processes, [`MAX_CGROUPS`] cgroup ids and
 //! [`MAX_NAMED`] named containers are remembered, the oldest forgotten first.
 pub mod cgroup;
+pub mod events;
 pub mod kubernetes;
 
 use std::{
@@ -167,6 +168,11 @@ impl<K: Clone + Eq + Hash, V> Bounded<K, V> {
 
     fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
+    }
+
+    /// Forgets `key` now; its place in the age order is reclaimed when it would have expired.
+    fn remove(&mut self, key: &K) {
+        self.map.remove(key);
     }
 
     /// Inserts or replaces; a replaced entry keeps its age.
@@ -318,6 +324,16 @@ impl Containers {
         let found = self.slot(pid, process_start_ns)?.get().cloned().flatten()?;
         let pod = self.pod(&found.id);
         Some(Workload::new(&found, pod.as_ref()))
+    }
+
+    /// The container of a process, read now if it was not yet (a stream that writes each event
+    /// as it comes cannot wait for the reader thread to get there).
+    pub fn workload_now(&self, pid: u32, process_start_ns: u64, cgroup_id: u64) -> Option<Workload> {
+        if self.slot(pid, process_start_ns).is_none_or(|slot| slot.get().is_none()) {
+            self.note_process(pid, process_start_ns, cgroup_id);
+            self.flush();
+        }
+        self.workload(pid, process_start_ns)
     }
 
     /// The pod container `id` belongs to: from the watch, or remembered from it.
