@@ -263,6 +263,15 @@ impl JudgeArgs {
 }
 
 impl ContainerArgs {
+    /// Where pod names come from in this environment (KUBERNETES_SERVICE_HOST, NODE_NAME), and
+    /// the filters, checked against it.
+    pub fn from_environment(&self) -> Result<(PodNames, WorkloadFilter), ArgsError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let names = self.pod_names(env("KUBERNETES_SERVICE_HOST"), env("NODE_NAME"))?;
+        let filter = self.filter(&names)?;
+        Ok((names, filter))
+    }
+
     /// Where pod names come from; `in_cluster` and `node_env` are KUBERNETES_SERVICE_HOST's and
     /// NODE_NAME's values.
     pub fn pod_names(&self, in_cluster: Option<String>, node_env: Option<String>) -> Result<PodNames, ArgsError> {

@@ -18,9 +18,7 @@ use crate::{
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let options = args.trace.to_options(Transitions::All)?;
     let duration = parse_duration(args.duration)?;
-    let env = |name: &str| std::env::var(name).ok();
-    let pod_names = args.containers.pod_names(env("KUBERNETES_SERVICE_HOST"), env("NODE_NAME"))?;
-    let workload_filter = args.containers.filter(&pod_names)?;
+    let (pod_names, workload_filter) = args.containers.from_environment()?;
     let max_sockets = options.max_sockets as usize;
     let mut tracer = Tracer::start(options)?;
     // Containers are only looked up when the stream is filtered by them.

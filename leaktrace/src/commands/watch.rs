@@ -28,9 +28,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let interval = args.view.interval()?;
     let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
     let duration = parse_duration(args.duration)?;
-    let env = |name: &str| std::env::var(name).ok();
-    let pod_names = args.containers.pod_names(env("KUBERNETES_SERVICE_HOST"), env("NODE_NAME"))?;
-    let workload_filter = args.containers.filter(&pod_names)?;
+    let (pod_names, workload_filter) = args.containers.from_environment()?;
     // The kernel applies pid, port and cgroup filters to events; the tracker applies them again
     // to seeded connections (no probe saw those), and the process name to everything.
     let filter = Filter {
