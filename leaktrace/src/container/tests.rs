@@ -67,6 +67,18 @@ fn a_process_is_read_at_first_sight_and_named_from_its_pod() {
 }
 
 #[test]
+fn a_layout_that_names_no_runtime_takes_the_pod_s() {
+    let pods = PodIndex::default();
+    pods.apply(watcher::Event::Apply(listed_pods()[0].clone()));
+    let cgroupfs = format!("11:memory:/kubepods/burstable/pod0f6b1c9e-2a4d-4c1e-9f0a-6f7e3b2d1a55/{CHECKOUT_APP}\n0::/\n");
+    let containers = resolver(Some(pods), vec![(10, cgroupfs)]);
+    containers.note_process(10, S, 5);
+    containers.flush();
+    let workload = containers.workload(10, S).unwrap();
+    assert_eq!((workload.runtime, workload.name.as_deref()), (Runtime::Containerd, Some("app")));
+}
+
+#[test]
 fn without_kubernetes_a_container_is_its_id_and_runtime() {
     let containers = resolver(None, vec![(20, fixture("podman-cgroupfs-v1-hybrid.cgroup"))]);
     containers.note_process(20, S, 3);
