@@ -4,7 +4,7 @@
 //! socket's open was (state changes carry no owner). Connections born before start, and the
 //! handshake transitions an accepted socket goes through before its owner accepts it, have no
 //! open to go by and are left out.
-use super::{Bounded, Containers, WorkloadFilter};
+use super::{Containers, WorkloadFilter, bounded::Bounded};
 use crate::{
     event::{Event, SocketId},
     tcp::TcpState,
@@ -47,7 +47,7 @@ impl EventFilter {
 mod tests {
     use super::*;
     use crate::{
-        container::{Read, cgroup},
+        container::{cgroup, resolver::Read},
         event::{ConnOpen, EventBody, Owner, StateChange},
     };
 

@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
 use super::*;
+use crate::container::{Runtime, WorkloadFilter, kubernetes::PodIndex};
 
 const CHECKOUT_APP: &str = "123beec1446e73544a838df719244e188ea8f7bd60b4531a75f9844d954ae3c3";
 const S: u64 = 1_000_000_000;
