@@ -9,6 +9,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 /// The flags every `podman run` here needs, before the test's own.
@@ -64,10 +65,15 @@ impl PodmanContainer {
     /// `-v ...`), then the root and `command`. Panics with podman's stderr if it does not start.
     #[track_caller]
     pub fn run(options: &[&str], root: Root<'_>, command: &[&str]) -> Self {
+        let name = unique_name();
         let mut run = podman();
-        run.args(["run", "-d"]).args(RUN_FLAGS).args(options);
+        run.args(["run", "-d", "--name", &name]).args(RUN_FLAGS).args(options);
         root.add_to(&mut run);
         let output = run.args(command).output().expect("running podman");
+        if !output.status.success() {
+            // A container that failed to start stays behind, created.
+            let _ = podman().args(["rm", "-f", "-t", "0", &name]).output();
+        }
         let id = success(&output, "podman run").trim().to_string();
         let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
         assert!(is_id, "podman run printed {id:?}, not a container id");
@@ -80,10 +86,14 @@ impl PodmanContainer {
     /// `podman run --rm` in the foreground, as [`PodmanContainer::run`] builds it: what the
     /// command wrote and how it ended.
     pub fn run_to_end(options: &[&str], root: Root<'_>, command: &[&str]) -> Output {
+        let name = unique_name();
         let mut run = podman();
-        run.args(["run", "--rm"]).args(RUN_FLAGS).args(options);
+        run.args(["run", "--rm", "--name", &name]).args(RUN_FLAGS).args(options);
         root.add_to(&mut run);
-        run.args(command).output().expect("running podman")
+        let output = run.args(command).output().expect("running podman");
+        // `--rm` does not remove a container that failed to start.
+        let _ = podman().args(["rm", "-f", "-t", "0", "--ignore", &name]).output();
+        output
     }
 
     /// The full container id (64 hex digits).
@@ -117,6 +127,12 @@ impl Drop for PodmanContainer {
     fn drop(&mut self) {
         let _ = podman().args(["rm", "-f", "-t", "0", &self.id]).output();
     }
+}
+
+/// `leaktrace-test-<pid>-<n>`: a name to remove a container by when podman printed no id.
+fn unique_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("leaktrace-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[track_caller]
