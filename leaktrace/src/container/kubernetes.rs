@@ -42,11 +42,17 @@ pub struct PodIndex {
     inner: Arc<RwLock<Pods>>,
 }
 
+struct PodEntry {
+    pod: String,
+    namespace: String,
+    container_ids: Vec<String>,
+}
+
 #[derive(Default)]
 struct Pods {
     by_container: HashMap<String, PodContainer>,
-    /// Each pod's container ids, to forget them with the pod.
-    by_pod: HashMap<String, Vec<String>>,
+    /// Each pod, by UID: its name and namespace, and its container ids (to forget them with it).
+    by_pod: HashMap<String, PodEntry>,
     /// Pods listed since the watch (re)started, installed at once when the list is complete.
     relisting: Option<Vec<Pod>>,
 }
@@ -55,6 +61,12 @@ impl PodIndex {
     /// The pod container whose runtime id is `container_id` (64 hex digits).
     pub fn lookup(&self, container_id: &str) -> Option<PodContainer> {
         self.read().by_container.get(container_id).cloned()
+    }
+
+    /// A pod's name and namespace by its UID: for a container whose id its pod's status does
+    /// not list yet (it has just started).
+    pub fn pod_of(&self, uid: &str) -> Option<(String, String)> {
+        self.read().by_pod.get(uid).map(|entry| (entry.pod.clone(), entry.namespace.clone()))
     }
 
     /// How many pods are known.
@@ -92,13 +104,18 @@ impl Pods {
         let uid = uid(pod);
         self.remove(&uid);
         let containers = containers_of(pod);
-        let ids = containers.iter().map(|(id, _)| id.clone()).collect();
+        let container_ids = containers.iter().map(|(id, _)| id.clone()).collect();
         self.by_container.extend(containers);
-        self.by_pod.insert(uid, ids);
+        let entry = PodEntry {
+            pod: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            container_ids,
+        };
+        self.by_pod.insert(uid, entry);
     }
 
     fn remove(&mut self, uid: &str) {
-        for id in self.by_pod.remove(uid).unwrap_or_default() {
+        for id in self.by_pod.remove(uid).map(|entry| entry.container_ids).unwrap_or_default() {
             self.by_container.remove(&id);
         }
     }

@@ -174,7 +174,16 @@ impl Containers {
     pub fn workload(&self, pid: u32, process_start_ns: u64) -> Option<Workload> {
         let found = self.slot(pid, process_start_ns)?.get().cloned().flatten()?;
         let pod = self.pod(&found.id);
-        Some(Workload::new(&found, pod.as_ref()))
+        let mut workload = Workload::new(&found, pod.as_ref());
+        if pod.is_none()
+            && let (Some(uid), Some(pods)) = (&found.pod_uid, &self.shared.pods)
+            && let Some((name, namespace)) = pods.pod_of(uid)
+        {
+            // Its pod is known, its status does not list this container yet.
+            workload.pod = Some(name);
+            workload.namespace = Some(namespace);
+        }
+        Some(workload)
     }
 
     /// The container of a process, read now if it was not yet (a stream that writes each event

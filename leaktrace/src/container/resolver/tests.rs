@@ -80,6 +80,24 @@ fn a_layout_that_names_no_runtime_takes_the_pod_s() {
 }
 
 #[test]
+fn a_container_its_pod_does_not_list_yet_is_named_by_the_pod_its_cgroup_is_in() {
+    let pods = PodIndex::default();
+    pods.apply(watcher::Event::Apply(listed_pods()[1].clone()));
+    let id = "f".repeat(64);
+    let starting = format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c2e9a41_8b3f_4d6e_a1c5_2e4f6a8b0c13.slice/\
+         cri-containerd-{id}.scope\n"
+    );
+    let containers = resolver(Some(pods), vec![(10, starting)]);
+    containers.note_process(10, S, 5);
+    containers.flush();
+    let workload = containers.workload(10, S).unwrap();
+    let named = (workload.pod.as_deref(), workload.namespace.as_deref(), workload.name.as_deref());
+    assert_eq!(named, (Some("payments-5c8d7f9b6-q7wzn"), Some("shop"), None));
+    assert_eq!(workload.short(), "ffffffffffff", "no container name: the id");
+}
+
+#[test]
 fn without_kubernetes_a_container_is_its_id_and_runtime() {
     let containers = resolver(None, vec![(20, fixture("podman-cgroupfs-v1-hybrid.cgroup"))]);
     containers.note_process(20, S, 3);
