@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{
     container::{PodNames, WorkloadFilter, cgroup::is_id_prefix},
+    goruntime::policy::AncestryMode,
     kernel::{StateHook, TracerOptions, Transitions},
     tracker::Thresholds,
 };
@@ -69,6 +70,11 @@ pub struct WatchArgs {
     /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     pub inventory_interval: f64,
+    /// Goroutine ancestry for Go programs (the application's frame when gRPC or net/http dial on
+    /// a goroutine of their own): `auto` attaches it to a Go process once one of its connect
+    /// call sites has no application frame, `on` to every Go process that connects, `off` never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = AncestryMode::Auto)]
+    pub go_ancestry: AncestryMode,
 }
 
 #[derive(Debug, Args)]
@@ -467,6 +473,8 @@ mod tests {
         assert_eq!(thresholds.close_wait_after, Duration::from_secs(3));
         assert_eq!(thresholds.window, Duration::from_secs(10));
         assert_eq!(args.judge.comms, vec!["grpcleak".to_string()]);
+        assert_eq!(args.go_ancestry, AncestryMode::Auto);
+        assert_eq!(watch(&["--go-ancestry", "off"]).unwrap().go_ancestry, AncestryMode::Off);
         // Watch flags do not mix with a subcommand.
         assert!(watch(&["--format", "json", "events"]).is_err());
         let err = watch(&["--interval", "0"]).unwrap().view.interval().unwrap_err().to_string();

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod container;
 pub mod decode;
 pub mod event;
+pub mod goruntime;
 pub mod inventory;
 pub mod kernel;
 pub mod tcp;

@@ -15,6 +15,7 @@ use crate::{
     cli::{WatchArgs, parse_duration, seconds},
     container::{self, Containers},
     event::Event,
+    goruntime::policy::AncestryPolicy,
     kernel::{Tracer, Transitions},
     recording::{self, Mark, RECORDING_VERSION},
     report::{LiveResolver, Report},
@@ -50,6 +51,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let containers = container::start(&pod_names).await;
     let resolver = LiveResolver { symbolizer: &symbolizer, containers: &containers };
     let mut tracker = Tracker::new(thresholds.clone(), Limits::default(), filter, started_ns);
+    let mut ancestry = AncestryPolicy::new(args.go_ancestry, started_ns);
     let mut session =
         Session { tracker: &mut tracker, recorder: &mut recorder, symbolizer: &symbolizer, containers: &containers };
     session.mark(&Mark::Start { ts_ns: started_ns, version: RECORDING_VERSION })?;
@@ -74,6 +76,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
                 session.tracker.expire(now);
                 let snapshot = session.tracker.snapshot(now);
                 let mut report = Report::new(&snapshot, Some(tracer.counters()?), &thresholds, &resolver);
+                ancestry.after_report(&mut report, &mut tracer, now);
                 report.retain_workloads(&workload_filter);
                 view.refresh(&report)?;
             }
@@ -100,6 +103,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     }
     containers.flush();
     let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &resolver);
+    ancestry.annotate(&mut report);
     report.retain_workloads(&workload_filter);
     view.finish(&report)?;
     report_counters(&counters);

@@ -59,6 +59,7 @@ mod tests {
             state: TcpState::SynSent,
             stack: Vec::new(),
             stack_error: None,
+            goroutine: None,
         };
         Event { ts_ns: 1, cpu: 0, socket: SocketId { sk, birth_ns: 1 }, cookie: sk, body: EventBody::Connect(open) }
     }
