@@ -229,6 +229,10 @@ mod tests {
         assert_eq!(fixture("docker-kubepods-cgroupfs-v1.cgroup").unwrap().runtime, Runtime::Unknown);
         let dockerd = fixture("docker-kubepods-systemd-v2.cgroup").unwrap();
         assert_eq!(dockerd.runtime, Runtime::Docker);
+        // A guaranteed pod under cgroupfs has no QoS level.
+        let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let guaranteed = parse_path(&format!("/kubepods/pod79455e22-5e41-80f0-2068-62adebaef055/{id}")).unwrap();
+        assert_eq!(guaranteed.pod_uid.as_deref(), Some("79455e22-5e41-80f0-2068-62adebaef055"));
         // The same pod, through either driver.
         assert_eq!(dockerd.pod_uid, fixture("docker-kubepods-cgroupfs-v1.cgroup").unwrap().pod_uid);
     }
