@@ -168,7 +168,8 @@ pub async fn watch(client: Client, node: String, index: PodIndex) {
                 if failures == 1 {
                     log::warn!(
                         "watching the pods of node {node} through the Kubernetes API: {err}; container names \
-                         are unknown until it works (the service account needs get, list and watch on pods)"
+                         are unknown until it works (is the API server reachable, and may leaktrace's service \
+                         account get, list and watch pods?)"
                     );
                 } else {
                     log::debug!("watching the pods of node {node}: {err}");
