@@ -7,6 +7,7 @@
 //! - [`host_access`]: what a container running leaktrace must be granted, and why.
 pub mod cli;
 pub mod commands;
+pub mod container;
 pub mod decode;
 pub mod event;
 pub mod goruntime;

@@ -13,11 +13,12 @@ use super::{
 };
 use crate::{
     cli::{WatchArgs, parse_duration, seconds},
+    container::{self, Containers},
     event::Event,
     goruntime::policy::AncestryPolicy,
     kernel::{Tracer, Transitions},
     recording::{self, Mark, RECORDING_VERSION},
-    report::Report,
+    report::{LiveResolver, Report},
     symbolize::Symbolizer,
     tracker::{Filter, Limits, Tracker},
 };
@@ -29,6 +30,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
     let go_ancestry_max_rate = args.go_ancestry_max_rate()?;
     let duration = parse_duration(args.duration)?;
+    let (pod_names, workload_filter) = args.containers.from_environment()?;
     // The kernel applies pid, port and cgroup filters to events; the tracker applies them again
     // to seeded connections (no probe saw those), and the process name to everything.
     let filter = Filter {
@@ -47,9 +49,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let mut tracer = Tracer::start(options)?;
     let started_ns = monotonic_ns();
     let symbolizer = Symbolizer::spawn();
+    let containers = container::start(&pod_names).await;
+    let resolver = LiveResolver { symbolizer: &symbolizer, containers: &containers };
     let mut tracker = Tracker::new(thresholds.clone(), Limits::default(), filter, started_ns);
     let mut ancestry = AncestryPolicy::new(args.go_ancestry, go_ancestry_max_rate, started_ns);
-    let mut session = Session { tracker: &mut tracker, recorder: &mut recorder, symbolizer: &symbolizer };
+    let mut session =
+        Session { tracker: &mut tracker, recorder: &mut recorder, symbolizer: &symbolizer, containers: &containers };
     session.mark(&Mark::Start { ts_ns: started_ns, version: RECORDING_VERSION })?;
     let mut view = View::new(args.view.format, args.view.top);
 
@@ -70,8 +75,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
             _ = refresh.tick() => {
                 let now = monotonic_ns();
                 session.tracker.expire(now);
-                let mut report = Report::new(&session.tracker.snapshot(now), Some(tracer.counters()?), &thresholds, &symbolizer);
+                let snapshot = session.tracker.snapshot(now);
+                let mut report = Report::new(&snapshot, Some(tracer.counters()?), &thresholds, &resolver);
                 ancestry.after_report(&mut report, &mut tracer, now);
+                report.retain_workloads(&workload_filter);
                 view.refresh(&report)?;
             }
             inventory = inventories.next() => {
@@ -95,8 +102,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     if let Some(recorder) = &mut recorder {
         std::io::Write::flush(recorder).context("--record: writing the recording")?;
     }
-    let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &symbolizer);
+    containers.flush();
+    let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &resolver);
     ancestry.annotate(&mut report);
+    report.retain_workloads(&workload_filter);
     view.finish(&report)?;
     report_counters(&counters);
     Ok(report.leaks() > 0)
@@ -107,14 +116,16 @@ struct Session<'a> {
     tracker: &'a mut Tracker,
     recorder: &'a mut Option<BufWriter<File>>,
     symbolizer: &'a Symbolizer,
+    containers: &'a Containers,
 }
 
 impl Session<'_> {
     fn apply(&mut self, batch: &mut Vec<Event>) -> anyhow::Result<()> {
         for event in batch.drain(..) {
             if let Some(open) = event.open() {
-                // At the first sight of a process: capture its mappings while it runs.
+                // At the first sight of a process: capture its mappings and its cgroup while it runs.
                 self.symbolizer.note_process(open.owner.pid, open.owner.process_start_ns);
+                self.containers.note_process(open.owner.pid, open.owner.process_start_ns, open.owner.cgroup_id);
             }
             self.tracker.apply(&event);
             if let Some(recorder) = self.recorder.as_mut() {
@@ -134,6 +145,9 @@ impl Session<'_> {
     fn inventory(&mut self, taken: super::inventory::Taken) -> anyhow::Result<()> {
         match taken {
             super::inventory::Taken::Seed(inventory) => {
+                for owner in inventory.sockets.iter().filter_map(|socket| socket.owner.as_ref()) {
+                    self.containers.note_process(owner.pid, owner.start_ns, owner.cgroup_id);
+                }
                 self.tracker.seed(&inventory);
                 self.mark(&Mark::Seed(inventory))
             }
