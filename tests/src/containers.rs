@@ -170,8 +170,11 @@ pub fn rootfs(binary: &Path) -> PathBuf {
     let inside = dir.join(name);
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     if modified(&inside) < modified(binary) {
-        // Copied under another name and renamed, so a container never starts a half-copied file.
-        let temporary = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+        // Copied under another name and renamed, so a container never starts a half-copied file;
+        // the name is this copy's own, as tests on parallel threads may refresh it at once.
+        static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let copy = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = dir.join(format!(".{}.{}.{copy}", name.to_string_lossy(), std::process::id()));
         std::fs::copy(binary, &temporary)
             .unwrap_or_else(|err| panic!("cannot copy {} to {}: {err}", binary.display(), temporary.display()));
         std::fs::rename(&temporary, &inside).unwrap_or_else(|err| panic!("cannot rename {}: {err}", temporary.display()));
