@@ -9,7 +9,6 @@
 //! - [`lifecycle`]: a socket's events as short strings, for exact assertions.
 //! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
 //! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
-//! - [`podman`]: real containers (rootful podman with runc), run from a directory or an image.
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
 //! - [`containers`]: real podman containers (rootful, runc), removed on drop.
 //! - [`deploy`]: deploy/kubernetes/ as Kubernetes objects, its pod as podman flags, the image.
@@ -17,7 +16,6 @@ pub mod cli;
 pub mod containers;
 pub mod deploy;
 pub mod go;
-pub mod podman;
 pub mod puppet;
 pub mod session;
 pub mod tcp_table;
