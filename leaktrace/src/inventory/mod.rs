@@ -134,11 +134,12 @@ impl Inventory {
     /// Refreshes the namespaces and dumps each. Our own namespace's failure is the
     /// inventory's; another's is reported and that namespace is entered afresh next time.
     fn dump_namespaces(&mut self, pids: &[u32]) -> Result<Dumped, InventoryError> {
-        self.namespaces.refresh(&netns::present(&self.proc, pids))?;
+        let mut present = netns::present(&self.proc, pids);
+        self.namespaces.refresh(&present.namespaces)?;
         let own = self.namespaces.own_netns();
         let mut sockets = Vec::new();
         let mut namespaces = Vec::new();
-        let mut failures: Vec<NamespaceFailure> = self.namespaces.refused().collect();
+        let mut failures: Vec<NamespaceFailure> = self.namespaces.refused().chain(present.failure()).collect();
         let mut broken = Vec::new();
         for (netns, open) in self.namespaces.open_namespaces() {
             let before = sockets.len();

@@ -130,19 +130,48 @@ impl OpenNamespace {
     }
 }
 
-/// The distinct namespaces of the processes `pids`, each with one pid that is in it. A
-/// process that exits or that we may not inspect is skipped.
-pub(super) fn present(proc: &ProcDir, pids: &[u32]) -> HashMap<u64, u32> {
-    let mut namespaces = HashMap::new();
+/// The distinct namespaces of the processes `pids`, each with one pid that is in it, and the
+/// processes whose namespace could not be read. A process that exits is skipped; one we may not
+/// inspect (no CAP_SYS_PTRACE over it) is counted there, since its connections are then
+/// missing from the inventory and must not be taken for closed.
+pub(super) fn present(proc: &ProcDir, pids: &[u32]) -> Present {
+    let mut found = Present::default();
     let mut path = String::new();
     for &pid in pids {
         path.clear();
         write!(path, "{pid}/ns/net").unwrap();
-        if let Ok(stat) = statat(proc.fd(), path.as_str(), AtFlags::empty()) {
-            namespaces.entry(stat.st_ino).or_insert(pid);
+        match statat(proc.fd(), path.as_str(), AtFlags::empty()) {
+            Ok(stat) => {
+                found.namespaces.entry(stat.st_ino).or_insert(pid);
+            }
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => {}
+            Err(errno) => {
+                found.unreadable += 1;
+                found.first_unreadable.get_or_insert((pid, errno.into()));
+            }
         }
     }
-    namespaces
+    found
+}
+
+/// What [`present`] found.
+#[derive(Default)]
+pub(super) struct Present {
+    pub(super) namespaces: HashMap<u64, u32>,
+    /// Processes whose `ns/net` could not be read, and the first of them with its error.
+    pub(super) unreadable: usize,
+    pub(super) first_unreadable: Option<(u32, std::io::Error)>,
+}
+
+impl Present {
+    /// The unreadable namespaces as one failure of the inventory, if there were any.
+    pub(super) fn failure(&mut self) -> Option<NamespaceFailure> {
+        let (pid, source) = self.first_unreadable.take()?;
+        Some(NamespaceFailure {
+            netns: 0,
+            error: Arc::new(InventoryError::NamespaceUnreadable { pid, processes: self.unreadable, source }),
+        })
+    }
 }
 
 /// The namespace inode of the calling thread.
