@@ -41,6 +41,38 @@ pub enum Command {
     /// Build the report from a recording (`leaktrace events > FILE` or `leaktrace --record
     /// FILE`), offline: an incident analysed after the fact, on another machine.
     Replay(ReplayArgs),
+    /// Run as a node's agent: trace like the live view, without a terminal, and serve
+    /// Prometheus metrics (/metrics), the JSON report (/api/v1/report), /healthz and /readyz
+    /// over HTTP until SIGTERM or Ctrl-C.
+    Agent(AgentArgs),
+}
+
+/// The agent's port: the Prometheus exporters' range 9100-9999 is fully allocated, so past it.
+pub const AGENT_DEFAULT_PORT: u16 = 10528;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Address and port the HTTP server listens on.
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], AGENT_DEFAULT_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// Call sites (and processes) with series of their own in /metrics, most live then fastest
+    /// growing first; the rest are summed into one `call_site="other"` (`comm="other"`) series.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub metrics_top: usize,
+    /// Leave this label out of every metric, summing the series it told apart (repeatable):
+    /// pid, comm, direction, call_site, verdict, container, pod, namespace.
+    #[arg(long = "metrics-drop-label", value_name = "NAME")]
+    pub metrics_drop_labels: Vec<String>,
+    /// Do not list the connections that existed before start ("born before start").
+    #[arg(long)]
+    pub no_seed: bool,
+    /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub inventory_interval: f64,
 }
 
 /// The live view (the default command).

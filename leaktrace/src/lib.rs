@@ -4,6 +4,8 @@
 //! - [`kernel`]: loads and attaches the probes, reads the ring buffer and the counters.
 //! - [`decode`] / [`event`]: ring-buffer records to aya-free [`event::Event`]s.
 //! - [`cli`] and [`commands`]: the command line.
+//! - [`agent`]: `leaktrace agent`, the long-running mode serving metrics and the report over HTTP.
+pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod decode;
