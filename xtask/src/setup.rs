@@ -27,6 +27,9 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
+    // The agent tests: the Prometheus server scrapes the agent, promtool checks its metrics.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 /// Where tracefs belongs; classic tracepoints find their ids under `events/`.

@@ -1,0 +1,149 @@
+//! `leaktrace agent` end to end: the real binary with its real probes, the Go incident program
+//! leaking gRPC connections beside a healthy client sharing one, read the way its consumers read
+//! it: Prometheus (Debian's server scraping it on loopback, asked through its HTTP API, and
+//! promtool checking the exposition) and the JSON report's HTTP API with its filters.
+use std::time::Duration;
+
+use leaktrace_tests::{
+    agent::{Agent, Prometheus, on_path, promtool_check_metrics},
+    go::{ClientMode, GoBuild, GrpcClient, GrpcServer, Messages},
+    require_privileges,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// The incident's pace: a message (a new connection, never closed) every 50 ms.
+const RATE: Messages = Messages { per_second: 20, count: None };
+
+/// The agent watching a gRPC server's port, a client leaking a connection per message and a
+/// client sharing one connection; the agent has seen the leak once this returns.
+fn leak_beside_a_healthy_client() -> (GrpcServer, Agent, GrpcClient, GrpcClient) {
+    let server = GrpcServer::start(GoBuild::Normal);
+    let agent = Agent::start(&["--port", &server.port().to_string()]);
+    agent.wait_ready(WAIT);
+    let leak = GrpcClient::start(GoBuild::Normal, ClientMode::Leak, server.addr, RATE);
+    let shared = GrpcClient::start(GoBuild::Normal, ClientMode::Shared, server.addr, RATE);
+    let leak_pid = leak.pid().to_string();
+    agent.wait_report(&[("pid", &leak_pid), ("direction", "connect"), ("verdict", "leak")], "the leaking client's dial as a leak", WAIT, |report| {
+        !sites(report).is_empty()
+    });
+    (server, agent, leak, shared)
+}
+
+fn sites(report: &Value) -> &Vec<Value> {
+    report["call_sites"].as_array().expect("call_sites is a list")
+}
+
+/// The traced (not born before start) call sites of `pid` in a `direction`.
+fn traced<'a>(report: &'a Value, pid: u32, direction: &str) -> Vec<&'a Value> {
+    sites(report)
+        .iter()
+        .filter(|site| site["pid"] == pid && site["direction"] == direction && site["born_before_start"] == false)
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_the_leaking_call_site_as_a_leak_and_the_shared_one_as_not() {
+    let Some(_serial) = require_privileges("prometheus_scrapes_the_leaking_call_site_as_a_leak_and_the_shared_one_as_not") else { return };
+    if !(on_path("prometheus") && on_path("promtool")) {
+        eprintln!("skipped: Debian's prometheus (with promtool) is not installed; `cargo xtask setup --test-deps` installs it");
+        return;
+    }
+    let (_server, agent, leak, shared) = leak_beside_a_healthy_client();
+    let (leak_pid, shared_pid) = (leak.pid().to_string(), shared.pid().to_string());
+
+    let (status, text) = agent.get("/metrics", &[]);
+    assert_eq!(status, 200, "{text}");
+    promtool_check_metrics(&text).unwrap_or_else(|complaints| panic!("promtool check metrics failed:\n{complaints}\non:\n{text}"));
+
+    let prometheus = Prometheus::start(agent.addr);
+    let leaking = prometheus.wait_query(
+        &format!(r#"leaktrace_call_site_verdict{{pid="{leak_pid}",direction="connect",verdict="leak"}}"#),
+        WAIT,
+        |result| !result.is_empty(),
+    );
+    assert_eq!(leaking.len(), 1, "one leaking dial site: {leaking:#?}");
+    assert_eq!(leaking[0]["metric"]["comm"], "grpcleak");
+    assert_eq!(leaking[0]["value"][1], "1");
+    let live = prometheus.query(&format!(r#"leaktrace_call_site_live_connections{{pid="{leak_pid}",direction="connect",verdict="leak"}}"#));
+    let live: f64 = live[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(live >= 10.0, "a leak has at least --leak-growth live connections: {live}");
+
+    // The healthy client's dial is there too, and not a leak.
+    let healthy = prometheus.wait_query(
+        &format!(r#"leaktrace_call_site_verdict{{pid="{shared_pid}",direction="connect",call_site!="(born before start)"}}"#),
+        WAIT,
+        |result| !result.is_empty(),
+    );
+    for series in &healthy {
+        assert_ne!(series["metric"]["verdict"], "leak", "the shared connection is no leak: {healthy:#?}");
+    }
+    let shared_live = prometheus.query(&format!(r#"leaktrace_process_live_connections{{pid="{shared_pid}"}}"#));
+    assert_eq!(shared_live[0]["value"][1], "1", "the shared client holds one connection: {shared_live:#?}");
+
+    // leaktrace's own health reaches Prometheus as well.
+    let produced = prometheus.query("leaktrace_events_produced_total");
+    assert!(produced[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{produced:#?}");
+    assert_eq!(prometheus.query("leaktrace_events_lost_total").len(), 1);
+    assert_eq!(prometheus.query("leaktrace_kernel_socket_map_capacity")[0]["value"][1], "131072");
+    let leaks = prometheus.query(r#"leaktrace_call_sites{verdict="leak"}"#);
+    assert!(leaks[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap() >= 1.0, "{leaks:#?}");
+}
+
+#[test]
+fn report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly() {
+    let Some(_serial) = require_privileges("report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly") else { return };
+    let (_server, agent, leak, shared) = leak_beside_a_healthy_client();
+    assert_eq!(agent.get("/healthz", &[]), (200, "ok\n".to_string()));
+    assert_eq!(agent.get("/readyz", &[]).0, 200);
+
+    // The whole report: the `--format json` contract.
+    let report = agent.report(&[]);
+    assert_eq!(report["version"], 1);
+    assert!(report["events"]["produced"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(report["tracker"]["opened"].as_u64().unwrap() > 0, "{report:#}");
+    assert_eq!(report["thresholds"]["leak_growth"], 10);
+    let dial = traced(&report, leak.pid(), "connect");
+    assert_eq!(dial.len(), 1, "{report:#}");
+    assert_eq!(dial[0]["verdict"], "leak");
+    assert!(dial[0]["live"].as_u64().unwrap() >= 10);
+    assert!(!dial[0]["frames"].as_array().unwrap().is_empty(), "the dial has its stack: {:#}", dial[0]);
+    assert_eq!(dial[0]["findings"][0]["verdict"], "leak");
+    assert!(report["processes"].as_array().unwrap().iter().any(|process| process["pid"] == leak.pid()));
+
+    // Filters narrow the call sites, and the processes to those that keep one.
+    let leaks = agent.report(&[("verdict", "leak")]);
+    assert!(sites(&leaks).iter().all(|site| site["verdict"] == "leak"), "{leaks:#}");
+    assert_eq!(traced(&leaks, leak.pid(), "connect").len(), 1);
+    assert!(traced(&leaks, shared.pid(), "connect").is_empty(), "the shared connection is no leak: {leaks:#}");
+    let shared_only = agent.report(&[("pid", &shared.pid().to_string())]);
+    assert!(!sites(&shared_only).is_empty());
+    assert!(sites(&shared_only).iter().all(|site| site["pid"] == shared.pid()), "{shared_only:#}");
+    assert!(shared_only["processes"].as_array().unwrap().iter().all(|process| process["pid"] == shared.pid()));
+    let both = agent.report(&[("pid", &shared.pid().to_string()), ("pid", &leak.pid().to_string()), ("direction", "connect")]);
+    assert!(sites(&both).iter().all(|site| site["direction"] == "connect"));
+    assert_eq!(traced(&both, leak.pid(), "connect").len() + traced(&both, shared.pid(), "connect").len(), 2, "{both:#}");
+    let accepted = agent.report(&[("direction", "accept"), ("comm", "grpcleak")]);
+    assert!(!sites(&accepted).is_empty() && sites(&accepted).iter().all(|site| site["direction"] == "accept"));
+    let none = agent.report(&[("min_live", "1000000")]);
+    assert!(sites(&none).is_empty() && none["processes"].as_array().unwrap().is_empty(), "{none:#}");
+
+    // Bad parameters are refused, saying what is wrong.
+    for (query, says) in [
+        (("verdict", "leaky"), "verdict=\"leaky\": expected leak, suspect, churn or ok"),
+        (("pid", "abc"), "pid=\"abc\": expected a process id"),
+        (("min_live", "-1"), "min_live=\"-1\""),
+        (("direction", "up"), "expected connect or accept"),
+        (("color", "red"), "unknown query parameter \"color\""),
+    ] {
+        let (status, body) = agent.get("/api/v1/report", &[query]);
+        assert_eq!(status, 400, "{query:?}: {body}");
+        assert!(body.contains(says), "{query:?}: {body}");
+    }
+
+    // SIGTERM: a clean stop, with the final counters logged.
+    let (status, stderr) = agent.terminate();
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert!(stderr.contains("agent: stopping"), "{stderr}");
+    assert!(stderr.contains("events produced") && stderr.contains(" 0 lost"), "{stderr}");
+}
