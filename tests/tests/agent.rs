@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use leaktrace_tests::{
-    agent::{Agent, Prometheus, on_path, promtool_check_metrics},
+    agent::{Agent, Prometheus, metric_value, on_path, promtool_check_metrics},
     go::{ClientMode, GoBuild, GrpcClient, GrpcServer, Messages},
     require_privileges,
 };
@@ -141,9 +141,56 @@ fn report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly() 
         assert!(body.contains(says), "{query:?}: {body}");
     }
 
+    // A process that exits: its connection closes, its series leave /metrics, and the agent
+    // goes on answering.
+    let shared_pid = shared.pid();
+    drop(shared);
+    let gone = format!(r#"pid="{shared_pid}""#);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, text) = agent.get("/metrics", &[]);
+        assert_eq!(status, 200, "{text}");
+        if !text.contains(&gone) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the exited client's series stayed in /metrics:\n{text}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(sites(&agent.report(&[])).iter().any(|site| site["pid"] == leak.pid()));
+
     // SIGTERM: a clean stop, with the final counters logged.
     let (status, stderr) = agent.terminate();
     assert!(status.success(), "{status}; stderr:\n{stderr}");
     assert!(stderr.contains("agent: stopping"), "{stderr}");
     assert!(stderr.contains("events produced") && stderr.contains(" 0 lost"), "{stderr}");
+}
+
+#[test]
+fn a_burst_that_overflows_the_ring_buffer_is_counted_and_the_agent_goes_on() {
+    let Some(_serial) = require_privileges("a_burst_that_overflows_the_ring_buffer_is_counted_and_the_agent_goes_on") else { return };
+    let server = GrpcServer::start(GoBuild::Normal);
+    // Room for three opens, drained twice a second: a burst of dials cannot fit.
+    let agent = Agent::start(&["--port", &server.port().to_string(), "--ring-buffer-kib", "4", "--drain-interval-ms", "500"]);
+    agent.wait_ready(WAIT);
+    let mut burst = GrpcClient::start(GoBuild::Normal, ClientMode::Leak, server.addr, Messages { per_second: 0, count: Some(200) });
+    burst.wait_handled(200);
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let lost = loop {
+        let (status, text) = agent.get("/metrics", &[]);
+        assert_eq!(status, 200, "{text}");
+        let lost = metric_value(&text, "leaktrace_events_lost_total").expect("leaktrace_events_lost_total in /metrics");
+        if lost > 0.0 || std::time::Instant::now() >= deadline {
+            break lost;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(lost > 0.0, "200 dials through a 4 KiB ring buffer lost nothing: the test no longer overflows it");
+    assert_eq!(agent.get("/healthz", &[]).0, 200);
+    let report = agent.report(&[("pid", &burst.pid().to_string())]);
+    assert!(report["events"]["lost"].as_u64().unwrap() > 0, "{report:#}");
+
+    let (status, stderr) = agent.terminate();
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
+    assert!(!stderr.contains("UNBALANCED") && stderr.contains("hint: raise --ring-buffer-kib"), "{stderr}");
 }

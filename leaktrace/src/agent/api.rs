@@ -83,3 +83,34 @@ impl ReportFilter {
         narrowed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &[(&str, &str)]) -> Result<ReportFilter, String> {
+        let pairs: Vec<(String, String)> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ReportFilter::parse(&pairs).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn repeated_parameters_are_alternatives() {
+        let filter = parse(&[("pid", "7"), ("pid", "9"), ("verdict", "leak"), ("verdict", "suspect"), ("min_live", "3")]).unwrap();
+        assert_eq!(filter.pids, [7, 9].into());
+        assert_eq!(filter.verdicts, [Verdict::Leak, Verdict::Suspect].into());
+        assert_eq!(filter.min_live, 3);
+        assert_eq!(parse(&[]).unwrap(), ReportFilter::default());
+    }
+
+    #[test]
+    fn bad_parameters_say_what_is_expected() {
+        assert_eq!(parse(&[("pid", "-1")]).unwrap_err(), "pid=\"-1\": expected a process id (a number)");
+        assert_eq!(parse(&[("direction", "in")]).unwrap_err(), "direction=\"in\": expected connect or accept");
+        assert_eq!(parse(&[("verdict", "LEAK")]).unwrap_err(), "verdict=\"LEAK\": expected leak, suspect, churn or ok");
+        assert_eq!(parse(&[("min_live", "many")]).unwrap_err(), "min_live=\"many\": expected a count of connections (0 or more)");
+        assert_eq!(
+            parse(&[("top", "5")]).unwrap_err(),
+            "unknown query parameter \"top\"; the parameters are: pid, comm, verdict, direction, min_live"
+        );
+    }
+}

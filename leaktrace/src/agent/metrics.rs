@@ -5,7 +5,8 @@
 //! Cardinality is bounded on purpose: only the `top` call sites and processes (most live, then
 //! fastest growing: the report's order) get series of their own; the rest are summed into one
 //! `call_site="other"` / `comm="other"` series, and a dropped label sums the series it told
-//! apart. Series of call sites and processes the tracker has forgotten are simply not written.
+//! apart. Series of call sites and processes the tracker has forgotten are simply not written,
+//! nor those of processes that exited with nothing live left.
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use prometheus_client::{
@@ -118,8 +119,13 @@ impl Collector for Exposition {
         let out = &mut encoder;
         let report = &self.scrape.report;
         host(out, &self.scrape)?;
-        sites(out, &report.call_sites, &self.config)?;
-        processes(out, &report.processes, &self.config)?;
+        let ended = &self.scrape.ended;
+        let running = |pid: u32, live: u64| live > 0 || !ended.contains(&pid);
+        let call_sites: Vec<CallSite> = report.call_sites.iter().filter(|site| running(site.pid, site.live)).cloned().collect();
+        sites(out, &call_sites, &self.config)?;
+        let processes_now: Vec<ProcessView> =
+            report.processes.iter().filter(|process| running(process.pid, process.live)).cloned().collect();
+        processes(out, &processes_now, &self.config)?;
         health(out, &self.scrape)
     }
 }

@@ -11,9 +11,13 @@ pub mod api;
 mod http;
 pub mod metrics;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::Context;
@@ -43,6 +47,9 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Scrape {
     pub report: Report,
     pub health: Health,
+    /// Processes that have exited with nothing live left: the tracker keeps their call sites
+    /// a while (the report shows them), the metrics drop their series at once.
+    pub ended: BTreeSet<u32>,
 }
 
 /// leaktrace's own state, beside the report's kernel and tracker counters.
@@ -159,5 +166,11 @@ fn scrape(live: &mut Live) -> anyhow::Result<Scrape> {
         inventories_taken,
         inventories_failed,
     };
-    Ok(Scrape { report, health })
+    let ended = report
+        .processes
+        .iter()
+        .filter(|process| process.live == 0 && !Path::new(&format!("/proc/{}", process.pid)).exists())
+        .map(|process| process.pid)
+        .collect();
+    Ok(Scrape { report, health, ended })
 }

@@ -103,7 +103,7 @@ fn scrape() -> Arc<Scrape> {
         inventories_taken: 6,
         ..Health::default()
     };
-    Arc::new(Scrape { report, health })
+    Arc::new(Scrape { report, health, ended: Default::default() })
 }
 
 /// One sample: its name, its labels, its value.
@@ -238,6 +238,21 @@ fn a_dropped_label_sums_the_series_it_told_apart() {
     let all = samples(&render_with(50, &["call_site", "comm"], Format::Text));
     assert_eq!(find(&all, "leaktrace_call_site_live_connections", &[]).len(), 5);
     assert!(all.iter().all(|sample| !sample.labels.contains_key("call_site") || sample.name.starts_with("leaktrace_call_sites")));
+}
+
+#[test]
+fn an_ended_process_with_nothing_live_loses_its_series() {
+    let mut scrape = Arc::into_inner(scrape()).unwrap();
+    scrape.report.call_sites.push(site(400, "gone", "main.once", 0, 7, Verdict::Churn));
+    scrape.report.processes.push(process(400, "gone", 0, Verdict::Churn));
+    // pid 100 has exited too, but its connections are still open (a child holds them).
+    scrape.ended = [100, 400].into();
+    let text = render(Arc::new(scrape), &MetricsConfig::new(50, &[]).unwrap(), Format::Text).unwrap();
+    assert!(!text.contains(r#"pid="400""#), "{text}");
+    let all = samples(&text);
+    assert_eq!(value(&all, "leaktrace_process_live_connections", &[("pid", "100")]), 95.0);
+    // The tracker still keeps the call site: the host figures count it.
+    assert_eq!(value(&all, "leaktrace_call_sites", &[("verdict", "churn")]), 2.0);
 }
 
 #[test]
