@@ -401,6 +401,23 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_listens_on_its_port_by_default_and_takes_the_live_views_flags() {
+        let cli = Cli::try_parse_from(["leaktrace", "agent", "--port", "9000", "--leak-growth", "5"]).unwrap();
+        let Some(Command::Agent(args)) = cli.command else { panic!("not agent") };
+        assert_eq!(args.listen, "0.0.0.0:10528".parse().unwrap());
+        assert_eq!((args.metrics_top, args.metrics_drop_labels.len()), (50, 0));
+        assert_eq!(args.trace.ports, vec![9000]);
+        assert_eq!(args.judge.thresholds().unwrap().leak_growth, 5);
+        let cli = Cli::try_parse_from(["leaktrace", "agent", "--listen", "127.0.0.1:9", "--metrics-drop-label", "pid"]).unwrap();
+        let Some(Command::Agent(args)) = cli.command else { panic!("not agent") };
+        assert_eq!((args.listen.port(), args.metrics_drop_labels), (9, vec!["pid".to_string()]));
+        let err = Cli::try_parse_from(["leaktrace", "agent", "--listen", "localhost"]).unwrap_err().to_string();
+        assert!(err.contains("invalid value 'localhost' for '--listen <ADDR:PORT>'"), "{err}");
+        // The live view's output flags are not the agent's.
+        assert!(Cli::try_parse_from(["leaktrace", "agent", "--format", "json"]).is_err());
+    }
+
+    #[test]
     fn replay_takes_a_file_and_userspace_filters() {
         let cli = Cli::try_parse_from(["leaktrace", "replay", "trace.jsonl", "--pid", "7", "--format", "jsonl"]).unwrap();
         let Some(Command::Replay(args)) = cli.command else { panic!("not replay") };

@@ -51,11 +51,16 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 struct Sample {
     at_s: f64,
     rss_bytes: f64,
+    /// Of which anonymous memory (the heap), and mapped files (binaries, debug information).
+    rss_anon_bytes: f64,
+    rss_file_bytes: f64,
     /// Share of one core over the interval before it.
     cpu: f64,
     live: f64,
     tracked: f64,
     call_sites: f64,
+    /// Processes the symbolizer has seen (each new executable costs its symbols).
+    processes: f64,
     lost: f64,
 }
 
@@ -97,13 +102,17 @@ pub fn section(bench: &Bench) -> Result<Section> {
         let cpu = (cpu_now - cpu_before).as_secs_f64() / (now - at_before).as_secs_f64();
         (cpu_before, at_before) = (cpu_now, now);
         let value = |name: &str| metric(&metrics, name).with_context(|| format!("/metrics has no {name}"));
+        let memory = Memory::of(agent.pid())?;
         samples.push(Sample {
             at_s: started.elapsed().as_secs_f64(),
-            rss_bytes: rss_bytes(agent.pid())?,
+            rss_bytes: memory.rss,
+            rss_anon_bytes: memory.anon,
+            rss_file_bytes: memory.file,
             cpu,
             live: value("leaktrace_live_connections")?,
             tracked: value("leaktrace_tracker_connections")?,
             call_sites: value("leaktrace_tracker_call_sites")?,
+            processes: value("leaktrace_symbolizer_processes_noted_total")?,
             lost: value("leaktrace_events_lost_total")?,
         });
     }
@@ -148,15 +157,27 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn rss_bytes(pid: i32) -> Result<f64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("{path} has no VmRSS"))?;
-    Ok(kib * 1024.0)
+/// A process's resident memory, from /proc/PID/status, in bytes.
+struct Memory {
+    rss: f64,
+    anon: f64,
+    file: f64,
+}
+
+impl Memory {
+    fn of(pid: i32) -> Result<Self> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> Result<f64> {
+            let kib: f64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+                .with_context(|| format!("{path} has no {name}"))?;
+            Ok(kib * 1024.0)
+        };
+        Ok(Self { rss: field("VmRSS")?, anon: field("RssAnon")?, file: field("RssFile")? })
+    }
 }
 
 fn summarize(plan: &Plan, samples: &[Sample]) -> Result<Section> {
@@ -167,20 +188,26 @@ fn summarize(plan: &Plan, samples: &[Sample]) -> Result<Section> {
     let mut table = Table::new(&[
         "time",
         "agent RSS",
+        "of which heap (anon)",
+        "of which files",
         "agent CPU (share of one core)",
         "live connections",
         "connections tracked",
         "call sites",
+        "processes seen",
         "events lost",
     ]);
     for sample in samples {
         table.row(vec![
             format!("{:.0} s", sample.at_s),
             bytes(sample.rss_bytes),
+            bytes(sample.rss_anon_bytes),
+            bytes(sample.rss_file_bytes),
             format!("{:.1}%", sample.cpu * 100.0),
             thousands(sample.live),
             thousands(sample.tracked),
             thousands(sample.call_sites),
+            thousands(sample.processes),
             thousands(sample.lost),
         ]);
     }
@@ -223,12 +250,18 @@ fn summarize(plan: &Plan, samples: &[Sample]) -> Result<Section> {
                     .into()
             }),
         }],
-        notes: vec![format!(
-            "The leak's connections stay live (both ends traced): \"live connections\" grows by about {} a second \
-             while the tracker's other tables stay bounded: closed connections are forgotten at once, quiet call \
-             sites after 10 minutes.",
-            2 * plan.leak_per_s
-        )],
+        notes: vec![
+            format!(
+                "The leak's connections stay live (both ends traced): \"live connections\" grows by about {} a \
+                 second while the tracker's other tables stay bounded: closed connections are forgotten at once, quiet \
+                 call sites after 10 minutes.",
+                2 * plan.leak_per_s
+            ),
+            "The agent traces every process of the host, as on a node: \"processes seen\" counts those the \
+             symbolizer captured, each new executable costing its symbols (mapped files, parsed debug information). \
+             On a host where other programs start and stop during the soak, memory follows them, not the churn."
+                .into(),
+        ],
         figures: Vec::new(),
     })
 }
