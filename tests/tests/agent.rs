@@ -141,6 +141,17 @@ fn report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly() 
         assert!(body.contains(says), "{query:?}: {body}");
     }
 
+    // Scrapes and reports asked for at once are each answered from a fresh report.
+    let shared_agent = &agent;
+    std::thread::scope(|scope| {
+        let answers: Vec<_> = (0..8)
+            .map(|i| scope.spawn(move || shared_agent.get(if i % 2 == 0 { "/metrics" } else { "/api/v1/report" }, &[]).0))
+            .collect();
+        for answer in answers {
+            assert_eq!(answer.join().unwrap(), 200);
+        }
+    });
+
     // A process that exits: its connection closes, its series leave /metrics, and the agent
     // goes on answering.
     let shared_pid = shared.pid();

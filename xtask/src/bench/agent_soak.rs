@@ -245,9 +245,18 @@ fn summarize(plan: &Plan, samples: &[Sample]) -> Result<Section> {
             ),
             met: Some(flat),
             limit: (!flat).then(|| {
-                "the tracker's and symbolizer's tables while they fill up to their limits (README, What the tracker \
-                 keeps); a longer soak tells a filling cache from a leak"
-                    .into()
+                if last.processes > warm.processes {
+                    format!(
+                        "the symbols of the executables that started on the host meanwhile: the symbolizer saw {} \
+                         processes after the warm-up, {} at the end (mapped binaries and their parsed debug \
+                         information); see the table for memory between their arrivals",
+                        warm.processes, last.processes
+                    )
+                } else {
+                    "the tracker's and symbolizer's tables filling up to their limits (README, What the tracker \
+                     keeps); a longer soak tells a filling cache from a leak"
+                        .into()
+                }
             }),
         }],
         notes: vec![
