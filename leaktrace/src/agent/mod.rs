@@ -108,7 +108,15 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
                         log::info!("agent: ready (probes attached, first socket inventory taken)");
                     }
                 }
-                Stepped::InventoryFailed(err) => log::warn!("agent: socket inventory failed, trying again later: {err:#}"),
+                Stepped::InventoryFailed(err) => {
+                    // Said once, then every 30th time: a failure that persists does not flood the log.
+                    let (_, failed) = live.inventories();
+                    if failed % 30 == 1 {
+                        log::warn!("agent: socket inventory failed ({failed} so far), trying again later: {err:#}");
+                    } else {
+                        log::debug!("agent: socket inventory failed: {err:#}");
+                    }
+                }
             },
             Some(reply) = scrapes.recv() => {
                 let scrape = scrape(&mut live).map(Arc::new).map_err(|err| format!("{err:#}"));
