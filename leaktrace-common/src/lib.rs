@@ -107,7 +107,8 @@ pub struct Owner {
 }
 
 /// A connection's birth, with its owner and the user stack that opened it. The probes send it
-/// only up to the end of its stack: [`OPEN_RECORD_FIXED`] bytes, then `stack_depth` frames.
+/// only up to the end of its frames: [`OPEN_RECORD_FIXED`] bytes, then `stack_depth` frames of
+/// the opening thread's stack, then the goroutine ancestry's frames ([`GoroutineTrail`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnOpenRecord {
@@ -117,12 +118,69 @@ pub struct ConnOpenRecord {
     /// TCP state when the record was taken (SYN_SENT at connect; ESTABLISHED or CLOSE_WAIT
     /// at accept).
     pub state: u32,
-    /// Number of valid entries in `stack`.
+    /// Number of entries of `stack` that are the opening thread's own stack.
     pub stack_depth: u32,
     /// The negative errno of `bpf_get_stack`, or 0.
     pub stack_error: i32,
     pub _pad: u32,
+    /// Where a Go goroutine doing the open was spawned from, hop by hop.
+    pub goroutine: GoroutineTrail,
+    /// The thread's stack, then each ancestry hop's frames in turn.
     pub stack: [u64; MAX_STACK_DEPTH],
+}
+
+/// Most goroutine ancestors followed from a connecting goroutine (grpc-go 1.56+ and dual-stack
+/// dials take two hops from the application's call; a third is margin).
+pub const MAX_GO_HOPS: usize = 3;
+
+/// Deepest stack kept for a goroutine's spawn (the spawning goroutine's stack at its `go`
+/// statement, from `runtime.newproc1` up).
+pub const GO_SPAWN_DEPTH: usize = 40;
+
+/// A frame value that is no address (user space ends below 2^63): userspace puts it between a
+/// stack and each spawning goroutine's stack when it joins them into one call stack.
+pub const GOROUTINE_BOUNDARY: u64 = u64::MAX;
+
+/// The goroutine that opened a connection and its ancestry, as far as it was recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineTrail {
+    /// The goroutine's id; 0 when the opener is not a traced Go process.
+    pub goid: u64,
+    /// How many ancestry hops follow the thread's stack in the record's `stack`.
+    pub hops: u32,
+    pub _pad: u32,
+    /// The goroutine that spawned hop `i`'s child: the connecting goroutine's parent at hop 0.
+    pub spawner_goid: [u64; MAX_GO_HOPS],
+    /// Frames of hop `i`: the spawner's stack at its `go` statement.
+    pub hop_depth: [u32; MAX_GO_HOPS],
+    pub _pad_end: u32,
+}
+
+/// Byte offsets into a Go process's runtime structures, resolved by userspace from the binary
+/// (its DWARF, else a table by Go version) when goroutine ancestry is attached to the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoRuntimeOffsets {
+    /// `task->group_leader->start_time` of the process they were resolved for: a reused pid
+    /// does not inherit them.
+    pub process_start_ns: u64,
+    /// `runtime.g.goid`.
+    pub g_goid: u32,
+    /// `runtime.g.m`.
+    pub g_m: u32,
+    /// `runtime.m.curg`.
+    pub m_curg: u32,
+    pub _pad: u32,
+}
+
+/// Key of a goroutine's spawn record: goids are never reused within a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub goid: u64,
 }
 
 /// The bytes of a [`ConnOpenRecord`] before its stack array: every open record has them.
@@ -162,9 +220,14 @@ pub enum Counter {
     /// Transitions of a tracked socket that no hook saw: the next transition's old state was
     /// not the last state recorded (the kernel skips a probe nested in a running one).
     TransitionsMissed = 7,
+    /// Goroutine creations recorded in traced Go processes (their spawn stacks).
+    GoroutinesRecorded = 8,
+    /// Goroutine creations seen but not recorded (a runtime structure could not be read, or
+    /// the stack walk failed).
+    GoroutinesUnrecorded = 9,
 }
 
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 10;
 
 /// Filter switches in [`Config::filters`].
 pub mod filter {
@@ -202,7 +265,9 @@ pub struct KernelOffsets {
     pub fdtable_max_fds: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
-    pub _pad: u32,
+    /// `task_struct.thread.fsbase` (x86_64: the Go runtime keeps the current g at fsbase - 8);
+    /// 0 where this architecture or kernel has none.
+    pub task_thread_fsbase: u32,
 }
 
 /// Field offsets of the classic `sock:inet_sock_set_state` tracepoint record, read from its
@@ -262,6 +327,8 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ClassicStateFormat {}
+    unsafe impl aya::Pod for GoRuntimeOffsets {}
+    unsafe impl aya::Pod for GoroutineKey {}
 }
 
 #[cfg(test)]
@@ -276,8 +343,13 @@ mod tests {
         assert_eq!(size_of::<Tuple>(), 40);
         assert_eq!(size_of::<Owner>(), 40);
         assert_eq!(size_of::<StateChangeRecord>(), 88);
-        assert_eq!(size_of::<ConnOpenRecord>(), 136 + 8 * MAX_STACK_DEPTH);
-        assert_eq!(OPEN_RECORD_FIXED, 136);
+        assert_eq!(size_of::<GoroutineTrail>(), 56);
+        assert_eq!(size_of::<ConnOpenRecord>(), 192 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(OPEN_RECORD_FIXED, 192);
+        assert_eq!(size_of::<GoRuntimeOffsets>(), 24);
+        assert_eq!(size_of::<GoroutineKey>(), 16);
+        // Room for every hop after the deepest thread stack that still takes ancestry.
+        const { assert!(GO_SPAWN_DEPTH * MAX_GO_HOPS < MAX_STACK_DEPTH) };
         assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
     }
 

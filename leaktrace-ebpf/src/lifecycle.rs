@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use leaktrace_common::{
-    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, Owner,
+    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_GO_HOPS, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, Owner,
     StateChangeRecord, Tuple, filter, reported_states, tcp_state,
 };
 
@@ -32,7 +32,7 @@ use leaktrace_common::{
 const ENOENT: i32 = 2;
 
 use crate::{
-    emit,
+    emit, goroutines,
     kernel::{self, Probed, SockAccess},
     maps::{
         FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, SCRATCH_ACCEPT, SCRATCH_CONNECT, SOCKET_ACCEPTED, SOCKET_ACTIVE,
@@ -105,16 +105,24 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
     open.tuple = tuple;
     open.state = tcp_state::SYN_SENT;
     take_user_stack(ctx, open);
+    goroutines::add_trail(open, tgid, open.owner.process_start_ns);
     if !emit_open(open) {
         // The open is lost (and counted): stop tracking so no orphan transitions follow.
         let _ = SOCKETS.remove(sk);
     }
 }
 
-/// Sends an open's record up to the end of its stack; whether it was written.
+/// Sends an open's record up to the end of its frames (the stack's, then the goroutine
+/// ancestry's); whether it was written.
 #[inline(always)]
 fn emit_open(open: &ConnOpenRecord) -> bool {
-    let depth = open.stack_depth as usize;
+    let trail = &open.goroutine;
+    let mut depth = open.stack_depth as usize;
+    for hop in 0..MAX_GO_HOPS {
+        if hop < trail.hops as usize {
+            depth += trail.hop_depth[hop] as usize;
+        }
+    }
     let depth = if depth < MAX_STACK_DEPTH { depth } else { MAX_STACK_DEPTH };
     emit::output_prefix(open, OPEN_RECORD_FIXED + depth * 8)
 }
@@ -214,6 +222,7 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
     open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
     take_user_stack(ctx, open);
+    open.goroutine = Default::default();
     if !emit_open(open) {
         let _ = SOCKETS.remove(sk);
     }

@@ -5,10 +5,13 @@
 //! Hooks (userspace picks one per family at load time, by probing what the kernel offers):
 //! - `probes::state`: `inet_sock_set_state`, as two `tp_btf` programs or the classic tracepoint.
 //! - `probes::accept`: `syscalls:sys_exit_accept{,4}`, where the acceptor is known.
+//! - `probes::go`: uprobes at the returns of a Go program's `runtime.newproc1`, attached per
+//!   process by userspace, for goroutine ancestry (`goroutines`).
 #![no_std]
 #![no_main]
 
 mod emit;
+mod goroutines;
 mod kernel;
 mod lifecycle;
 mod maps;

@@ -6,6 +6,7 @@ use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    goruntime::policy::AncestryMode,
     kernel::{StateHook, TracerOptions, Transitions},
     tracker::Thresholds,
 };
@@ -73,6 +74,8 @@ pub struct AgentArgs {
     /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     pub inventory_interval: f64,
+    #[command(flatten)]
+    pub go: GoAncestryArgs,
 }
 
 /// The live view (the default command).
@@ -98,6 +101,22 @@ pub struct WatchArgs {
     /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     pub inventory_interval: f64,
+    #[command(flatten)]
+    pub go: GoAncestryArgs,
+}
+
+/// Goroutine ancestry: shared by the live view and the agent.
+#[derive(Debug, Args, Clone)]
+pub struct GoAncestryArgs {
+    /// Goroutine ancestry for Go programs (the application's frame when gRPC or net/http dial on
+    /// a goroutine of their own): `auto` attaches it to a Go process once one of its connect
+    /// call sites has no application frame, `on` to every Go process that connects, `off` never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = AncestryMode::Auto)]
+    pub go_ancestry: AncestryMode,
+    /// Detach goroutine ancestry from a process creating more goroutines per second than this
+    /// (each creation costs it a uprobe hit, a few microseconds).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 2000.0)]
+    pub go_ancestry_max_rate: f64,
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +278,18 @@ impl JudgeArgs {
     }
 }
 
+impl GoAncestryArgs {
+    /// `--go-ancestry-max-rate`, which must be positive.
+    pub fn go_ancestry_max_rate(&self) -> Result<f64, ArgsError> {
+        let rate = self.go_ancestry_max_rate;
+        if rate.is_finite() && rate > 0.0 {
+            Ok(rate)
+        } else {
+            Err(ArgsError::Positive { flag: "go-ancestry-max-rate", value: rate.to_string() })
+        }
+    }
+}
+
 impl ViewArgs {
     pub fn interval(&self) -> Result<Duration, ArgsError> {
         seconds("interval", self.interval)
@@ -391,6 +422,10 @@ mod tests {
         assert_eq!(thresholds.close_wait_after, Duration::from_secs(3));
         assert_eq!(thresholds.window, Duration::from_secs(10));
         assert_eq!(args.judge.comms, vec!["grpcleak".to_string()]);
+        assert_eq!(args.go.go_ancestry, AncestryMode::Auto);
+        assert_eq!(watch(&["--go-ancestry", "off"]).unwrap().go.go_ancestry, AncestryMode::Off);
+        let err = watch(&["--go-ancestry-max-rate", "0"]).unwrap().go.go_ancestry_max_rate().unwrap_err().to_string();
+        assert_eq!(err, "--go-ancestry-max-rate 0: must be a positive number");
         // Watch flags do not mix with a subcommand.
         assert!(watch(&["--format", "json", "events"]).is_err());
         let err = watch(&["--interval", "0"]).unwrap().view.interval().unwrap_err().to_string();

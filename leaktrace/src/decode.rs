@@ -1,11 +1,11 @@
 //! Ring-buffer records to [`Event`]s, with every length checked: a record too short for its
 //! kind, an unknown kind or a stack depth past the array is an error, never a misread.
 use leaktrace_common::{
-    ConnOpenRecord, EventHeader, EventKind, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, StateChangeRecord, Tuple,
+    ConnOpenRecord, EventHeader, EventKind, MAX_GO_HOPS, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, StateChangeRecord, Tuple,
 };
 
 use crate::{
-    event::{ConnOpen, Event, EventBody, Owner, SocketId, StateChange, normalise_addr},
+    event::{ConnOpen, Event, EventBody, Goroutine, Owner, SocketId, Spawn, StateChange, normalise_addr},
     tcp::TcpState,
 };
 
@@ -19,6 +19,8 @@ pub enum DecodeError {
     Truncated { kind: EventKind, len: usize, expected: usize },
     #[error("stack depth {depth} exceeds the {max} frames a record holds")]
     StackTooDeep { depth: u32, max: usize },
+    #[error("goroutine ancestry of {hops} hops, at most {max} expected")]
+    TooManyHops { hops: u32, max: usize },
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
@@ -57,9 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 fn conn_open(record: &ConnOpenRecord) -> Result<ConnOpen, DecodeError> {
     let depth = record.stack_depth as usize;
-    if depth > MAX_STACK_DEPTH {
-        return Err(DecodeError::StackTooDeep { depth: record.stack_depth, max: MAX_STACK_DEPTH });
-    }
+    let goroutine = goroutine(record, depth)?;
     let (local, remote) = endpoints(&record.tuple);
     let comm_len = record.owner.comm.iter().position(|&b| b == 0).unwrap_or(record.owner.comm.len());
     Ok(ConnOpen {
@@ -75,7 +75,36 @@ fn conn_open(record: &ConnOpenRecord) -> Result<ConnOpen, DecodeError> {
         state: TcpState::from_kernel(record.state),
         stack: record.stack[..depth].to_vec(),
         stack_error: (record.stack_error != 0).then_some(record.stack_error),
+        goroutine,
     })
+}
+
+/// The goroutine trail, whose hops' frames follow the thread's `depth` frames.
+fn goroutine(record: &ConnOpenRecord, depth: usize) -> Result<Option<Goroutine>, DecodeError> {
+    let trail = &record.goroutine;
+    if trail.goid == 0 {
+        return Ok(None);
+    }
+    let hops = trail.hops as usize;
+    if hops > MAX_GO_HOPS {
+        return Err(DecodeError::TooManyHops { hops: trail.hops, max: MAX_GO_HOPS });
+    }
+    let mut at = depth;
+    let mut spawned_by = Vec::with_capacity(hops);
+    for hop in 0..hops {
+        let end = at + trail.hop_depth[hop] as usize;
+        let frames = record.stack.get(at..end).ok_or(DecodeError::StackTooDeep { depth: end as u32, max: MAX_STACK_DEPTH })?;
+        spawned_by.push(Spawn { goid: trail.spawner_goid[hop], stack: frames.to_vec() });
+        at = end;
+    }
+    Ok(Some(Goroutine { goid: trail.goid, spawned_by }))
+}
+
+/// Frames the record holds in all: the thread's stack and every goroutine hop's.
+fn frames_in(record: &ConnOpenRecord) -> usize {
+    let trail = &record.goroutine;
+    let hops = (trail.hops as usize).min(MAX_GO_HOPS);
+    record.stack_depth as usize + trail.hop_depth[..hops].iter().map(|&depth| depth as usize).sum::<usize>()
 }
 
 fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
@@ -85,8 +114,8 @@ fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
     )
 }
 
-/// An open record, which the probes send only up to the end of its stack: the fixed part, then
-/// `stack_depth` frames (the rest of the array reads as zeros).
+/// An open record, which the probes send only up to the end of its frames: the fixed part, then
+/// `stack_depth` frames and the goroutine hops' (the rest of the array reads as zeros).
 fn read_open_record(bytes: &[u8], kind: EventKind) -> Result<ConnOpenRecord, DecodeError> {
     let truncated = |expected| DecodeError::Truncated { kind, len: bytes.len(), expected };
     if bytes.len() < OPEN_RECORD_FIXED {
@@ -96,9 +125,9 @@ fn read_open_record(bytes: &[u8], kind: EventKind) -> Result<ConnOpenRecord, Dec
     let len = bytes.len().min(whole.len());
     whole[..len].copy_from_slice(&bytes[..len]);
     let record: ConnOpenRecord = read_record(&whole).expect("the buffer is one record long");
-    let depth = record.stack_depth as usize;
+    let depth = frames_in(&record);
     if depth > MAX_STACK_DEPTH {
-        return Err(DecodeError::StackTooDeep { depth: record.stack_depth, max: MAX_STACK_DEPTH });
+        return Err(DecodeError::StackTooDeep { depth: depth as u32, max: MAX_STACK_DEPTH });
     }
     let expected = OPEN_RECORD_FIXED + depth * 8;
     if bytes.len() < expected {
@@ -168,6 +197,35 @@ pub(crate) mod tests {
             panic!("not a connect")
         };
         assert_eq!((open.stack, open.stack_error), (vec![], Some(-14)));
+    }
+
+    #[test]
+    fn a_goroutine_trail_follows_the_thread_stack() {
+        let mut record = connect_record(2);
+        record.goroutine.goid = 31;
+        record.goroutine.hops = 2;
+        record.goroutine.spawner_goid = [17, 1, 0];
+        record.goroutine.hop_depth = [1, 2, 0];
+        record.stack[2] = 0x3333;
+        record.stack[3] = 0x4444;
+        record.stack[4] = 0x5555;
+        let full = as_bytes(&record);
+        let event = decode(&full[..OPEN_RECORD_FIXED + 5 * 8]).unwrap();
+        let open = event.open().unwrap();
+        assert_eq!(open.stack, vec![0x1111, 0x2222]);
+        let goroutine = open.goroutine.as_ref().unwrap();
+        assert_eq!(goroutine.goid, 31);
+        assert_eq!(
+            goroutine.spawned_by,
+            vec![Spawn { goid: 17, stack: vec![0x3333] }, Spawn { goid: 1, stack: vec![0x4444, 0x5555] }]
+        );
+        // A trail whose frames were not all sent is a truncated record.
+        assert_eq!(
+            decode(&full[..OPEN_RECORD_FIXED + 4 * 8]),
+            Err(DecodeError::Truncated { kind: EventKind::Connect, len: OPEN_RECORD_FIXED + 32, expected: OPEN_RECORD_FIXED + 40 })
+        );
+        record.goroutine.hops = 4;
+        assert_eq!(decode(&as_bytes(&record)), Err(DecodeError::TooManyHops { hops: 4, max: MAX_GO_HOPS }));
     }
 
     #[test]

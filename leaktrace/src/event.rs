@@ -54,7 +54,49 @@ pub struct ConnOpen {
     /// The negative errno `bpf_get_stack` returned, when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_error: Option<i32>,
+    /// The Go goroutine that opened it and where it was spawned from, in a Go process with
+    /// goroutine ancestry attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goroutine: Option<Goroutine>,
 }
+
+/// A connecting goroutine and its recorded ancestry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Goroutine {
+    pub goid: u64,
+    /// Its spawner first, then the spawner's spawner...: each with its stack at the `go`
+    /// statement, innermost first. Empty when the goroutine was created before ancestry was
+    /// attached (or its record was evicted).
+    pub spawned_by: Vec<Spawn>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spawn {
+    pub goid: u64,
+    #[serde(with = "hex_u64_vec")]
+    pub stack: Vec<u64>,
+}
+
+impl ConnOpen {
+    /// The stack that names the call site: the thread's stack, then each spawning goroutine's
+    /// stack after a [`GOROUTINE_BOUNDARY`] (so the same library dial reached from two
+    /// application functions is two call sites). Borrowed when there is no ancestry.
+    pub fn call_stack(&self) -> std::borrow::Cow<'_, [u64]> {
+        match &self.goroutine {
+            Some(goroutine) if !goroutine.spawned_by.is_empty() => {
+                let mut joined = self.stack.clone();
+                for spawn in &goroutine.spawned_by {
+                    joined.push(GOROUTINE_BOUNDARY);
+                    joined.extend_from_slice(&spawn.stack);
+                }
+                std::borrow::Cow::Owned(joined)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.stack),
+        }
+    }
+}
+
+pub use leaktrace_common::GOROUTINE_BOUNDARY;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
@@ -177,12 +219,16 @@ mod tests {
                 state: TcpState::SynSent,
                 stack: vec![0x401000, 0x7fff_0000_1000],
                 stack_error: None,
+                goroutine: Some(Goroutine { goid: 77, spawned_by: vec![Spawn { goid: 1, stack: vec![0x402000] }] }),
             }),
         };
         let line = serde_json::to_string(&event).unwrap();
         assert!(line.contains(r#""type":"connect""#), "{line}");
         assert!(line.contains(r#""sk":"0xffff888012345678""#), "{line}");
         assert!(line.contains(r#""stack":["0x401000","0x7fff00001000"]"#), "{line}");
+        assert!(line.contains(r#""goroutine":{"goid":77,"spawned_by":[{"goid":1,"stack":["0x402000"]}]}"#), "{line}");
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        let open = event.open().unwrap();
+        assert_eq!(&*open.call_stack(), &[0x401000, 0x7fff_0000_1000, GOROUTINE_BOUNDARY, 0x402000]);
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod decode;
 pub mod event;
+pub mod goruntime;
 pub mod inventory;
 pub mod kernel;
 pub mod tcp;

@@ -1,11 +1,13 @@
-//! The Go test programs (`helpers/go/<name>/`), built with Debian's Go toolchain and grpc-go,
+//! The Go test programs (`helpers/go/<name>/`), built with Debian's Go toolchains and grpc-go,
 //! and driven as real processes. `grpcleak` replays leaktrace's flagship incident (a gRPC
 //! client that dials per message and never closes), its fix (churn) and the right design (one
-//! shared connection).
+//! shared connection); `httpleak` the most common Go leak (`http.Get` without closing the body)
+//! and its fix.
 //!
 //! Builds are offline, in GOPATH mode against Debian's packaged sources
 //! (`GO111MODULE=off GOPATH=/usr/share/gocode`), without cgo (a static binary: no libc frames on
-//! its stacks), into `target/test-helpers/go/`. A binary newer than every file of its source
+//! its stacks), into `target/test-helpers/go/`, with Debian's Go (1.19) or a newer one from
+//! bookworm-backports ([`GoToolchain`]). A binary newer than every file of its source
 //! directory is reused; otherwise it is built under a temporary name and renamed into place, so
 //! test binaries building at the same time never see half a file.
 use std::{
@@ -23,8 +25,8 @@ use std::{
 /// Where Debian's golang-google-grpc-dev puts grpc-go, inside the GOPATH the builds use.
 const GOPATH: &str = "/usr/share/gocode";
 const GRPC_SOURCE: &str = "/usr/share/gocode/src/google.golang.org/grpc";
-const INSTALL_HINT: &str = "install Debian's golang-go and golang-google-grpc-dev \
-     (`cargo xtask setup --test-deps` does, or `apt-get install golang-go golang-google-grpc-dev`)";
+const INSTALL_HINT: &str = "install Debian's golang-go and golang-google-grpc-dev, and golang-1.21-go, \
+     golang-1.22-go and golang-1.23-go from bookworm-backports (`cargo xtask setup --test-deps` does all of it)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GoBuild {
@@ -35,28 +37,69 @@ pub enum GoBuild {
     Stripped,
 }
 
+/// Which Go compiles a test program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GoToolchain {
+    /// Debian 12's `go` (1.19), on PATH.
+    Debian,
+    /// `/usr/lib/go-1.<minor>/bin/go` from Debian's bookworm-backports (`golang-1.<minor>-go`,
+    /// which `cargo xtask setup --test-deps` installs): 21, 22 and 23.
+    Backports(u32),
+}
+
+impl GoToolchain {
+    /// The newer Go toolchains the tests build with besides Debian's own.
+    pub const BACKPORTS: [GoToolchain; 3] = [GoToolchain::Backports(21), GoToolchain::Backports(22), GoToolchain::Backports(23)];
+
+    fn go(self) -> PathBuf {
+        match self {
+            GoToolchain::Debian => PathBuf::from("go"),
+            GoToolchain::Backports(minor) => PathBuf::from(format!("/usr/lib/go-1.{minor}/bin/go")),
+        }
+    }
+
+    /// `go1.19`, `go1.23`: the version this toolchain stamps into binaries, as `go version` says.
+    pub fn version(self) -> String {
+        let output = Command::new(self.go()).arg("version").output().unwrap_or_else(|err| panic!("{}: {err}; {INSTALL_HINT}", self.go().display()));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let word = text.split_whitespace().nth(2).unwrap_or_else(|| panic!("`go version` said {text:?}"));
+        word.split('.').take(2).collect::<Vec<_>>().join(".")
+    }
+}
+
 /// The built program `helpers/go/<name>`, built at most once per test process (and not at all
 /// while the binary is newer than its sources). Panics with the fix when Go or grpc-go is
 /// missing, and with the compiler's output when the build fails.
 pub fn go_program(name: &str, build: GoBuild) -> PathBuf {
-    static BUILT: Mutex<BTreeMap<(String, GoBuild), PathBuf>> = Mutex::new(BTreeMap::new());
+    go_program_with(name, build, GoToolchain::Debian)
+}
+
+/// [`go_program`] with the given toolchain.
+pub fn go_program_with(name: &str, build: GoBuild, toolchain: GoToolchain) -> PathBuf {
+    type Key = (String, GoBuild, GoToolchain);
+    static BUILT: Mutex<BTreeMap<Key, PathBuf>> = Mutex::new(BTreeMap::new());
     // Held while building: the tests of one binary run on parallel threads.
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(binary) = built.get(&(name.to_string(), build)) {
+    let key = (name.to_string(), build, toolchain);
+    if let Some(binary) = built.get(&key) {
         return binary.clone();
     }
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let source = manifest.join("helpers/go").join(name);
     let out_dir = manifest.join("../target/test-helpers/go");
     std::fs::create_dir_all(&out_dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", out_dir.display()));
+    let toolchain_suffix = match toolchain {
+        GoToolchain::Debian => String::new(),
+        GoToolchain::Backports(minor) => format!("-go1.{minor}"),
+    };
     let binary = out_dir.join(match build {
-        GoBuild::Normal => name.to_string(),
-        GoBuild::Stripped => format!("{name}-stripped"),
+        GoBuild::Normal => format!("{name}{toolchain_suffix}"),
+        GoBuild::Stripped => format!("{name}{toolchain_suffix}-stripped"),
     });
     if !up_to_date(&binary, &source) {
-        compile(&source, &binary, build, &out_dir);
+        compile(&source, &binary, build, toolchain, &out_dir);
     }
-    built.insert((name.to_string(), build), binary.clone());
+    built.insert(key, binary.clone());
     binary
 }
 
@@ -74,13 +117,18 @@ fn up_to_date(binary: &Path, source: &Path) -> bool {
     built > newest
 }
 
-fn compile(source: &Path, binary: &Path, build: GoBuild, out_dir: &Path) {
+fn compile(source: &Path, binary: &Path, build: GoBuild, toolchain: GoToolchain, out_dir: &Path) {
     if !Path::new(GRPC_SOURCE).is_dir() {
         panic!("building {}: grpc-go is missing ({GRPC_SOURCE}); {INSTALL_HINT}", source.display());
     }
+    if let GoToolchain::Backports(_) = toolchain
+        && !toolchain.go().exists()
+    {
+        panic!("building {}: {} is missing; {INSTALL_HINT}", source.display(), toolchain.go().display());
+    }
     let temporary =
         out_dir.join(format!(".{}.{}.tmp", binary.file_name().unwrap().to_string_lossy(), std::process::id()));
-    let mut go = Command::new("go");
+    let mut go = Command::new(toolchain.go());
     go.arg("build").args(["-buildvcs=false", "-o"]).arg(&temporary);
     if build == GoBuild::Stripped {
         go.arg("-ldflags=-s -w");
@@ -148,11 +196,11 @@ pub fn go_functions(binary: &Path, addresses: &[u64]) -> Vec<String> {
 }
 
 /// A running Go program: stdout is read line by line, stderr is collected for failure
-/// messages, stdin is a pipe whose closing ends the program. Killed on drop.
+/// messages, stdin is a pipe (lines can be sent; its closing ends the program). Killed on drop.
 pub struct GoProcess {
     what: String,
     child: Child,
-    _stdin: ChildStdin,
+    stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<thread::JoinHandle<()>>,
@@ -180,11 +228,22 @@ impl GoProcess {
                 collected.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
             }
         });
-        Self { what, child, _stdin: stdin, stdout, stderr, stderr_reader: Some(stderr_reader) }
+        Self { what, child, stdin, stdout, stderr, stderr_reader: Some(stderr_reader) }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Writes `line` and a newline to its stdin.
+    #[track_caller]
+    pub fn send_line(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").unwrap_or_else(|err| panic!("{}: writing to its stdin: {err}", self.what));
+    }
+
+    /// Waits for it to exit (after its stdin is closed by drop, or by itself).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap_or_else(|err| panic!("{}: waiting: {err}", self.what))
     }
 
     /// What it printed on stderr so far.
@@ -224,25 +283,24 @@ impl Drop for GoProcess {
     }
 }
 
-/// `grpcleak -mode server`: a gRPC server with grpc-go's health service.
+/// A test program's server mode (`-mode server`), listening on a free loopback port.
 #[derive(Debug)]
-pub struct GrpcServer {
+pub struct GoServer {
     pub process: GoProcess,
     pub addr: SocketAddr,
 }
 
-impl GrpcServer {
-    /// Starts it on a free loopback port and waits until it listens.
+impl GoServer {
+    /// Starts `binary -mode server` and waits until it prints `listening ADDR`.
     #[track_caller]
-    pub fn start(build: GoBuild) -> Self {
-        let binary = go_program("grpcleak", build);
+    pub fn start(binary: &Path) -> Self {
         let mut process =
-            GoProcess::spawn(&binary, &["-mode".into(), "server".into(), "-listen".into(), "127.0.0.1:0".into()]);
+            GoProcess::spawn(binary, &["-mode".into(), "server".into(), "-listen".into(), "127.0.0.1:0".into()]);
         let line = process.next_line();
         let addr = line
             .strip_prefix("listening ")
             .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("grpcleak server: expected \"listening ADDR\", got {line:?}"));
+            .unwrap_or_else(|| panic!("{}: expected \"listening ADDR\", got {line:?}", binary.display()));
         Self { process, addr }
     }
 
@@ -252,6 +310,14 @@ impl GrpcServer {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+}
+
+impl GoServer {
+    /// `grpcleak -mode server` of Debian's Go: a gRPC server with grpc-go's health service.
+    #[track_caller]
+    pub fn grpc(build: GoBuild) -> Self {
+        Self::start(&go_program("grpcleak", build))
     }
 }
 
@@ -267,15 +333,32 @@ pub enum ClientMode {
     /// A plain `net.Dial` per message, never closed: the dial runs on the application's own
     /// goroutine (gRPC dials on one of its own).
     LeakTcp,
+    /// The leak from two application functions (`main.dialOrders`, `main.dialPayments`, in
+    /// turn), through the same grpc-go call.
+    LeakTwo,
+    /// `httpleak`: `http.Get` per message, the body never closed.
+    HttpLeak,
+    /// `httpleak`: `http.Get` per message, the body read and closed (one pooled connection).
+    HttpClosed,
 }
 
 impl ClientMode {
     pub fn flag(self) -> &'static str {
         match self {
-            ClientMode::Leak => "leak",
+            ClientMode::Leak | ClientMode::HttpLeak => "leak",
             ClientMode::Churn => "churn",
             ClientMode::Shared => "shared",
             ClientMode::LeakTcp => "leak-tcp",
+            ClientMode::LeakTwo => "leak-two",
+            ClientMode::HttpClosed => "closed",
+        }
+    }
+
+    /// The test program that has this mode.
+    pub fn program(self) -> &'static str {
+        match self {
+            ClientMode::HttpLeak | ClientMode::HttpClosed => "httpleak",
+            _ => "grpcleak",
         }
     }
 }
@@ -289,24 +372,29 @@ pub struct Messages {
     pub count: Option<u64>,
 }
 
-/// A `grpcleak` client process.
+/// A test program's client process (`grpcleak` or `httpleak`).
 #[derive(Debug)]
-pub struct GrpcClient {
+pub struct GoClient {
     pub process: GoProcess,
     pub mode: ClientMode,
     handled: u64,
 }
 
-impl GrpcClient {
+impl GoClient {
+    /// A client of Debian's Go.
     #[track_caller]
     pub fn start(build: GoBuild, mode: ClientMode, target: SocketAddr, messages: Messages) -> Self {
-        let binary = go_program("grpcleak", build);
+        Self::start_binary(&go_program(mode.program(), build), mode, target, messages)
+    }
+
+    #[track_caller]
+    pub fn start_binary(binary: &Path, mode: ClientMode, target: SocketAddr, messages: Messages) -> Self {
         let mut args = vec!["-mode".into(), mode.flag().into(), "-target".into(), target.to_string()];
         args.extend(["-rate".into(), messages.per_second.to_string()]);
         if let Some(count) = messages.count {
             args.extend(["-count".into(), count.to_string()]);
         }
-        Self { process: GoProcess::spawn(&binary, &args), mode, handled: 0 }
+        Self { process: GoProcess::spawn(binary, &args), mode, handled: 0 }
     }
 
     pub fn pid(&self) -> u32 {
@@ -321,7 +409,7 @@ impl GrpcClient {
             self.handled = line
                 .strip_prefix("handled ")
                 .and_then(|count| count.parse().ok())
-                .unwrap_or_else(|| panic!("grpcleak {}: expected \"handled N\", got {line:?}", self.mode.flag()));
+                .unwrap_or_else(|| panic!("{} {}: expected \"handled N\", got {line:?}", self.mode.program(), self.mode.flag()));
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use leaktrace_tests::{
     agent::{Agent, Prometheus, metric_value, on_path, promtool_check_metrics},
-    go::{ClientMode, GoBuild, GrpcClient, GrpcServer, Messages},
+    go::{ClientMode, GoBuild, GoClient, GoServer, Messages},
     require_privileges,
 };
 use serde_json::Value;
@@ -17,12 +17,12 @@ const RATE: Messages = Messages { per_second: 20, count: None };
 
 /// The agent watching a gRPC server's port, a client leaking a connection per message and a
 /// client sharing one connection; the agent has seen the leak once this returns.
-fn leak_beside_a_healthy_client() -> (GrpcServer, Agent, GrpcClient, GrpcClient) {
-    let server = GrpcServer::start(GoBuild::Normal);
+fn leak_beside_a_healthy_client() -> (GoServer, Agent, GoClient, GoClient) {
+    let server = GoServer::grpc(GoBuild::Normal);
     let agent = Agent::start(&["--port", &server.port().to_string()]);
     agent.wait_ready(WAIT);
-    let leak = GrpcClient::start(GoBuild::Normal, ClientMode::Leak, server.addr, RATE);
-    let shared = GrpcClient::start(GoBuild::Normal, ClientMode::Shared, server.addr, RATE);
+    let leak = GoClient::start(GoBuild::Normal, ClientMode::Leak, server.addr, RATE);
+    let shared = GoClient::start(GoBuild::Normal, ClientMode::Shared, server.addr, RATE);
     let leak_pid = leak.pid().to_string();
     agent.wait_report(&[("pid", &leak_pid), ("direction", "connect"), ("verdict", "leak")], "the leaking client's dial as a leak", WAIT, |report| {
         !sites(report).is_empty()
@@ -182,12 +182,12 @@ const BURST: u64 = 1000;
 #[test]
 fn a_burst_that_overflows_the_ring_buffer_is_counted_and_the_agent_goes_on() {
     let Some(_serial) = require_privileges("a_burst_that_overflows_the_ring_buffer_is_counted_and_the_agent_goes_on") else { return };
-    let server = GrpcServer::start(GoBuild::Normal);
+    let server = GoServer::grpc(GoBuild::Normal);
     // Room for three opens, drained twice a second: a burst of dials cannot fit.
     let agent = Agent::start(&["--port", &server.port().to_string(), "--ring-buffer-kib", "4", "--drain-interval-ms", "500"]);
     agent.wait_ready(WAIT);
     // Plain dials, as fast as they go (a gRPC dial waits for its handshake).
-    let mut burst = GrpcClient::start(GoBuild::Normal, ClientMode::LeakTcp, server.addr, Messages { per_second: 0, count: Some(BURST) });
+    let mut burst = GoClient::start(GoBuild::Normal, ClientMode::LeakTcp, server.addr, Messages { per_second: 0, count: Some(BURST) });
     burst.wait_handled(BURST);
 
     let deadline = std::time::Instant::now() + WAIT;

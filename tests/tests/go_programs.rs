@@ -16,7 +16,7 @@ use leaktrace::{
 };
 use leaktrace_tests::{
     TraceSession, closed,
-    go::{ClientMode, GoBuild, GrpcClient, GrpcServer, Messages, go_functions, go_program},
+    go::{ClientMode, GoBuild, GoClient, GoServer, Messages, go_functions, go_program},
     require_privileges,
     tcp_table::{established_on, established_to},
 };
@@ -25,10 +25,10 @@ const MESSAGES: u64 = 20;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A server and a client of `mode` that has handled [`MESSAGES`] messages and stopped there.
-fn after_messages(mode: ClientMode) -> (GrpcServer, GrpcClient) {
-    let server = GrpcServer::start(GoBuild::Normal);
+fn after_messages(mode: ClientMode) -> (GoServer, GoClient) {
+    let server = GoServer::grpc(GoBuild::Normal);
     let mut client =
-        GrpcClient::start(GoBuild::Normal, mode, server.addr, Messages { per_second: 0, count: Some(MESSAGES) });
+        GoClient::start(GoBuild::Normal, mode, server.addr, Messages { per_second: 0, count: Some(MESSAGES) });
     client.wait_handled(MESSAGES);
     (server, client)
 }
@@ -84,9 +84,9 @@ fn leak_tcp_holds_one_connection_per_message() {
 /// message's has been seen, having checked that none of its connections closed.
 fn traced_connects(build: GoBuild, mode: ClientMode, messages: u64) -> (PathBuf, Vec<ConnOpen>) {
     let binary = go_program("grpcleak", build);
-    let server = GrpcServer::start(build);
+    let server = GoServer::grpc(build);
     let session = TraceSession::start(TracerOptions { ports: vec![server.port()], ..Default::default() });
-    let mut client = GrpcClient::start(build, mode, server.addr, Messages { per_second: 0, count: Some(messages) });
+    let mut client = GoClient::start(build, mode, server.addr, Messages { per_second: 0, count: Some(messages) });
     client.wait_handled(messages);
     let pid = client.pid();
     let connects_of_client = |events: &[Event]| -> Vec<(SocketId, ConnOpen)> {

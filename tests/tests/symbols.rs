@@ -18,7 +18,7 @@ use leaktrace::{
 };
 use leaktrace_tests::{
     Puppet, TraceSession,
-    go::{ClientMode, GoBuild, GrpcClient, GrpcServer, Messages, go_program},
+    go::{ClientMode, GoBuild, GoClient, GoServer, Messages, go_program},
     puppet::sockpuppet_binary,
     require_privileges,
 };
@@ -477,7 +477,7 @@ fn go_dial_stack(build: GoBuild) -> SymbolizedStack {
             per_second: 0,
             count: Some(1),
         };
-        let mut started = GrpcClient::start(build, ClientMode::LeakTcp, target, messages);
+        let mut started = GoClient::start(build, ClientMode::LeakTcp, target, messages);
         started.wait_handled(1);
         client = Some(started);
     });
@@ -756,7 +756,7 @@ fn a_grpc_dial_on_grpc_s_own_goroutine_points_at_grpc() {
     else {
         return;
     };
-    let server = GrpcServer::start(GoBuild::Stripped);
+    let server = GoServer::grpc(GoBuild::Stripped);
     let mut client = None;
     let open = trace_connect_to(server.port(), |_| {
         let messages = Messages {
@@ -764,7 +764,7 @@ fn a_grpc_dial_on_grpc_s_own_goroutine_points_at_grpc() {
             count: Some(1),
         };
         let mut started =
-            GrpcClient::start(GoBuild::Stripped, ClientMode::Leak, server.addr, messages);
+            GoClient::start(GoBuild::Stripped, ClientMode::Leak, server.addr, messages);
         started.wait_handled(1);
         client = Some(started);
     });

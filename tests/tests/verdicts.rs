@@ -9,7 +9,7 @@ use std::time::Duration;
 use leaktrace_tests::{
     Puppet,
     cli::{LiveTrace, replay, site_of, sites_of},
-    go::{ClientMode, GoBuild, GrpcClient, GrpcServer, Messages},
+    go::{ClientMode, GoBuild, GoClient, GoServer, Messages},
     require_privileges,
 };
 use serde_json::Value;
@@ -23,10 +23,12 @@ fn verdict(site: Option<&Value>) -> &str {
 #[test]
 fn a_grpc_client_dialing_per_message_is_a_leak_within_seconds() {
     let Some(_guard) = require_privileges("a_grpc_client_dialing_per_message_is_a_leak_within_seconds") else { return };
-    let server = GrpcServer::start(GoBuild::Normal);
+    let server = GoServer::grpc(GoBuild::Normal);
     let port = server.port().to_string();
-    let mut trace = LiveTrace::start(&["--port", &port]);
-    let mut client = GrpcClient::start(GoBuild::Normal, ClientMode::Leak, server.addr, Messages { per_second: 20, count: Some(80) });
+    // The verdict rules on one call site: goroutine ancestry (which splits off the connections
+    // dialed before it attached) is tested in go_ancestry.rs.
+    let mut trace = LiveTrace::start(&["--port", &port, "--go-ancestry", "off"]);
+    let mut client = GoClient::start(GoBuild::Normal, ClientMode::Leak, server.addr, Messages { per_second: 20, count: Some(80) });
     let pid = client.pid();
     let report = trace.wait_for("the gRPC client's leak", PATIENCE, |report| verdict(site_of(report, pid, "connect")) == "leak");
     let site = site_of(&report, pid, "connect").unwrap();
@@ -53,10 +55,10 @@ fn a_grpc_client_dialing_per_message_is_a_leak_within_seconds() {
 #[test]
 fn the_same_client_closing_each_connection_is_churn() {
     let Some(_guard) = require_privileges("the_same_client_closing_each_connection_is_churn") else { return };
-    let server = GrpcServer::start(GoBuild::Normal);
+    let server = GoServer::grpc(GoBuild::Normal);
     let port = server.port().to_string();
-    let mut trace = LiveTrace::start(&["--port", &port]);
-    let mut client = GrpcClient::start(GoBuild::Normal, ClientMode::Churn, server.addr, Messages { per_second: 20, count: Some(60) });
+    let mut trace = LiveTrace::start(&["--port", &port, "--go-ancestry", "off"]);
+    let mut client = GoClient::start(GoBuild::Normal, ClientMode::Churn, server.addr, Messages { per_second: 20, count: Some(60) });
     let pid = client.pid();
     client.wait_handled(60);
     let report = trace.wait_for("churn with every connection closed", PATIENCE, |report| {
@@ -74,10 +76,10 @@ fn the_same_client_closing_each_connection_is_churn() {
 #[test]
 fn one_shared_connection_is_ok() {
     let Some(_guard) = require_privileges("one_shared_connection_is_ok") else { return };
-    let server = GrpcServer::start(GoBuild::Normal);
+    let server = GoServer::grpc(GoBuild::Normal);
     let port = server.port().to_string();
     let trace = LiveTrace::start(&["--port", &port]);
-    let mut client = GrpcClient::start(GoBuild::Normal, ClientMode::Shared, server.addr, Messages { per_second: 50, count: Some(100) });
+    let mut client = GoClient::start(GoBuild::Normal, ClientMode::Shared, server.addr, Messages { per_second: 50, count: Some(100) });
     let pid = client.pid();
     client.wait_handled(100);
     // Past --min-age, so the connection counts as long-lived.

@@ -10,6 +10,7 @@ mod aggregator;
 mod children;
 mod events;
 mod figures;
+mod go_ancestry;
 mod kernel_cost;
 mod leak_latency;
 mod memory;
@@ -40,6 +41,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("kernel memory per live connection", memory::section),
     ("time to a leak verdict", leak_latency::section),
     ("aggregator", aggregator::section),
+    ("goroutine ancestry", go_ancestry::section),
     ("agent over time", agent_soak::section),
 ];
 

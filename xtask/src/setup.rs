@@ -32,6 +32,19 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
 ];
 
+/// Newer Go toolchains the goroutine-ancestry tests build with besides Debian's 1.19 (runtime
+/// layouts differ by version), as (binary, package) from Debian's bookworm-backports suite.
+const BACKPORTS_PREREQUISITES: &[(&str, &str)] = &[
+    ("/usr/lib/go-1.21/bin/go", "golang-1.21-go"),
+    ("/usr/lib/go-1.22/bin/go", "golang-1.22-go"),
+    ("/usr/lib/go-1.23/bin/go", "golang-1.23-go"),
+];
+
+/// The apt source setup adds for them when the machine has no bookworm-backports entry.
+const BACKPORTS_SOURCE: &str = "/etc/apt/sources.list.d/leaktrace-bookworm-backports.sources";
+const BACKPORTS_SOURCE_TEXT: &str = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n\
+    Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+
 /// Where tracefs belongs; classic tracepoints find their ids under `events/`.
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -69,6 +82,7 @@ pub fn setup(opts: &Options) -> Result<Ready> {
     let extra_path = bpf_linker(opts.bpf_linker_root.as_deref())?;
     if opts.test_deps {
         test_prerequisites()?;
+        backports_prerequisites()?;
     }
     tracefs();
     Ok(Ready { extra_path })
@@ -420,6 +434,55 @@ fn test_prerequisites() -> Result<()> {
             still.join(", ")
         );
     }
+    Ok(())
+}
+
+/// The newer Go toolchains, from bookworm-backports (whose apt source is added when missing).
+fn backports_prerequisites() -> Result<()> {
+    let missing: Vec<&str> = BACKPORTS_PREREQUISITES
+        .iter()
+        .filter(|(binary, _)| !Path::new(binary).exists())
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        say!("test prerequisites from bookworm-backports: present (Go 1.21, 1.22, 1.23)");
+        return Ok(());
+    }
+    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    let codename = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_string))
+        .unwrap_or_default();
+    if codename != "bookworm" {
+        bail!(
+            "the goroutine-ancestry tests need Go 1.21 to 1.23 ({}), which are missing; setup installs them from \
+             Debian 12's bookworm-backports, and this system is {codename:?}\n\
+             fix: install those Go versions so that /usr/lib/go-1.2x/bin/go exist",
+            missing.join(", ")
+        );
+    }
+    if !cmd::is_root() {
+        bail!(
+            "the goroutine-ancestry tests need {}, which are missing, and installing them needs root\n\
+             fix: add bookworm-backports to the apt sources, then sudo apt-get update && sudo {install}",
+            missing.join(", ")
+        );
+    }
+    let listed = capture(Command::new("apt-cache").args(["policy", missing[0]])).unwrap_or_default();
+    if !listed.contains("bookworm-backports") {
+        say!("adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
+        std::fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
+            .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
+    }
+    say!("test prerequisites: missing {}, installing them from bookworm-backports", missing.join(", "));
+    let fix = || format!("could not install {}; check network access, then run `apt-get update && {install}`", missing.join(" "));
+    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive")).with_context(fix)?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(fix)?;
     Ok(())
 }
 

@@ -248,6 +248,7 @@ impl World {
             },
             stack: site.stack.clone(),
             stack_error: None,
+            goroutine: None,
         };
         let body = if site.accept {
             EventBody::Accept(open)

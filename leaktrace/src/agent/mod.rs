@@ -37,8 +37,10 @@ use crate::{
 };
 use metrics::MetricsConfig;
 
-/// How often call sites quiet past their time are forgotten when nobody scrapes.
-const EXPIRE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the agent looks at its call sites when nobody asks: quiet ones are forgotten, and
+/// (unless `--go-ancestry off`) goroutine ancestry is attached where a report shows the need,
+/// as the live view does at each refresh.
+const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -78,6 +80,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
+        go: &args.go,
         record: None,
         seed: !args.no_seed,
         inventory_interval,
@@ -98,7 +101,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut expire = tokio::time::interval_at(tokio::time::Instant::now() + EXPIRE_EVERY, EXPIRE_EVERY);
+    let mut maintain = tokio::time::interval_at(tokio::time::Instant::now() + MAINTAIN_EVERY, MAINTAIN_EVERY);
     loop {
         tokio::select! {
             stepped = live.step() => match stepped? {
@@ -125,7 +128,15 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
                 }
                 let _ = reply.send(scrape);
             }
-            _ = expire.tick() => live.expire(),
+            _ = maintain.tick() => {
+                if live.go_ancestry_wanted() {
+                    if let Err(err) = live.report() {
+                        log::warn!("agent: cannot build the periodic report: {err:#}");
+                    }
+                } else {
+                    live.expire();
+                }
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
         }

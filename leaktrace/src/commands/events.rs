@@ -88,6 +88,8 @@ pub fn report_counters(counters: &KernelCounters) {
         (counters.accept_untracked, "accepted sockets born before tracing started"),
         (counters.accept_unresolved, "accepts whose socket could not be resolved"),
         (counters.transitions_missed, "state transitions missed by every hook"),
+        (counters.goroutines_recorded, "goroutine creations recorded for goroutine ancestry"),
+        (counters.goroutines_unrecorded, "goroutine creations that could not be recorded"),
     ];
     for (count, what) in extra {
         if count > 0 {

@@ -10,8 +10,9 @@ use super::{
     inventory::{Inventories, Taken},
 };
 use crate::{
-    cli::{JudgeArgs, TraceArgs},
+    cli::{GoAncestryArgs, JudgeArgs, TraceArgs},
     event::Event,
+    goruntime::policy::{AncestryMode, AncestryPolicy},
     kernel::{KernelCounters, Tracer, TracerOptions, Transitions},
     recording::{self, Mark, RECORDING_VERSION},
     report::Report,
@@ -23,6 +24,7 @@ use crate::{
 pub struct LiveOptions<'a> {
     pub trace: &'a TraceArgs,
     pub judge: &'a JudgeArgs,
+    pub go: &'a GoAncestryArgs,
     pub record: Option<&'a Path>,
     pub seed: bool,
     pub inventory_interval: Duration,
@@ -47,6 +49,8 @@ pub struct Live {
     symbolizer: Symbolizer,
     inventories: Inventories,
     thresholds: Thresholds,
+    ancestry: AncestryPolicy,
+    go_ancestry: AncestryMode,
     batch: Vec<Event>,
     inventories_taken: u64,
     inventories_failed: u64,
@@ -57,6 +61,7 @@ impl Live {
     pub fn start(options: &LiveOptions) -> anyhow::Result<Self> {
         let tracer_options = options.trace.to_options(Transitions::Essential)?;
         let thresholds = options.judge.thresholds()?;
+        let go_ancestry_max_rate = options.go.go_ancestry_max_rate()?;
         // The kernel applies pid, port and cgroup filters to events; the tracker applies them
         // again to seeded connections (no probe saw those), and the process name to everything.
         let filter = Filter {
@@ -83,6 +88,8 @@ impl Live {
             symbolizer: Symbolizer::spawn(),
             inventories,
             thresholds,
+            ancestry: AncestryPolicy::new(options.go.go_ancestry, go_ancestry_max_rate, started_ns),
+            go_ancestry: options.go.go_ancestry,
             batch: Vec::new(),
             inventories_taken: 0,
             inventories_failed: 0,
@@ -120,12 +127,21 @@ impl Live {
         }
     }
 
-    /// The report now: call sites quiet past their time are forgotten first.
+    /// The report now: call sites quiet past their time are forgotten first, and goroutine
+    /// ancestry is attached where the report shows the need (see [`AncestryPolicy`]).
     pub fn report(&mut self) -> anyhow::Result<Report> {
         let now = monotonic_ns();
         self.tracker.expire(now);
         let counters = self.tracer.counters()?;
-        Ok(Report::new(&self.tracker.snapshot(now), Some(counters), &self.thresholds, &self.symbolizer))
+        let mut report = Report::new(&self.tracker.snapshot(now), Some(counters), &self.thresholds, &self.symbolizer);
+        self.ancestry.after_report(&mut report, &mut self.tracer, now);
+        Ok(report)
+    }
+
+    /// Whether goroutine ancestry may be attached: then reports must come regularly, since
+    /// they decide where it is.
+    pub fn go_ancestry_wanted(&self) -> bool {
+        self.go_ancestry != AncestryMode::Off
     }
 
     /// Forgets what no longer matters (see [`Tracker::expire`]) without building a report.
@@ -136,7 +152,7 @@ impl Live {
     /// Detaches the probes, applies what they still wrote, closes the recording, and returns the
     /// final report, whose counters balance.
     pub fn finish(self) -> anyhow::Result<(Report, KernelCounters)> {
-        let Self { tracer, mut tracker, mut recorder, symbolizer, thresholds, mut batch, .. } = self;
+        let Self { tracer, mut tracker, mut recorder, symbolizer, thresholds, ancestry, mut batch, .. } = self;
         let counters = tracer.finish(&mut batch)?;
         for event in batch.drain(..) {
             feed(&mut tracker, &mut recorder, &symbolizer, event)?;
@@ -147,7 +163,8 @@ impl Live {
         if let Some(recorder) = &mut recorder {
             std::io::Write::flush(recorder).context("--record: writing the recording")?;
         }
-        let report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &symbolizer);
+        let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &symbolizer);
+        ancestry.annotate(&mut report);
         Ok((report, counters))
     }
 

@@ -18,6 +18,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
+        go: &args.go,
         record: args.record.as_deref(),
         seed: !args.no_seed,
         inventory_interval,

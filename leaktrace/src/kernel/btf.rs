@@ -70,7 +70,9 @@ impl KernelBtf {
             fdtable_max_fds: self.byte_offset("fdtable", &["max_fds"])?,
             file_private_data: self.byte_offset("file", &["private_data"])?,
             socket_sk: self.byte_offset("socket", &["sk"])?,
-            _pad: 0,
+            // Only x86_64 keeps the TLS base there (arm64 has thread.uw.tp_value and Go keeps
+            // g in a register): without it, goroutine ancestry is unavailable, nothing else.
+            task_thread_fsbase: self.byte_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0),
         })
     }
 

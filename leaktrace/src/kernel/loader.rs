@@ -138,6 +138,10 @@ pub struct Tracer {
     pub(super) reader: Reader,
     hooks: Vec<AttachedHook>,
     options: TracerOptions,
+    pub(super) kernel_offsets: leaktrace_common::KernelOffsets,
+    /// Why the goroutine probe did not load, if it did not (ancestry is then unavailable).
+    pub(super) go_probe_unavailable: Option<String>,
+    pub(super) ancestry: super::go_ancestry::AncestryLinks,
 }
 
 #[cfg(leaktrace_ebpf_embedded)]
@@ -195,6 +199,10 @@ impl Tracer {
         for hook in &hooks {
             log::info!("probe {} attached to {}", hook.program, hook.hook);
         }
+        let go_probe_unavailable = super::go_ancestry::load_go_probe(&mut ebpf);
+        if let Some(reason) = &go_probe_unavailable {
+            log::warn!("goroutine ancestry unavailable: the uprobe did not load: {reason}");
+        }
 
         let events = ebpf.take_map("EVENTS").ok_or(LoadError::Map { map: "EVENTS", message: "missing".into() })?;
         let ring = RingBuf::try_from(events).map_err(|err| LoadError::Map { map: "EVENTS", message: err.to_string() })?;
@@ -203,7 +211,15 @@ impl Tracer {
         let ring: AsyncFd<RingBuf<MapData>> = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|err| LoadError::Map { map: "EVENTS", message: format!("cannot poll the ring buffer: {err}") })?;
         let reader = Reader::new(ring, options.drain_interval);
-        Ok(Self { ebpf, reader, hooks, options })
+        Ok(Self {
+            ebpf,
+            reader,
+            hooks,
+            options,
+            kernel_offsets: offsets,
+            go_probe_unavailable,
+            ancestry: Default::default(),
+        })
     }
 
     pub fn hooks(&self) -> &[AttachedHook] {

@@ -14,8 +14,12 @@
 //! kernels (CONFIG_KPROBES=n) have no kprobes at all.
 //!
 //! The accept probe uses `syscalls:sys_exit_accept4` / `sys_exit_accept` (tracefs).
+//!
+//! Goroutine ancestry (`go_ancestry`) is a uprobe loaded at start and attached later, per Go
+//! process, where it is wanted.
 
 pub mod btf;
+mod go_ancestry;
 mod loader;
 pub mod privileges;
 mod prog_info;
@@ -24,6 +28,7 @@ mod stats;
 mod switch;
 pub mod tracefs;
 
+pub use go_ancestry::AncestryError;
 pub use loader::{AttachedHook, LoadError, StateHook, Tracer, TracerOptions, Transitions};
 pub use reader::{KernelCounters, ReadError};
 pub use stats::{MapMemory, ProgramStats, RunTimeStats, StatsError};

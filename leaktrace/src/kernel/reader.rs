@@ -76,6 +76,12 @@ pub struct KernelCounters {
     /// (`recursion_misses`, summed over programs). With both state attachments these are
     /// covered by the other one; `transitions_missed` counts what was really lost.
     pub nested_skips: u64,
+    /// Goroutine creations recorded (with the spawner's stack) in Go processes with goroutine
+    /// ancestry attached.
+    pub goroutines_recorded: u64,
+    /// Goroutine creations seen there but not recorded (a runtime structure unreadable, or the
+    /// stack walk failed): their connects lack that hop.
+    pub goroutines_unrecorded: u64,
 }
 
 impl KernelCounters {
@@ -126,6 +132,8 @@ impl Tracer {
             closed_before_accept: sum(Counter::ClosedBeforeAccept)?,
             transitions_missed: sum(Counter::TransitionsMissed)?,
             nested_skips: self.nested_skips(),
+            goroutines_recorded: sum(Counter::GoroutinesRecorded)?,
+            goroutines_unrecorded: sum(Counter::GoroutinesUnrecorded)?,
         })
     }
 

@@ -70,6 +70,9 @@ pub struct Report {
 #[derive(Clone, Debug, Serialize)]
 pub struct CallSite {
     pub pid: u32,
+    /// With `pid`, the process's identity (CLOCK_MONOTONIC ns, as the events give it).
+    #[serde(skip)]
+    pub process_start_ns: u64,
     pub comm: String,
     pub exe: Option<String>,
     pub direction: Direction,
@@ -107,6 +110,29 @@ pub struct CallSite {
     pub verdict: Verdict,
     /// Every rule that matched, most severe first: the verdict's reasons.
     pub findings: Vec<Finding>,
+    /// For a Go process's connects: whether the frames include the goroutines that spawned
+    /// the dialing one, and why not when they do not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub go_ancestry: Option<AncestryNote>,
+}
+
+/// What a call site's stack holds of its goroutine ancestry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AncestryNote {
+    pub status: AncestryStatus,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AncestryStatus {
+    /// The frames include the spawning goroutines' (marked `spawned_by`).
+    Joined,
+    /// Ancestry is attached to the process, but these connections' goroutines were created
+    /// before (or their records were evicted).
+    NotRecorded,
+    /// Ancestry cannot be had for this process; `detail` says why.
+    Unavailable,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -159,6 +185,7 @@ impl CallSite {
         let oldest_age_s = if site.born_before_start && facts.live > 0 { duration_s } else { facts.oldest_age_s.unwrap_or(0.0) };
         Self {
             pid: site.process.pid,
+            process_start_ns: site.process.start_ns,
             comm: site.comm.clone(),
             exe,
             direction: site.direction,
@@ -184,6 +211,7 @@ impl CallSite {
             destinations: site.destinations.iter().map(|(addr, dest)| destination(site.direction, *addr, dest.live, dest.opened)).collect(),
             verdict: site.verdict,
             findings: site.findings.clone(),
+            go_ancestry: None,
         }
     }
 
@@ -192,7 +220,8 @@ impl CallSite {
         if self.born_before_start {
             return "(born before start)".to_string();
         }
-        let Some(frame) = self.telling_frame.and_then(|index| self.frames.get(index)) else {
+        // A stack nothing could be said about still names its innermost address.
+        let Some(frame) = self.telling_frame.and_then(|index| self.frames.get(index)).or(self.frames.first()) else {
             return match self.stack_error {
                 Some(errno) => format!("(no stack: error {errno})"),
                 None => "(no stack)".to_string(),

@@ -103,6 +103,11 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
             let label = if site.direction == crate::tracker::Direction::Connect { "to" } else { "from" };
             let _ = writeln!(out, "  {label}: {}", peers.join(", "));
         }
+        if let Some(note) = &site.go_ancestry
+            && note.status != super::AncestryStatus::Joined
+        {
+            let _ = writeln!(out, "  goroutine ancestry: {}", note.detail);
+        }
         if site.frames.is_empty() {
             let _ = writeln!(out, "  {}", site.telling_frame_text());
         }

@@ -24,6 +24,7 @@ fn connect(sk: u64, ts_ns: u64, pid: u32, comm: &str, stack: &[u64], remote: &st
         state: if accept { TcpState::Established } else { TcpState::SynSent },
         stack: stack.to_vec(),
         stack_error: None,
+        goroutine: None,
     };
     event(sk, ts_ns, if accept { EventBody::Accept(open) } else { EventBody::Connect(open) })
 }

@@ -261,8 +261,7 @@ fn check_start_time(key: ProcessKey, start_ticks: u64) -> Result<(), CaptureErro
         clock_ns(libc::CLOCK_BOOTTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC));
     let found_ns =
         (start_ticks.saturating_mul(1_000_000_000) / ticks_per_s).saturating_sub(suspended_ns);
-    let tolerance_ns = 2 * 1_000_000_000 / ticks_per_s + 1_000_000;
-    if found_ns.abs_diff(key.start_ns) > tolerance_ns {
+    if found_ns.abs_diff(key.start_ns) > start_tolerance_ns(ticks_per_s) {
         return Err(CaptureError::PidReused {
             pid: key.pid,
             expected_ns: key.start_ns,
@@ -270,6 +269,19 @@ fn check_start_time(key: ProcessKey, start_ticks: u64) -> Result<(), CaptureErro
         });
     }
     Ok(())
+}
+
+/// How far apart a start time read from `/proc` (whole clock ticks) and the kernel's (ns) may be
+/// for one process.
+fn start_tolerance_ns(ticks_per_s: u64) -> u64 {
+    2 * 1_000_000_000 / ticks_per_s + 1_000_000
+}
+
+/// Whether `key.pid` still names the process that started at `key.start_ns`.
+pub fn is_running(key: ProcessKey) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    process_start_ns(key.pid).is_some_and(|found| found.abs_diff(key.start_ns) <= start_tolerance_ns(ticks_per_s))
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {

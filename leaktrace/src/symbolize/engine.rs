@@ -111,29 +111,39 @@ impl Engine {
             self.recaptured.insert(key, Instant::now());
         }
         let mut frames = Vec::with_capacity(request.stack.len());
-        for (index, &address) in request.stack.iter().enumerate() {
-            if index == 1
-                && let Some(lost) = image
-                    .as_deref()
-                    .and_then(|image| self.lost_caller(image, address, &frames))
-            {
-                frames.push(lost);
+        let mut truncated = false;
+        for (spawned_by, segment) in super::goroutine_segments(&request.stack) {
+            let first = frames.len();
+            for (index, &address) in segment.iter().enumerate() {
+                if index == 1
+                    && let Some(lost) = image
+                        .as_deref()
+                        .and_then(|image| self.lost_caller(image, address, &frames[first..]))
+                {
+                    frames.push(lost);
+                }
+                let lookup = if index == 0 {
+                    address
+                } else {
+                    address.saturating_sub(1)
+                };
+                self.frames_at(image.as_deref(), address, lookup, &mut frames);
             }
-            let lookup = if index == 0 {
-                address
-            } else {
-                address.saturating_sub(1)
-            };
-            self.frames_at(image.as_deref(), address, lookup, &mut frames);
+            for frame in &mut frames[first..] {
+                frame.spawned_by = spawned_by;
+            }
+            // Only the thread's own walk can be cut short; a spawn's stack is kept to a depth.
+            if spawned_by.is_none() {
+                // Without a capture nothing is known about the stack, its end included.
+                truncated = image.is_some()
+                    && frames.len() > first
+                    && truncation::is_truncated(
+                        &frames[first..],
+                        segment.len(),
+                        leaktrace_common::MAX_STACK_DEPTH,
+                    );
+            }
         }
-        // Without a capture nothing is known about the stack, its end included.
-        let truncated = image.is_some()
-            && !frames.is_empty()
-            && truncation::is_truncated(
-                &frames,
-                request.stack.len(),
-                leaktrace_common::MAX_STACK_DEPTH,
-            );
         let stack = SymbolizedStack {
             telling_frame: telling::pick(&frames),
             frames,
@@ -205,6 +215,7 @@ impl Engine {
             module,
             inlined: false,
             recovered: false,
+            spawned_by: None,
         };
         let Some(image) = image else {
             frames.push(unknown(None));
@@ -229,6 +240,7 @@ impl Engine {
                         module: Some(path.clone()),
                         inlined: located.inlined,
                         recovered: false,
+                        spawned_by: None,
                     });
                 }
             }
@@ -386,6 +398,7 @@ impl Engine {
             module: Some(path.clone()),
             inlined: false,
             recovered: true,
+            spawned_by: None,
         })
     }
 

@@ -66,19 +66,22 @@ impl SymbolizedStack {
     /// The stack as lines, innermost first, each indented, the telling frame marked `=>`, and a
     /// last line when the stack is known to be cut short.
     pub fn trace_lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .frames
-            .iter()
-            .enumerate()
-            .map(|(index, frame)| {
-                let marker = if Some(index) == self.telling_frame {
-                    "=>"
-                } else {
-                    "  "
-                };
-                format!("{marker} {frame}")
-            })
-            .collect();
+        let mut lines = Vec::with_capacity(self.frames.len());
+        let mut hop = None;
+        for (index, frame) in self.frames.iter().enumerate() {
+            if frame.spawned_by != hop {
+                hop = frame.spawned_by;
+                if let Some(hop) = hop {
+                    lines.push(format!("   -- the goroutine above was started here, at a go statement (hop {hop}) --"));
+                }
+            }
+            let marker = if Some(index) == self.telling_frame {
+                "=>"
+            } else {
+                "  "
+            };
+            lines.push(format!("{marker} {frame}"));
+        }
         if self.truncated {
             lines.push(
                 "   ... (stack truncated: the frame-pointer walk stopped before the thread's root)"
@@ -112,6 +115,7 @@ mod tests {
             module: Some("/usr/local/bin/grpcleak".into()),
             inlined: false,
             recovered: false,
+            spawned_by: None,
         };
         assert_eq!(
             frame.to_string(),

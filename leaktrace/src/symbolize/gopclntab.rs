@@ -84,12 +84,22 @@ impl GoBinary {
 }
 
 impl GoTable {
+    /// The table of any Go binary, stripped or not (goroutine ancestry finds runtime functions
+    /// with it); `None` when `file` is not a Go binary this reader knows.
+    pub fn open_any(file: &File) -> Option<Self> {
+        // SAFETY: as in `GoBinary::open`.
+        let map = unsafe { Mmap::map(file) }.ok()?;
+        Self::parse_any(map)
+    }
+
     fn parse(map: Mmap) -> Option<Self> {
+        let has_symtab = object::File::parse(&*map).ok()?.section_by_name(".symtab").is_some();
+        if has_symtab { None } else { Self::parse_any(map) }
+    }
+
+    fn parse_any(map: Mmap) -> Option<Self> {
         let (table, segments, text_section) = {
             let elf = object::File::parse(&*map).ok()?;
-            if elf.section_by_name(".symtab").is_some() {
-                return None;
-            }
             let table = match elf
                 .section_by_name(".gopclntab")
                 .and_then(|section| section.file_range())
@@ -176,6 +186,32 @@ impl GoTable {
             .iter()
             .find(|(_, offset, size)| (*offset..offset + size).contains(&file_offset))
             .map(|(address, offset, _)| address + (file_offset - offset))
+    }
+
+    /// The file offset virtual address `address` is loaded from (what a uprobe is attached by).
+    pub fn address_to_file_offset(&self, address: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(start, _, size)| (*start..start + size).contains(&address))
+            .map(|(start, offset, _)| offset + (address - start))
+    }
+
+    /// The addresses of the function named `name` (exactly as Go names it, e.g.
+    /// `runtime.newproc1`): from its entry to the next function's.
+    pub fn function_named(&self, name: &str) -> Option<std::ops::Range<u64>> {
+        let data = self.data();
+        (0..self.nfunc).find_map(|index| {
+            let (entry, func) = self.functab_entry(index)?;
+            let func = Func::read(self, self.pclntab + func)?;
+            let start = self.funcnametab + func.name_offset;
+            let found = data.get(start..start + name.len())? == name.as_bytes() && data.get(start + name.len()) == Some(&0);
+            found.then(|| Some(entry..self.functab_entry(index + 1)?.0)).flatten()
+        })
+    }
+
+    /// The bytes of the binary's file image at virtual addresses `range`.
+    pub fn bytes_at(&self, range: std::ops::Range<u64>) -> Option<&[u8]> {
+        self.read_at_address(range.start, usize::try_from(range.end.checked_sub(range.start)?).ok()?)
     }
 
     /// `(entry pc, offset of its _func)` of function `index` (`index == nfunc` is the end).

@@ -60,6 +60,11 @@ pub struct Frame {
     /// not, and `address` is the function's entry.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
+    /// A frame of a Go goroutine's ancestry rather than of the connecting thread: the stack of
+    /// the goroutine that ran the `go` statement, `1` for the connecting goroutine's spawner,
+    /// `2` for the spawner's spawner... (see `goroutine`'s frames in the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_by: Option<u32>,
 }
 
 /// A stack's frames, innermost first.
@@ -74,18 +79,20 @@ pub struct SymbolizedStack {
 }
 
 impl SymbolizedStack {
-    /// A stack nothing could be said about: its addresses alone.
+    /// A stack nothing could be said about: its addresses alone (each goroutine hop's marked).
     pub fn addresses_only(stack: &[u64]) -> Self {
-        let frames = stack
-            .iter()
-            .map(|&address| Frame {
-                address,
-                function: None,
-                file: None,
-                line: None,
-                module: None,
-                inlined: false,
-                recovered: false,
+        let frames = goroutine_segments(stack)
+            .flat_map(|(spawned_by, segment)| {
+                segment.iter().map(move |&address| Frame {
+                    address,
+                    function: None,
+                    file: None,
+                    line: None,
+                    module: None,
+                    inlined: false,
+                    recovered: false,
+                    spawned_by,
+                })
             })
             .collect();
         Self {
@@ -99,6 +106,15 @@ impl SymbolizedStack {
     pub fn telling(&self) -> Option<&Frame> {
         self.frames.get(self.telling_frame?)
     }
+}
+
+/// A call stack's parts: the thread's own stack (`None`), then each spawning goroutine's stack
+/// (`Some(1)`, `Some(2)`...), as [`crate::event::ConnOpen::call_stack`] joined them.
+pub fn goroutine_segments(stack: &[u64]) -> impl Iterator<Item = (Option<u32>, &[u64])> {
+    stack
+        .split(|&address| address == crate::event::GOROUTINE_BOUNDARY)
+        .enumerate()
+        .map(|(hop, segment)| ((hop > 0).then_some(hop as u32), segment))
 }
 
 /// A stack to symbolize: the owner's (pid, start time) from [`crate::event::Owner`] and the raw
@@ -467,6 +483,7 @@ mod tests {
             module: Some("/usr/bin/sockpuppet".into()),
             inlined: false,
             recovered: false,
+            spawned_by: None,
         };
         let json = serde_json::to_string(&frame).unwrap();
         assert_eq!(

@@ -189,14 +189,23 @@ pub fn origin(frame: &Frame) -> Origin {
     }
 }
 
-/// The index of the most telling frame: the first application frame, else the first library
-/// frame, else none.
+/// The index of the most telling frame: the first application frame (in the connecting
+/// thread's stack, else in a spawning goroutine's), else the first library frame, else the
+/// outermost named frame that is not the thread's own machinery (for a stack that is all
+/// standard library, such as net/http's dial goroutine: `net/http.(*Transport).dialConnFor`
+/// says more than nothing), else none.
 pub fn pick(frames: &[Frame]) -> Option<usize> {
     let origins: Vec<Origin> = frames.iter().map(origin).collect();
     origins
         .iter()
         .position(|&origin| origin == Origin::Application)
         .or_else(|| origins.iter().position(|&origin| origin == Origin::Library))
+        .or_else(|| frames.iter().rposition(|frame| frame.function.as_deref().is_some_and(|name| !is_thread_machinery(name))))
+}
+
+/// The language runtime's scheduler, thread starts and stack roots: never a call site.
+fn is_thread_machinery(function: &str) -> bool {
+    function.starts_with("runtime.") || super::truncation::is_root(function)
 }
 
 #[cfg(test)]
@@ -212,6 +221,7 @@ mod tests {
             module: module.map(str::to_string),
             inlined: false,
             recovered: false,
+            spawned_by: None,
         }
     }
 
@@ -232,7 +242,39 @@ mod tests {
         assert_eq!(pick(&frames), Some(3));
         // Without an application frame, the client library says the most.
         assert_eq!(pick(&frames[..3]), Some(2));
-        assert_eq!(pick(&frames[..2]), None);
+        // Without either, the outermost standard library frame: where the dial started.
+        assert_eq!(pick(&frames[..2]), Some(1));
+    }
+
+    #[test]
+    fn a_stack_of_the_standard_library_alone_names_its_outermost_frame_not_no_stack() {
+        let exe = Some("/srv/client");
+        let frames = [
+            frame(Some("syscall.connect"), exe),
+            frame(Some("net.(*netFD).connect"), exe),
+            frame(Some("net/http.(*Transport).dialConn"), exe),
+            frame(Some("net/http.(*Transport).dialConnFor"), exe),
+            frame(Some("runtime.goexit"), exe),
+        ];
+        assert_eq!(pick(&frames), Some(3));
+        assert_eq!(pick(&[frame(Some("runtime.goexit"), exe), frame(None, exe)]), Some(1), "an application address");
+        assert_eq!(pick(&[frame(Some("runtime.goexit"), exe)]), None);
+    }
+
+    #[test]
+    fn an_application_frame_of_a_spawning_goroutine_is_preferred_to_the_library() {
+        let exe = Some("/srv/consumer");
+        let mut spawned = frame(Some("main.dialBackend"), exe);
+        spawned.spawned_by = Some(1);
+        let frames = [
+            frame(Some("net.(*netFD).connect"), exe),
+            frame(Some("google.golang.org/grpc.(*addrConn).resetTransport"), exe),
+            frame(Some("runtime.goexit"), exe),
+            frame(Some("runtime.newproc1"), exe),
+            frame(Some("google.golang.org/grpc.DialContext"), exe),
+            spawned,
+        ];
+        assert_eq!(pick(&frames), Some(5));
     }
 
     #[test]

@@ -31,6 +31,11 @@ const ROOTS: &[&str] = &[
     "start_c",
 ];
 
+/// Whether `function` is one every stack of some thread ends in.
+pub fn is_root(function: &str) -> bool {
+    ROOTS.contains(&function)
+}
+
 /// Whether the walk that produced `frames` (from `depth` raw addresses, the kernel's limit
 /// being `max_depth`) is known to have stopped before the thread's root.
 pub fn is_truncated(frames: &[Frame], depth: usize, max_depth: usize) -> bool {
@@ -62,6 +67,7 @@ mod tests {
             module: module.map(str::to_string),
             inlined: false,
             recovered: false,
+            spawned_by: None,
         }
     }
 

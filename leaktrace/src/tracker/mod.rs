@@ -182,7 +182,8 @@ impl Tracker {
             return;
         }
         let process = self.processes.observe(open.owner.pid, open.owner.process_start_ns, &open.owner.comm, open.owner.cgroup_id, event.ts_ns);
-        let key = SiteKeyRef { process, direction, stack: &open.stack, born_before_start: false };
+        let stack = open.call_stack();
+        let key = SiteKeyRef { process, direction, stack: &stack, born_before_start: false };
         let site = self.site_for(&key, open.stack_error, event.ts_ns);
         let peer = self.site_mut(site).open(event.ts_ns, open.remote, true);
         self.stats.opened += 1;

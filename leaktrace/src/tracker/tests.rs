@@ -42,6 +42,7 @@ fn open(socket: SocketId, cookie: u64, ts_ns: u64, owner: Owner, accept: bool, s
         state: if accept { TcpState::Established } else { TcpState::SynSent },
         stack: stack.to_vec(),
         stack_error: None,
+        goroutine: None,
     };
     let body = if accept { EventBody::Accept(open) } else { EventBody::Connect(open) };
     Event { ts_ns, cpu: 0, socket, cookie, body }

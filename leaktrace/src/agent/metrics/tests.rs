@@ -20,12 +20,14 @@ fn frame(function: &str) -> Frame {
         module: None,
         inlined: false,
         recovered: false,
+        spawned_by: None,
     }
 }
 
 fn site(pid: u32, comm: &str, function: &str, live: u64, opened: u64, verdict: Verdict) -> CallSite {
     CallSite {
         pid,
+        process_start_ns: 1,
         comm: comm.into(),
         exe: None,
         direction: Direction::Connect,
@@ -51,6 +53,7 @@ fn site(pid: u32, comm: &str, function: &str, live: u64, opened: u64, verdict: V
         destinations: Vec::new(),
         verdict,
         findings: Vec::new(),
+        go_ancestry: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //	grpcleak -mode churn    -target ADDR ...              the fix: a new connection per message, closed after the call
 //	grpcleak -mode shared   -target ADDR ...              the right design: one connection for every message
 //	grpcleak -mode leak-tcp -target ADDR ...              a plain net.Dial per message, never closed
+//	grpcleak -mode leak-two -target ADDR ...              the leak from two places: orders and payments alternate
 //
 // A client prints "handled N" on stdout after its Nth message. With -count it stops after that
 // many messages and keeps its connections until it is killed. Whenever stdin is a pipe, its end
@@ -45,6 +46,7 @@ const (
 	modeChurn   = "churn"
 	modeShared  = "shared"
 	modeLeakTCP = "leak-tcp"
+	modeLeakTwo = "leak-two"
 )
 
 // backend is one connection to the backend service: a gRPC channel or a bare TCP connection.
@@ -78,10 +80,10 @@ func main() {
 	switch *mode {
 	case modeServer:
 		err = serve(*listen)
-	case modeLeak, modeChurn, modeShared, modeLeakTCP:
+	case modeLeak, modeChurn, modeShared, modeLeakTCP, modeLeakTwo:
 		err = runClient(*mode, *target, *rate, *count)
 	default:
-		err = fmt.Errorf("unknown -mode %q; use server, leak, churn, shared or leak-tcp", *mode)
+		err = fmt.Errorf("unknown -mode %q; use server, leak, churn, shared, leak-tcp or leak-two", *mode)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "grpcleak: %v\n", err)
@@ -111,6 +113,7 @@ func runClient(mode, target string, rate, count int) error {
 		modeChurn:   "dials a new gRPC connection per message, one health check, closes it",
 		modeShared:  "one gRPC connection dialed at start, one health check per message on it",
 		modeLeakTCP: "dials a new TCP connection per message (net.Dial), never closes it",
+		modeLeakTwo: "alternates order and payment messages, each dialing its own gRPC connection, never closed",
 	}[mode]
 	limit := "no limit"
 	if count > 0 {
@@ -161,6 +164,20 @@ func consume(c *consumer, rate, count int) error {
 //go:noinline
 func handleMessage(c *consumer) error {
 	switch c.mode {
+	case modeLeakTwo:
+		// Two code paths leak through the same library call: two call sites.
+		var conn backend
+		var err error
+		if len(c.leaked)%2 == 0 {
+			conn, err = dialOrders(c.target)
+		} else {
+			conn, err = dialPayments(c.target)
+		}
+		if err != nil {
+			return err
+		}
+		c.leaked = append(c.leaked, conn)
+		return conn.call()
 	case modeShared:
 		// The right design: every message reuses the connection dialed at start.
 		return c.shared.call()
@@ -210,6 +227,32 @@ func dialGRPC(target string) (backend, error) {
 	conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock(), grpc.WithReturnConnectionError())
 	if err != nil {
 		return nil, fmt.Errorf("dialing gRPC %s: %w (is `grpcleak -mode server` running there?)", target, err)
+	}
+	return &grpcBackend{conn: conn, health: healthpb.NewHealthClient(conn)}, nil
+}
+
+// dialOrders dials the orders service (here, the same test server) for one message.
+//
+//go:noinline
+func dialOrders(target string) (backend, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), messageTimeout)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock())
+	if err != nil {
+		return nil, fmt.Errorf("dialing the orders service %s: %w", target, err)
+	}
+	return &grpcBackend{conn: conn, health: healthpb.NewHealthClient(conn)}, nil
+}
+
+// dialPayments dials the payments service (here, the same test server) for one message.
+//
+//go:noinline
+func dialPayments(target string) (backend, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), messageTimeout)
+	defer cancel()
+	conn, err := grpc.DialContext(ctx, target, grpc.WithInsecure(), grpc.WithBlock())
+	if err != nil {
+		return nil, fmt.Errorf("dialing the payments service %s: %w", target, err)
 	}
 	return &grpcBackend{conn: conn, health: healthpb.NewHealthClient(conn)}, nil
 }
