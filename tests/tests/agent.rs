@@ -62,10 +62,10 @@ fn prometheus_scrapes_the_leaking_call_site_as_a_leak_and_the_shared_one_as_not(
         WAIT,
         |result| !result.is_empty(),
     );
-    assert_eq!(leaking.len(), 1, "one leaking dial site: {leaking:#?}");
-    assert_eq!(leaking[0]["metric"]["comm"], "grpcleak");
-    assert_eq!(leaking[0]["value"][1], "1");
-    let live = prometheus.query(&format!(r#"leaktrace_call_site_live_connections{{pid="{leak_pid}",direction="connect",verdict="leak"}}"#));
+    // One dial site, or two once goroutine ancestry attached: the dials before it stay in the
+    // library's call site, the later ones name the application's function.
+    assert!(leaking.iter().all(|series| series["metric"]["comm"] == "grpcleak" && series["value"][1] == "1"), "{leaking:#?}");
+    let live = prometheus.query(&format!(r#"sum(leaktrace_call_site_live_connections{{pid="{leak_pid}",direction="connect",verdict="leak"}})"#));
     let live: f64 = live[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(live >= 10.0, "a leak has at least --leak-growth live connections: {live}");
 
@@ -103,9 +103,9 @@ fn report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly() 
     assert!(report["events"]["produced"].as_u64().unwrap() > 0, "{report:#}");
     assert!(report["tracker"]["opened"].as_u64().unwrap() > 0, "{report:#}");
     assert_eq!(report["thresholds"]["leak_growth"], 10);
-    let dial = traced(&report, leak.pid(), "connect");
-    assert_eq!(dial.len(), 1, "{report:#}");
-    assert_eq!(dial[0]["verdict"], "leak");
+    // The dials before goroutine ancestry attached, and those after, may be two call sites.
+    let dial: Vec<&Value> = traced(&report, leak.pid(), "connect").into_iter().filter(|site| site["verdict"] == "leak").collect();
+    assert!(!dial.is_empty(), "{report:#}");
     assert!(dial[0]["live"].as_u64().unwrap() >= 10);
     assert!(!dial[0]["frames"].as_array().unwrap().is_empty(), "the dial has its stack: {:#}", dial[0]);
     assert_eq!(dial[0]["findings"][0]["verdict"], "leak");
@@ -114,7 +114,7 @@ fn report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly() 
     // Filters narrow the call sites, and the processes to those that keep one.
     let leaks = agent.report(&[("verdict", "leak")]);
     assert!(sites(&leaks).iter().all(|site| site["verdict"] == "leak"), "{leaks:#}");
-    assert_eq!(traced(&leaks, leak.pid(), "connect").len(), 1);
+    assert!(!traced(&leaks, leak.pid(), "connect").is_empty(), "{leaks:#}");
     assert!(traced(&leaks, shared.pid(), "connect").is_empty(), "the shared connection is no leak: {leaks:#}");
     let shared_only = agent.report(&[("pid", &shared.pid().to_string())]);
     assert!(!sites(&shared_only).is_empty());
@@ -122,7 +122,7 @@ fn report_api_serves_the_json_contract_with_working_filters_and_stops_cleanly() 
     assert!(shared_only["processes"].as_array().unwrap().iter().all(|process| process["pid"] == shared.pid()));
     let both = agent.report(&[("pid", &shared.pid().to_string()), ("pid", &leak.pid().to_string()), ("direction", "connect")]);
     assert!(sites(&both).iter().all(|site| site["direction"] == "connect"));
-    assert_eq!(traced(&both, leak.pid(), "connect").len() + traced(&both, shared.pid(), "connect").len(), 2, "{both:#}");
+    assert!(!traced(&both, leak.pid(), "connect").is_empty() && !traced(&both, shared.pid(), "connect").is_empty(), "{both:#}");
     let accepted = agent.report(&[("direction", "accept"), ("comm", "grpcleak")]);
     assert!(!sites(&accepted).is_empty() && sites(&accepted).iter().all(|site| site["direction"] == "accept"));
     let none = agent.report(&[("min_live", "1000000")]);
