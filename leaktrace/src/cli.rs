@@ -6,6 +6,7 @@ use std::{os::unix::fs::MetadataExt, path::Path, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    container::{PodNames, WorkloadFilter, cgroup::is_id_prefix},
     goruntime::policy::AncestryMode,
     kernel::{StateHook, TracerOptions, Transitions},
     tracker::Thresholds,
@@ -76,6 +77,8 @@ pub struct AgentArgs {
     pub inventory_interval: f64,
     #[command(flatten)]
     pub go: GoAncestryArgs,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
 }
 
 /// The live view (the default command).
@@ -87,6 +90,8 @@ pub struct WatchArgs {
     pub judge: JudgeArgs,
     #[command(flatten)]
     pub view: ViewArgs,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
     /// Stop after this many seconds and print the final report (default: until Ctrl-C or
     /// SIGTERM).
     #[arg(long, value_name = "SECONDS")]
@@ -195,10 +200,33 @@ pub struct JudgeArgs {
     pub churn_lifetime: f64,
 }
 
+/// Which containers to show, and where their names come from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ContainerArgs {
+    /// Keep only this container: a prefix of its id, or its name in its pod (repeatable).
+    #[arg(long = "container", value_name = "ID|NAME")]
+    pub containers: Vec<String>,
+    /// Keep only this Kubernetes pod, by name (repeatable).
+    #[arg(long = "pod", value_name = "NAME")]
+    pub pods: Vec<String>,
+    /// Keep only pods of this Kubernetes namespace (repeatable).
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+    /// Name containers from the Kubernetes API (this node's pods) even outside a cluster, with
+    /// the current kubeconfig. In a cluster (KUBERNETES_SERVICE_HOST set) it is on by default.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The node whose pods are watched (default: the NODE_NAME environment variable).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
     /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
@@ -251,6 +279,15 @@ pub enum ArgsError {
     Seconds { flag: &'static str, value: f64 },
     #[error("--{flag} {value}: must be a positive number")]
     Positive { flag: &'static str, value: String },
+    #[error("--{flag} {value:?}: not a valid {what}")]
+    Name { flag: &'static str, value: String, what: &'static str },
+    #[error(
+        "--{flag} {value}: {what} come from the Kubernetes API, which is not used here\n\
+         hint: run leaktrace in the cluster (KUBERNETES_SERVICE_HOST and NODE_NAME set), or pass --kubernetes --node NAME"
+    )]
+    NeedsKubernetes { flag: &'static str, value: String, what: &'static str },
+    #[error("--kubernetes: which node's pods to watch is unknown\nhint: pass --node NAME or set NODE_NAME")]
+    NoNode,
 }
 
 impl JudgeArgs {
@@ -288,6 +325,79 @@ impl GoAncestryArgs {
             Err(ArgsError::Positive { flag: "go-ancestry-max-rate", value: rate.to_string() })
         }
     }
+}
+
+impl ContainerArgs {
+    /// Where pod names come from in this environment (KUBERNETES_SERVICE_HOST, NODE_NAME), and
+    /// the filters, checked against it.
+    pub fn from_environment(&self) -> Result<(PodNames, WorkloadFilter), ArgsError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let names = self.pod_names(env("KUBERNETES_SERVICE_HOST"), env("NODE_NAME"))?;
+        let filter = self.filter(&names)?;
+        Ok((names, filter))
+    }
+
+    /// Where pod names come from; `in_cluster` and `node_env` are KUBERNETES_SERVICE_HOST's and
+    /// NODE_NAME's values.
+    pub fn pod_names(&self, in_cluster: Option<String>, node_env: Option<String>) -> Result<PodNames, ArgsError> {
+        let node = self.node.clone().or(node_env).filter(|node| !node.is_empty());
+        let in_cluster = in_cluster.is_some_and(|host| !host.is_empty());
+        match (self.kubernetes || in_cluster, node) {
+            (false, _) => Ok(PodNames::Off),
+            (true, Some(node)) => Ok(PodNames::Watch { node }),
+            (true, None) if self.kubernetes => Err(ArgsError::NoNode),
+            (true, None) => Ok(PodNames::NodeUnknown),
+        }
+    }
+
+    /// The filters, checked: names must be Kubernetes names, and need the Kubernetes API.
+    pub fn filter(&self, names: &PodNames) -> Result<WorkloadFilter, ArgsError> {
+        let kubernetes = matches!(names, PodNames::Watch { .. });
+        for container in &self.containers {
+            if is_id_prefix(container) {
+                continue;
+            }
+            let value = container.clone();
+            if !is_dns_label(container) {
+                return Err(ArgsError::Name { flag: "container", value, what: "container id prefix or name" });
+            }
+            if !kubernetes {
+                return Err(ArgsError::NeedsKubernetes { flag: "container", value, what: "container names" });
+            }
+        }
+        for (flag, values, (one, many), valid) in [
+            ("pod", &self.pods, ("pod name", "pod names"), is_dns_subdomain as fn(&str) -> bool),
+            ("namespace", &self.namespaces, ("namespace", "namespaces"), is_dns_label),
+        ] {
+            for value in values {
+                if !valid(value) {
+                    return Err(ArgsError::Name { flag, value: value.clone(), what: one });
+                }
+                if !kubernetes {
+                    return Err(ArgsError::NeedsKubernetes { flag, value: value.clone(), what: many });
+                }
+            }
+        }
+        Ok(WorkloadFilter {
+            containers: self.containers.clone(),
+            pods: self.pods.clone(),
+            namespaces: self.namespaces.clone(),
+        })
+    }
+}
+
+/// An RFC 1123 label, as Kubernetes names containers and namespaces.
+fn is_dns_label(name: &str) -> bool {
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|b| alphanumeric(b) || b == b'-')
+        && name.bytes().next().is_some_and(alphanumeric)
+        && name.bytes().last().is_some_and(alphanumeric)
+}
+
+/// An RFC 1123 subdomain, as Kubernetes names pods.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
 impl ViewArgs {
@@ -450,6 +560,38 @@ mod tests {
         assert!(err.contains("invalid value 'localhost' for '--listen <ADDR:PORT>'"), "{err}");
         // The live view's output flags are not the agent's.
         assert!(Cli::try_parse_from(["leaktrace", "agent", "--format", "json"]).is_err());
+    }
+
+    #[test]
+    fn container_filters_are_checked_against_where_names_come_from() {
+        let args = |extra: &[&str]| watch(extra).unwrap().containers;
+        let in_cluster = Some("10.96.0.1".to_string());
+        let node = Some("node-1".to_string());
+        assert_eq!(args(&[]).pod_names(None, node.clone()).unwrap(), PodNames::Off);
+        assert_eq!(args(&[]).pod_names(in_cluster.clone(), None).unwrap(), PodNames::NodeUnknown);
+        let watching = args(&[]).pod_names(in_cluster.clone(), node.clone()).unwrap();
+        assert_eq!(watching, PodNames::Watch { node: "node-1".into() });
+        let flagged = args(&["--kubernetes", "--node", "n2"]).pod_names(None, node).unwrap();
+        assert_eq!(flagged, PodNames::Watch { node: "n2".into() });
+        let err = args(&["--kubernetes"]).pod_names(None, None).unwrap_err().to_string();
+        assert!(err.starts_with("--kubernetes: which node's pods to watch is unknown"), "{err}");
+
+        // Off a cluster: id prefixes only.
+        let filter = args(&["--container", "5e687ed3"]).filter(&PodNames::Off).unwrap();
+        assert_eq!(filter.containers, vec!["5e687ed3".to_string()]);
+        let err = args(&["--container", "consumer"]).filter(&PodNames::Off).unwrap_err().to_string();
+        assert!(err.starts_with("--container consumer: container names come from the Kubernetes API"), "{err}");
+        let err = args(&["--pod", "orders-1"]).filter(&PodNames::NodeUnknown).unwrap_err().to_string();
+        assert!(err.contains("hint: run leaktrace in the cluster"), "{err}");
+        // In a cluster: names, checked.
+        let names = args(&["--container", "consumer", "--pod", "orders-1.x", "--namespace", "shop"]);
+        let filter = names.filter(&watching).unwrap();
+        assert_eq!((filter.pods.len(), filter.namespaces.len()), (1, 1));
+        let err = args(&["--namespace", "Shop"]).filter(&watching).unwrap_err().to_string();
+        assert_eq!(err, "--namespace \"Shop\": not a valid namespace");
+        let err = args(&["--container", "my_app"]).filter(&watching).unwrap_err().to_string();
+        assert_eq!(err, "--container \"my_app\": not a valid container id prefix or name");
+        assert!(args(&["--pod", &"a".repeat(64)]).filter(&watching).is_err());
     }
 
     #[test]

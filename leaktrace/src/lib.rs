@@ -4,13 +4,16 @@
 //! - [`kernel`]: loads and attaches the probes, reads the ring buffer and the counters.
 //! - [`decode`] / [`event`]: ring-buffer records to aya-free [`event::Event`]s.
 //! - [`cli`] and [`commands`]: the command line.
+//! - [`host_access`]: what a container running leaktrace must be granted, and why.
 //! - [`agent`]: `leaktrace agent`, the long-running mode serving metrics and the report over HTTP.
 pub mod agent;
 pub mod cli;
 pub mod commands;
+pub mod container;
 pub mod decode;
 pub mod event;
 pub mod goruntime;
+pub mod host_access;
 pub mod inventory;
 pub mod kernel;
 pub mod tcp;

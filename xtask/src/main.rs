@@ -9,6 +9,7 @@ macro_rules! say {
 mod bench;
 mod cargo;
 mod cmd;
+mod image;
 mod setup;
 
 use std::{env, ffi::OsString, path::PathBuf, process::ExitCode};
@@ -34,7 +35,8 @@ enum Task {
     /// A nightly toolchain with rust-src, and bpf-linker linked against the nightly's LLVM;
     /// with --test-deps also the end-to-end tests' tools. Mounts tracefs when root.
     Setup {
-        /// Also install what the end-to-end tests need (gcc, iproute2, Go with grpc-go, python3).
+        /// Also install what the end-to-end tests need (gcc, iproute2, Go with grpc-go, python3,
+        /// podman, runc, buildah, prometheus).
         #[arg(long)]
         test_deps: bool,
         /// Look for and install bpf-linker only in DIR/bin (`cargo install --root DIR`); also
@@ -73,6 +75,14 @@ enum Task {
             value_name = "ARGS"
         )]
         args: Vec<OsString>,
+    },
+    /// Set up, then build the container image `localhost/leaktrace:<version>` (and `:latest`) with
+    /// buildah: a static leaktrace, nothing else; prints the image's name on stdout (root)
+    Image {
+        /// Also write it to target/image/leaktrace.tar (docker-archive: `docker load`,
+        /// `ctr -n k8s.io images import`, `kind load image-archive`).
+        #[arg(long)]
+        save: bool,
     },
     /// Set up, then clippy with warnings denied: host crates, and the eBPF crate with the nightly
     Clippy,
@@ -161,6 +171,12 @@ fn dispatch(task: Task) -> Result<()> {
                 args
             };
             cargo::test(&ready, &args)
+        }
+        Task::Image { save } => {
+            let ready = setup::setup(&build_opts())?;
+            let name = image::image(&ready, &image::Options { save })?;
+            println!("{name}");
+            Ok(())
         }
         Task::Clippy => {
             let ready = setup::setup(&build_opts())?;

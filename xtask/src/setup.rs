@@ -27,8 +27,14 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
-    // The agent tests: the Prometheus server scrapes the agent, promtool checks its metrics.
+    // The agent tests: the Prometheus server scrapes the agent; promtool checks its metrics
+    // (and the PrometheusRule's alerting rules).
     ("prometheus", "prometheus"),
+    // The image's end-to-end test: rootful podman with runc (Debian's default crun cannot run
+    // containers on cgroup v1 hybrid hosts), and buildah for `cargo xtask image`.
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("buildah", "buildah"),
     ("promtool", "prometheus"),
 ];
 
@@ -81,7 +87,7 @@ pub fn setup(opts: &Options) -> Result<Ready> {
     rust_src()?;
     let extra_path = bpf_linker(opts.bpf_linker_root.as_deref())?;
     if opts.test_deps {
-        test_prerequisites()?;
+        debian_packages("test prerequisites", TEST_PREREQUISITES)?;
         backports_prerequisites()?;
     }
     tracefs();
@@ -366,7 +372,10 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
     })
 }
 
-fn test_prerequisites() -> Result<()> {
+/// Makes sure every `(what to look for, Debian package)` of `wanted` is present, installing the
+/// packages of all of them with apt-get (as root) when any is missing. `purpose` names them in
+/// messages ("test prerequisites").
+pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
     let present = |what: &str| {
         if what.starts_with('/') {
             Path::new(what).exists()
@@ -378,21 +387,22 @@ fn test_prerequisites() -> Result<()> {
                     .any(|d| cmd::is_executable(&Path::new(d).join(what)))
         }
     };
-    let missing: Vec<&str> = TEST_PREREQUISITES
+    let missing: Vec<&str> = wanted
         .iter()
         .map(|(what, _)| *what)
         .filter(|w| !present(w))
         .collect();
     if missing.is_empty() {
-        let names: Vec<&str> = TEST_PREREQUISITES
+        // A file stands for its package: `golang-1.21-go` says more than `go`.
+        let names: Vec<&str> = wanted
             .iter()
-            .map(|(what, _)| what.rsplit('/').next().unwrap_or(what))
+            .map(|(what, package)| if what.starts_with('/') { *package } else { *what })
             .collect();
-        say!("test prerequisites: present ({})", names.join(", "));
+        say!("{purpose}: present ({})", names.join(", "));
         return Ok(());
     }
     let mut packages: Vec<&str> = Vec::new();
-    for (_, package) in TEST_PREREQUISITES {
+    for (_, package) in wanted.iter() {
         if !packages.contains(package) {
             packages.push(package);
         }
@@ -403,18 +413,18 @@ fn test_prerequisites() -> Result<()> {
     );
     if !cmd::is_root() {
         bail!(
-            "the end-to-end tests need {}, which are missing, and installing them needs root\n\
+            "{purpose}: {} missing, and installing them needs root\n\
              fix: sudo apt-get update && sudo {install}",
             missing.join(", ")
         );
     }
     say!(
-        "test prerequisites: missing {}, installing them with apt-get",
+        "{purpose}: missing {}, installing them with apt-get",
         missing.join(", ")
     );
     let fix = || {
         format!(
-            "could not install the test prerequisites; check network access and the apt sources, then run `apt-get update && {install}`"
+            "could not install the {purpose}; check network access and the apt sources, then run `apt-get update && {install}`"
         )
     };
     run(Command::new("apt-get")
@@ -439,51 +449,34 @@ fn test_prerequisites() -> Result<()> {
 
 /// The newer Go toolchains, from bookworm-backports (whose apt source is added when missing).
 fn backports_prerequisites() -> Result<()> {
+    const PURPOSE: &str = "test prerequisites from bookworm-backports";
     let missing: Vec<&str> = BACKPORTS_PREREQUISITES
         .iter()
         .filter(|(binary, _)| !Path::new(binary).exists())
         .map(|(_, package)| *package)
         .collect();
-    if missing.is_empty() {
-        say!("test prerequisites from bookworm-backports: present (Go 1.21, 1.22, 1.23)");
-        return Ok(());
+    if !missing.is_empty() && cmd::is_root() {
+        let codename = std::fs::read_to_string("/etc/os-release")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_string))
+            .unwrap_or_default();
+        if codename != "bookworm" {
+            bail!(
+                "the goroutine-ancestry tests need Go 1.21 to 1.23 ({}), which are missing; setup installs them from \
+                 Debian 12's bookworm-backports, and this system is {codename:?}\n\
+                 fix: install those Go versions so that /usr/lib/go-1.2x/bin/go exist",
+                missing.join(", ")
+            );
+        }
+        let listed = capture(Command::new("apt-cache").args(["policy", missing[0]])).unwrap_or_default();
+        if !listed.contains("bookworm-backports") {
+            say!("{PURPOSE}: adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
+            std::fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
+                .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
+        }
     }
-    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
-    let codename = std::fs::read_to_string("/etc/os-release")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_string))
-        .unwrap_or_default();
-    if codename != "bookworm" {
-        bail!(
-            "the goroutine-ancestry tests need Go 1.21 to 1.23 ({}), which are missing; setup installs them from \
-             Debian 12's bookworm-backports, and this system is {codename:?}\n\
-             fix: install those Go versions so that /usr/lib/go-1.2x/bin/go exist",
-            missing.join(", ")
-        );
-    }
-    if !cmd::is_root() {
-        bail!(
-            "the goroutine-ancestry tests need {}, which are missing, and installing them needs root\n\
-             fix: add bookworm-backports to the apt sources, then sudo apt-get update && sudo {install}",
-            missing.join(", ")
-        );
-    }
-    let listed = capture(Command::new("apt-cache").args(["policy", missing[0]])).unwrap_or_default();
-    if !listed.contains("bookworm-backports") {
-        say!("adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
-        std::fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
-            .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
-    }
-    say!("test prerequisites: missing {}, installing them from bookworm-backports", missing.join(", "));
-    let fix = || format!("could not install {}; check network access, then run `apt-get update && {install}`", missing.join(" "));
-    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive")).with_context(fix)?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(fix)?;
-    Ok(())
+    debian_packages(PURPOSE, BACKPORTS_PREREQUISITES)
 }
 
 /// Mounts tracefs where classic tracepoints look for it. leaktrace mounts it itself when needed,

@@ -7,7 +7,7 @@
 //! `call_site="other"` / `comm="other"` series, and a dropped label sums the series it told
 //! apart. Series of call sites and processes the tracker has forgotten are simply not written,
 //! nor those of processes that exited with nothing live left.
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -18,6 +18,7 @@ use prometheus_client::{
 
 use super::Scrape;
 use crate::{
+    container,
     report::CallSite,
     tracker::{Direction, ProcessView, Verdict},
 };
@@ -212,20 +213,35 @@ impl SiteSum {
 }
 
 /// Where a call site or a process runs, for the `container`, `pod` and `namespace` labels
-/// (empty on the host, and until the report carries containers).
+/// (empty on the host).
 #[derive(Default)]
 struct Workload<'a> {
-    container: &'a str,
+    /// The container's name in its pod, else its id's first 12 digits.
+    container: Cow<'a, str>,
     pod: &'a str,
     namespace: &'a str,
 }
 
-fn site_workload(_site: &CallSite) -> Workload<'_> {
-    Workload::default()
+impl<'a> Workload<'a> {
+    fn of(container: Option<&'a container::Workload>) -> Self {
+        let Some(container) = container else { return Self::default() };
+        Self {
+            container: match &container.name {
+                Some(name) => Cow::Borrowed(name.as_str()),
+                None => Cow::Owned(container.id.chars().take(12).collect()),
+            },
+            pod: container.pod.as_deref().unwrap_or_default(),
+            namespace: container.namespace.as_deref().unwrap_or_default(),
+        }
+    }
 }
 
-fn process_workload(_process: &ProcessView) -> Workload<'_> {
-    Workload::default()
+fn site_workload(site: &CallSite) -> Workload<'_> {
+    Workload::of(site.container.as_ref())
+}
+
+fn process_workload(process: &ProcessView) -> Workload<'_> {
+    Workload::of(process.container.as_ref())
 }
 
 fn direction_name(direction: Direction) -> &'static str {

@@ -81,10 +81,12 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
         trace: &args.trace,
         judge: &args.judge,
         go: &args.go,
+        containers: &args.containers,
         record: None,
         seed: !args.no_seed,
         inventory_interval,
-    })?;
+    })
+    .await?;
 
     let (requests, mut scrapes) = mpsc::channel::<ScrapeRequest>(16);
     let ready = Arc::new(AtomicBool::new(false));

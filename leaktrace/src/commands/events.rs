@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::clock::{monotonic_ns, sleep_until};
 use crate::{
     cli::{EventsArgs, parse_duration},
+    container::{self, events::EventFilter},
     event::Event,
     kernel::{KernelCounters, Tracer, Transitions},
     recording::{Mark, RECORDING_VERSION, write_line},
@@ -17,7 +18,15 @@ use crate::{
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let options = args.trace.to_options(Transitions::All)?;
     let duration = parse_duration(args.duration)?;
+    let (pod_names, workload_filter) = args.containers.from_environment()?;
+    let max_sockets = options.max_sockets as usize;
     let mut tracer = Tracer::start(options)?;
+    // Containers are only looked up when the stream is filtered by them.
+    let mut filter = if workload_filter.is_empty() {
+        None
+    } else {
+        Some(EventFilter::new(container::start(&pod_names).await, workload_filter, max_sockets))
+    };
     let start = Mark::Start { ts_ns: monotonic_ns(), version: RECORDING_VERSION };
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -37,7 +46,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
             _ = terminate.recv() => true,
             () = sleep_until(deadline) => true,
         };
-        if !write_events(&mut out, &mut batch)? {
+        if !write_events(&mut out, &mut batch, filter.as_mut())? {
             return Ok(());
         }
         if stop {
@@ -45,7 +54,7 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
         }
     }
     let counters = tracer.finish(&mut batch)?;
-    if !write_events(&mut out, &mut batch)? {
+    if !write_events(&mut out, &mut batch, filter.as_mut())? {
         return Ok(());
     }
     let end = Mark::End { ts_ns: monotonic_ns() };
@@ -60,8 +69,11 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes and clears a batch. `false` when stdout was closed by its reader.
-fn write_events(out: &mut impl Write, batch: &mut Vec<Event>) -> anyhow::Result<bool> {
+/// Writes (those `filter` keeps) and clears a batch. `false` when stdout was closed by its reader.
+fn write_events(out: &mut impl Write, batch: &mut Vec<Event>, filter: Option<&mut EventFilter>) -> anyhow::Result<bool> {
+    if let Some(filter) = filter {
+        batch.retain(|event| filter.keep(event));
+    }
     let result = batch
         .drain(..)
         .try_for_each(|event| write_line(&mut *out, &event))

@@ -10,12 +10,13 @@ use super::{
     inventory::{Inventories, Taken},
 };
 use crate::{
-    cli::{GoAncestryArgs, JudgeArgs, TraceArgs},
+    cli::{ContainerArgs, GoAncestryArgs, JudgeArgs, TraceArgs},
+    container::{self, Containers, WorkloadFilter},
     event::Event,
     goruntime::policy::{AncestryMode, AncestryPolicy},
     kernel::{KernelCounters, Tracer, TracerOptions, Transitions},
     recording::{self, Mark, RECORDING_VERSION},
-    report::Report,
+    report::{LiveResolver, Report},
     symbolize::Symbolizer,
     tracker::{Filter, Limits, Thresholds, Tracker},
 };
@@ -25,6 +26,7 @@ pub struct LiveOptions<'a> {
     pub trace: &'a TraceArgs,
     pub judge: &'a JudgeArgs,
     pub go: &'a GoAncestryArgs,
+    pub containers: &'a ContainerArgs,
     pub record: Option<&'a Path>,
     pub seed: bool,
     pub inventory_interval: Duration,
@@ -47,6 +49,9 @@ pub struct Live {
     tracker: Tracker,
     recorder: Option<BufWriter<File>>,
     symbolizer: Symbolizer,
+    containers: Containers,
+    /// `--container`, `--pod`, `--namespace`: applied to each report.
+    workload_filter: WorkloadFilter,
     inventories: Inventories,
     thresholds: Thresholds,
     ancestry: AncestryPolicy,
@@ -57,11 +62,13 @@ pub struct Live {
 }
 
 impl Live {
-    /// Validates the options, attaches the probes and starts the inventories.
-    pub fn start(options: &LiveOptions) -> anyhow::Result<Self> {
+    /// Validates the options, attaches the probes, starts the container resolver (watching this
+    /// node's pods in a cluster) and the inventories.
+    pub async fn start(options: &LiveOptions<'_>) -> anyhow::Result<Self> {
         let tracer_options = options.trace.to_options(Transitions::Essential)?;
         let thresholds = options.judge.thresholds()?;
         let go_ancestry_max_rate = options.go.go_ancestry_max_rate()?;
+        let (pod_names, workload_filter) = options.containers.from_environment()?;
         // The kernel applies pid, port and cgroup filters to events; the tracker applies them
         // again to seeded connections (no probe saw those), and the process name to everything.
         let filter = Filter {
@@ -78,6 +85,8 @@ impl Live {
         };
         let tracer = Tracer::start(tracer_options)?;
         let started_ns = monotonic_ns();
+        let symbolizer = Symbolizer::spawn();
+        let containers = container::start(&pod_names).await;
         let tracker = Tracker::new(thresholds.clone(), Limits::default(), filter, started_ns);
         let inventories =
             Inventories::start(options.inventory_interval, options.seed, !options.trace.cgroups.is_empty())?;
@@ -85,7 +94,9 @@ impl Live {
             tracer,
             tracker,
             recorder,
-            symbolizer: Symbolizer::spawn(),
+            symbolizer,
+            containers,
+            workload_filter,
             inventories,
             thresholds,
             ancestry: AncestryPolicy::new(options.go.go_ancestry, go_ancestry_max_rate, started_ns),
@@ -133,8 +144,10 @@ impl Live {
         let now = monotonic_ns();
         self.tracker.expire(now);
         let counters = self.tracer.counters()?;
-        let mut report = Report::new(&self.tracker.snapshot(now), Some(counters), &self.thresholds, &self.symbolizer);
+        let resolver = LiveResolver { symbolizer: &self.symbolizer, containers: &self.containers };
+        let mut report = Report::new(&self.tracker.snapshot(now), Some(counters), &self.thresholds, &resolver);
         self.ancestry.after_report(&mut report, &mut self.tracer, now);
+        report.retain_workloads(&self.workload_filter);
         Ok(report)
     }
 
@@ -152,10 +165,11 @@ impl Live {
     /// Detaches the probes, applies what they still wrote, closes the recording, and returns the
     /// final report, whose counters balance.
     pub fn finish(self) -> anyhow::Result<(Report, KernelCounters)> {
-        let Self { tracer, mut tracker, mut recorder, symbolizer, thresholds, ancestry, mut batch, .. } = self;
+        let Self { tracer, mut tracker, mut recorder, symbolizer, containers, workload_filter, thresholds, ancestry, mut batch, .. } =
+            self;
         let counters = tracer.finish(&mut batch)?;
         for event in batch.drain(..) {
-            feed(&mut tracker, &mut recorder, &symbolizer, event)?;
+            feed(&mut tracker, &mut recorder, &symbolizer, &containers, event)?;
         }
         let end_ns = monotonic_ns();
         mark(&mut recorder, &Mark::Counters(counters))?;
@@ -163,8 +177,11 @@ impl Live {
         if let Some(recorder) = &mut recorder {
             std::io::Write::flush(recorder).context("--record: writing the recording")?;
         }
-        let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &symbolizer);
+        containers.flush();
+        let resolver = LiveResolver { symbolizer: &symbolizer, containers: &containers };
+        let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &resolver);
         ancestry.annotate(&mut report);
+        report.retain_workloads(&workload_filter);
         Ok((report, counters))
     }
 
@@ -191,7 +208,7 @@ impl Live {
 
     fn apply_batch(&mut self) -> anyhow::Result<()> {
         for event in self.batch.drain(..) {
-            feed(&mut self.tracker, &mut self.recorder, &self.symbolizer, event)?;
+            feed(&mut self.tracker, &mut self.recorder, &self.symbolizer, &self.containers, event)?;
         }
         Ok(())
     }
@@ -199,6 +216,9 @@ impl Live {
     fn inventory(&mut self, taken: Taken) -> anyhow::Result<()> {
         match taken {
             Taken::Seed(inventory) => {
+                for owner in inventory.sockets.iter().filter_map(|socket| socket.owner.as_ref()) {
+                    self.containers.note_process(owner.pid, owner.start_ns, owner.cgroup_id);
+                }
                 self.tracker.seed(&inventory);
                 mark(&mut self.recorder, &Mark::Seed(inventory))
             }
@@ -211,10 +231,17 @@ impl Live {
 }
 
 /// One event to the tracker and the recording, so a replay sees exactly what the tracker saw.
-fn feed(tracker: &mut Tracker, recorder: &mut Option<BufWriter<File>>, symbolizer: &Symbolizer, event: Event) -> anyhow::Result<()> {
+fn feed(
+    tracker: &mut Tracker,
+    recorder: &mut Option<BufWriter<File>>,
+    symbolizer: &Symbolizer,
+    containers: &Containers,
+    event: Event,
+) -> anyhow::Result<()> {
     if let Some(open) = event.open() {
-        // At the first sight of a process: capture its mappings while it runs.
+        // At the first sight of a process: capture its mappings and its cgroup while it runs.
         symbolizer.note_process(open.owner.pid, open.owner.process_start_ns);
+        containers.note_process(open.owner.pid, open.owner.process_start_ns, open.owner.cgroup_id);
     }
     tracker.apply(&event);
     if let Some(recorder) = recorder.as_mut() {

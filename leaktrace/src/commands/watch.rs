@@ -19,10 +19,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
         trace: &args.trace,
         judge: &args.judge,
         go: &args.go,
+        containers: &args.containers,
         record: args.record.as_deref(),
         seed: !args.no_seed,
         inventory_interval,
-    })?;
+    })
+    .await?;
     let mut view = View::new(args.view.format, args.view.top);
 
     let mut interrupt = signal(SignalKind::interrupt())?;

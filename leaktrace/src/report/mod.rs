@@ -9,6 +9,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde::Serialize;
 
 use crate::{
+    container::{Containers, Workload, WorkloadFilter},
     kernel::KernelCounters,
     symbolize::{Frame, StackRequest, SymbolizedStack, Symbolizer},
     tracker::{Direction, Finding, Lifetimes, ProcessKey, ProcessView, SiteView, Snapshot, Thresholds, TrackerStats, Verdict},
@@ -22,6 +23,10 @@ pub trait Resolver {
     fn resolve(&self, stacks: &[(ProcessKey, Arc<[u64]>)]) -> Vec<SymbolizedStack>;
     /// The process's executable, if known.
     fn exe(&self, process: ProcessKey) -> Option<String>;
+    /// The container the process runs in; `None` on the host or where unknown (a replay).
+    fn container(&self, _process: ProcessKey) -> Option<Workload> {
+        None
+    }
 }
 
 /// For recordings replayed where their processes are gone: frames are bare addresses.
@@ -52,6 +57,27 @@ impl Resolver for Symbolizer {
     }
 }
 
+/// The live view's: frames and executables from the symbolizer, containers from the container
+/// resolver; both captured each process at its first event.
+pub struct LiveResolver<'a> {
+    pub symbolizer: &'a Symbolizer,
+    pub containers: &'a Containers,
+}
+
+impl Resolver for LiveResolver<'_> {
+    fn resolve(&self, stacks: &[(ProcessKey, Arc<[u64]>)]) -> Vec<SymbolizedStack> {
+        self.symbolizer.resolve(stacks)
+    }
+
+    fn exe(&self, process: ProcessKey) -> Option<String> {
+        self.symbolizer.exe(process)
+    }
+
+    fn container(&self, process: ProcessKey) -> Option<Workload> {
+        self.containers.workload(process.pid, process.start_ns)
+    }
+}
+
 /// The `--format json` report and each `--format jsonl` line.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -75,6 +101,8 @@ pub struct CallSite {
     pub process_start_ns: u64,
     pub comm: String,
     pub exe: Option<String>,
+    /// The process's container (`null` on the host).
+    pub container: Option<Workload>,
     pub direction: Direction,
     /// Innermost first. Empty for connections born before start (no stack was seen).
     pub frames: Vec<Frame>,
@@ -161,8 +189,12 @@ impl Report {
             .sites
             .iter()
             .zip(resolved)
-            .map(|(site, stack)| CallSite::new(site, stack, resolver.exe(site.process), duration_s))
+            .map(|(site, stack)| CallSite::new(site, stack, resolver, duration_s))
             .collect();
+        let mut processes = snapshot.processes.clone();
+        for process in &mut processes {
+            process.container = resolver.container(ProcessKey { pid: process.pid, start_ns: process.start_ns });
+        }
         Self {
             version: REPORT_VERSION,
             duration_s,
@@ -170,8 +202,18 @@ impl Report {
             tracker: snapshot.stats,
             thresholds: thresholds.clone(),
             call_sites,
-            processes: snapshot.processes.clone(),
+            processes,
         }
+    }
+
+    /// Keeps the call sites and processes of the containers `filter` wants (`--container`,
+    /// `--pod`, `--namespace`).
+    pub fn retain_workloads(&mut self, filter: &WorkloadFilter) {
+        if filter.is_empty() {
+            return;
+        }
+        self.call_sites.retain(|site| filter.wants(site.container.as_ref()));
+        self.processes.retain(|process| filter.wants(process.container.as_ref()));
     }
 
     pub fn leaks(&self) -> usize {
@@ -180,14 +222,15 @@ impl Report {
 }
 
 impl CallSite {
-    fn new(site: &SiteView, stack: SymbolizedStack, exe: Option<String>, duration_s: f64) -> Self {
+    fn new(site: &SiteView, stack: SymbolizedStack, resolver: &dyn Resolver, duration_s: f64) -> Self {
         let facts = &site.facts;
         let oldest_age_s = if site.born_before_start && facts.live > 0 { duration_s } else { facts.oldest_age_s.unwrap_or(0.0) };
         Self {
             pid: site.process.pid,
             process_start_ns: site.process.start_ns,
             comm: site.comm.clone(),
-            exe,
+            exe: resolver.exe(site.process),
+            container: resolver.container(site.process),
             direction: site.direction,
             frames: stack.frames,
             telling_frame: stack.telling_frame,

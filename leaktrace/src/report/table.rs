@@ -4,10 +4,13 @@
 use std::fmt::Write as _;
 
 use super::{CallSite, Report};
+use crate::container::Workload;
 use crate::tracker::{Verdict, verdict::duration};
 
 /// Widest a call site's frame is shown in the table.
 const FRAME_WIDTH: usize = 44;
+/// Widest a container is shown: its id's first 12 digits, or `pod/container` cut to fit.
+const CONTAINER_WIDTH: usize = 20;
 
 /// The table: a header line, one row per call site (at most `max_rows`), then the deciding
 /// reason of every leak and suspect shown.
@@ -16,9 +19,10 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
     header(&mut out, report);
     let _ = writeln!(
         out,
-        "{:>7} {:<15} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  VERDICT",
+        "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  VERDICT",
         "PID",
         "COMM",
+        "CONTAINER",
         "DIR",
         "CALL SITE",
         "LIVE",
@@ -28,14 +32,16 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
         "CLOSE_WAIT",
         "OLDEST",
         "IDLE",
+        c = CONTAINER_WIDTH,
         w = FRAME_WIDTH
     );
     for site in report.call_sites.iter().take(max_rows) {
         let _ = writeln!(
             out,
-            "{:>7} {:<15} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
+            "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
             site.pid,
             clip(&site.comm, 15),
+            clip(&site.container.as_ref().map_or_else(|| "-".into(), |container| container.short()), CONTAINER_WIDTH),
             direction(site),
             clip(&site.telling_frame_text(), FRAME_WIDTH),
             site.live,
@@ -46,6 +52,7 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
             if site.live > 0 { duration(site.oldest_age_s) } else { "-".into() },
             site.max_idle_s.map_or_else(|| "-".into(), duration),
             site.verdict.name().to_uppercase(),
+            c = CONTAINER_WIDTH,
             w = FRAME_WIDTH
         );
     }
@@ -94,6 +101,9 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
             site.closed,
             site.growth_per_s
         );
+        if let Some(container) = &site.container {
+            let _ = writeln!(out, "  container: {}", container_line(container));
+        }
         for finding in &site.findings {
             let _ = writeln!(out, "  why: {}", finding.why);
         }
@@ -136,6 +146,21 @@ fn header(out: &mut String, report: &Report) {
         }
     }
     let _ = writeln!(out, " · {leaks} leak(s), {suspects} suspect");
+}
+
+/// `<id> (<runtime>)`, then the pod, container name and image where known.
+fn container_line(container: &Workload) -> String {
+    let mut line = format!("{} ({})", container.id, container.runtime.name());
+    if let (Some(namespace), Some(pod)) = (&container.namespace, &container.pod) {
+        let _ = write!(line, ", pod {namespace}/{pod}");
+    }
+    if let Some(name) = &container.name {
+        let _ = write!(line, ", container {name}");
+    }
+    if let Some(image) = &container.image {
+        let _ = write!(line, ", image {image}");
+    }
+    line
 }
 
 fn direction(site: &CallSite) -> &'static str {

@@ -39,6 +39,43 @@ fn change(sk: u64, ts_ns: u64, old: TcpState, new: TcpState) -> Event {
     event(sk, ts_ns, EventBody::State(change))
 }
 
+/// Symbols as a replay has them; the leaking client in a named pod, the server in a podman
+/// container, the others on the host.
+struct InContainers;
+
+impl Resolver for InContainers {
+    fn resolve(&self, stacks: &[(ProcessKey, Arc<[u64]>)]) -> Vec<SymbolizedStack> {
+        AddressesOnly.resolve(stacks)
+    }
+
+    fn exe(&self, _: ProcessKey) -> Option<String> {
+        None
+    }
+
+    fn container(&self, process: ProcessKey) -> Option<Workload> {
+        let id = |digit: &str| digit.repeat(64);
+        match process.pid {
+            100 => Some(Workload {
+                id: id("a"),
+                runtime: crate::container::Runtime::Containerd,
+                name: Some("consumer".into()),
+                pod: Some("orders-7d9f8b6c4-x2kqp".into()),
+                namespace: Some("shop".into()),
+                image: Some("registry.example.com/shop/orders:1.4.2".into()),
+            }),
+            400 => Some(Workload {
+                id: format!("5e687ed3797e{}", &id("b")[12..]),
+                runtime: crate::container::Runtime::Podman,
+                name: None,
+                pod: None,
+                namespace: None,
+                image: None,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Three programs: one leaking, one churning, one server stuck in CLOSE_WAIT; and a
 /// connection born before start.
 fn scenario() -> Report {
@@ -76,7 +113,7 @@ fn scenario() -> Report {
     }
     let snapshot = tracker.snapshot(START + 15 * S);
     let counters = KernelCounters { produced: 1206, received: 1206, ..KernelCounters::default() };
-    Report::new(&snapshot, Some(counters), tracker.thresholds(), &AddressesOnly)
+    Report::new(&snapshot, Some(counters), tracker.thresholds(), &InContainers)
 }
 
 fn golden(name: &str, actual: &str) {
@@ -116,6 +153,18 @@ fn json_report_matches_the_contract() {
     let verdicts: Vec<(&str, &str)> =
         sites.iter().map(|site| (site["comm"].as_str().unwrap(), site["verdict"].as_str().unwrap())).collect();
     assert_eq!(verdicts, [("grpcleak", "leak"), ("server", "leak"), ("pgclient", "ok"), ("fixed", "churn")]);
+    // Every call site and process names its container, or null on the host.
+    for entry in sites.iter().chain(json["processes"].as_array().unwrap()) {
+        let container = &entry["container"];
+        match entry["pid"].as_u64().unwrap() {
+            100 => {
+                let named = (container["pod"].as_str(), container["runtime"].as_str());
+                assert_eq!(named, (Some("orders-7d9f8b6c4-x2kqp"), Some("containerd")));
+            }
+            400 => assert_eq!((container["name"].is_null(), container["runtime"].as_str()), (true, Some("podman"))),
+            _ => assert!(container.is_null(), "{entry}"),
+        }
+    }
     golden("report.json", &(serde_json::to_string_pretty(&report).unwrap() + "\n"));
 }
 
@@ -126,4 +175,21 @@ fn table_and_final_report_read_as_expected() {
     golden("final.txt", &table::render_final(&report, 20));
     let two_rows = table::render_table(&report, 2);
     assert!(two_rows.contains("... and 2 more call sites"), "{two_rows}");
+}
+
+#[test]
+fn workload_filters_keep_the_containers_asked_for() {
+    let filter = |containers: &[&str], pods: &[&str]| WorkloadFilter {
+        containers: containers.iter().map(|s| s.to_string()).collect(),
+        pods: pods.iter().map(|s| s.to_string()).collect(),
+        namespaces: Vec::new(),
+    };
+    let pids = |report: &Report| (report.call_sites.iter().map(|site| site.pid).collect::<Vec<_>>(), report.processes.len());
+    let mut report = scenario();
+    report.retain_workloads(&filter(&[], &[]));
+    assert_eq!(pids(&report).1, 4, "no filter keeps everything");
+    report.retain_workloads(&filter(&["5e687ed3", "consumer"], &[]));
+    assert_eq!(pids(&report), (vec![100, 400], 2));
+    report.retain_workloads(&filter(&[], &["orders-7d9f8b6c4-x2kqp"]));
+    assert_eq!(pids(&report), (vec![100], 1));
 }

@@ -52,6 +52,8 @@ pub struct ProcessView {
     pub close_wait: u64,
     pub call_sites: u64,
     pub verdict: Verdict,
+    /// The process's container: filled by the report from its resolver (`null` on the host).
+    pub container: Option<crate::container::Workload>,
 }
 
 /// What the walk over live connections gathers per site.
@@ -190,6 +192,7 @@ fn processes(sites: &[SiteView]) -> Vec<ProcessView> {
             close_wait: 0,
             call_sites: 0,
             verdict: Verdict::Ok,
+            container: None,
         });
         view.live += site.facts.live;
         if site.born_before_start {

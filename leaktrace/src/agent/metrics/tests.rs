@@ -54,6 +54,7 @@ fn site(pid: u32, comm: &str, function: &str, live: u64, opened: u64, verdict: V
         verdict,
         findings: Vec::new(),
         go_ancestry: None,
+        container: None,
     }
 }
 
@@ -70,6 +71,7 @@ fn process(pid: u32, comm: &str, live: u64, verdict: Verdict) -> ProcessView {
         close_wait: 1,
         call_sites: 1,
         verdict,
+        container: None,
     }
 }
 
@@ -256,6 +258,31 @@ fn an_ended_process_with_nothing_live_loses_its_series() {
     assert_eq!(value(&all, "leaktrace_process_live_connections", &[("pid", "100")]), 95.0);
     // The tracker still keeps the call site: the host figures count it.
     assert_eq!(value(&all, "leaktrace_call_sites", &[("verdict", "churn")]), 2.0);
+}
+
+#[test]
+fn a_container_names_its_series_by_container_pod_and_namespace() {
+    let mut scrape = Arc::into_inner(scrape()).unwrap();
+    let in_pod = crate::container::Workload {
+        id: "5e687ed3".repeat(8),
+        runtime: crate::container::Runtime::Containerd,
+        name: Some("consumer".into()),
+        pod: Some("orders-7d9f".into()),
+        namespace: Some("shop".into()),
+        image: None,
+    };
+    let off_cluster = crate::container::Workload { name: None, pod: None, namespace: None, ..in_pod.clone() };
+    scrape.report.call_sites[0].container = Some(in_pod.clone());
+    scrape.report.processes[0].container = Some(in_pod);
+    scrape.report.call_sites[1].container = Some(off_cluster);
+    let all = samples(&render(Arc::new(scrape), &MetricsConfig::new(50, &[]).unwrap(), Format::Text).unwrap());
+    let named = [("container", "consumer"), ("pod", "orders-7d9f"), ("namespace", "shop"), ("verdict", "leak")];
+    assert_eq!(value(&all, "leaktrace_call_site_verdict", &named), 1.0);
+    assert_eq!(value(&all, "leaktrace_process_live_connections", &named[..3]), 95.0);
+    // Off a cluster, a container is its id's first 12 digits, with no pod.
+    let by_id = find(&all, "leaktrace_call_site_verdict", &[("container", "5e687ed35e68")]);
+    assert_eq!(by_id.len(), 1);
+    assert!(!by_id[0].labels.contains_key("pod"));
 }
 
 #[test]
