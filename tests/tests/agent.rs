@@ -1,12 +1,14 @@
 //! `leaktrace agent` end to end: the real binary with its real probes, the Go incident program
 //! leaking gRPC connections beside a healthy client sharing one, read the way its consumers read
 //! it: Prometheus (Debian's server scraping it on loopback, asked through its HTTP API, and
-//! promtool checking the exposition) and the JSON report's HTTP API with its filters.
+//! promtool checking the exposition) and the JSON report's HTTP API with its filters; a leak in
+//! a real podman container is named by its container label.
 use std::time::Duration;
 
 use leaktrace_tests::{
     agent::{Agent, Prometheus, metric_value, on_path, promtool_check_metrics},
-    go::{ClientMode, GoBuild, GoClient, GoServer, Messages},
+    go::{ClientMode, GoBuild, GoClient, GoServer, Messages, go_program},
+    podman::{PodmanContainer, Root, Rootfs, podman_missing},
     require_privileges,
 };
 use serde_json::Value;
@@ -208,4 +210,48 @@ fn a_burst_that_overflows_the_ring_buffer_is_counted_and_the_agent_goes_on() {
     let (status, stderr) = agent.terminate();
     assert!(status.success(), "{status}; stderr:\n{stderr}");
     assert!(!stderr.contains("UNBALANCED") && stderr.contains("hint: raise --ring-buffer-kib"), "{stderr}");
+}
+
+#[test]
+fn prometheus_names_the_leaking_container_and_no_container_for_a_host_process() {
+    let test = "prometheus_names_the_leaking_container_and_no_container_for_a_host_process";
+    let Some(_serial) = require_privileges(test) else { return };
+    if !on_path("prometheus") {
+        eprintln!("skipped {test}: Debian's prometheus is not installed; `cargo xtask setup --test-deps` installs it");
+        return;
+    }
+    if let Some(reason) = podman_missing() {
+        eprintln!("skipped {test}: {reason}");
+        return;
+    }
+    let server = GoServer::grpc(GoBuild::Normal);
+    let agent = Agent::start(&["--port", &server.port().to_string()]);
+    agent.wait_ready(WAIT);
+    // A plain dial per message, never closed, from a container sharing the host's network.
+    let rootfs = Rootfs::with_binaries("agent-grpcleak", &[&go_program("grpcleak", GoBuild::Normal)]);
+    let target = server.addr.to_string();
+    let leaking = PodmanContainer::run(
+        &["--network", "host"],
+        Root::Dir(&rootfs.dir),
+        &["/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "20"],
+    );
+    // Off a cluster a container is named by its id's first 12 digits.
+    let short: String = leaking.id().chars().take(12).collect();
+
+    let prometheus = Prometheus::start(agent.addr);
+    let series = prometheus.wait_query(
+        &format!(r#"leaktrace_call_site_verdict{{container="{short}",direction="connect",verdict="leak"}}"#),
+        WAIT,
+        |result| !result.is_empty(),
+    );
+    assert!(series.iter().all(|one| one["metric"]["pid"] == leaking.pid().to_string()), "{series:#?}\n{}", leaking.logs());
+    let process = prometheus.query(&format!(r#"leaktrace_process_verdict{{container="{short}"}}"#));
+    assert_eq!(process[0]["metric"]["verdict"], "leak", "{process:#?}");
+    // The server on the host accepts every one of them, and names no container.
+    let host = prometheus.wait_query(
+        &format!(r#"leaktrace_call_site_live_connections{{pid="{}",direction="accept"}}"#, server.pid()),
+        WAIT,
+        |result| !result.is_empty(),
+    );
+    assert!(host.iter().all(|one| one["metric"].get("container").is_none()), "{host:#?}");
 }
