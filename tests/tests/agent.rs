@@ -244,7 +244,8 @@ fn prometheus_names_the_leaking_container_and_no_container_for_a_host_process() 
         WAIT,
         |result| !result.is_empty(),
     );
-    assert!(series.iter().all(|one| one["metric"]["pid"] == leaking.pid().to_string()), "{series:#?}\n{}", leaking.logs());
+    let pid = leaking.pid().to_string();
+    assert!(series.iter().all(|one| one["metric"]["pid"].as_str() == Some(&pid)), "{series:#?}\n{}", leaking.logs());
     let process = prometheus.query(&format!(r#"leaktrace_process_verdict{{container="{short}"}}"#));
     assert_eq!(process[0]["metric"]["verdict"], "leak", "{process:#?}");
     // The server on the host accepts every one of them, and names no container.
