@@ -3,7 +3,7 @@
 //! the ulimits already in force (root here cannot raise them, and podman's defaults would).
 //! Generic: run with any flags, the container's host pid, its logs, its exit code, reaching into
 //! its network namespace; removed on drop. [`rootfs`] runs a static binary as a container
-//! without any image.
+//! without any image ([`rootfs_with_libraries`] a dynamically linked one).
 use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -54,9 +54,7 @@ impl Container {
     /// `--rootfs DIR`), then the command. `what` names it in failure messages.
     #[track_caller]
     pub fn run(what: &str, args: &[String]) -> Self {
-        // Named, so that a container the runtime created but could not start is removed too.
-        static STARTED: AtomicU64 = AtomicU64::new(0);
-        let name = format!("leaktrace-test-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed));
+        let name = Self::unique_name();
         let mut run = vec!["run", "--detach", "--name", &name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
         run.extend(args.iter().map(String::as_str));
         let output = podman().args(&run).output().unwrap_or_else(|err| panic!("cannot run podman: {err}"));
@@ -72,6 +70,26 @@ impl Container {
         let id = String::from_utf8_lossy(&output.stdout).trim().to_string();
         assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()), "podman run printed {id:?}, not an id");
         Self { id, what: what.to_string() }
+    }
+
+    /// `podman run --rm --ulimit ... ARGS` in the foreground: what the container wrote and how
+    /// it ended.
+    #[track_caller]
+    pub fn run_to_end(args: &[&str]) -> Output {
+        let name = Self::unique_name();
+        let mut run = vec!["run", "--rm", "--name", &name, "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+        run.extend(args);
+        let output = podman().args(&run).output().unwrap_or_else(|err| panic!("cannot run podman: {err}"));
+        // `--rm` does not remove a container that failed to start.
+        let _ = podman().args(["rm", "--force", "--time", "0", "--ignore", &name]).output();
+        output
+    }
+
+    /// `leaktrace-test-<pid>-<n>`: named, so that a container the runtime created but could not
+    /// start is removed too.
+    fn unique_name() -> String {
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        format!("leaktrace-test-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed))
     }
 
     /// The full (64 hex digits) container id.
@@ -170,11 +188,36 @@ pub fn rootfs(binary: &Path) -> PathBuf {
     let inside = dir.join(name);
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     if modified(&inside) < modified(binary) {
-        // Copied under another name and renamed, so a container never starts a half-copied file.
-        let temporary = dir.join(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+        // Copied under another name and renamed, so a container never starts a half-copied file;
+        // the name is this copy's own, as tests on parallel threads may refresh it at once.
+        static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let copy = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = dir.join(format!(".{}.{}.{copy}", name.to_string_lossy(), std::process::id()));
         std::fs::copy(binary, &temporary)
             .unwrap_or_else(|err| panic!("cannot copy {} to {}: {err}", binary.display(), temporary.display()));
         std::fs::rename(&temporary, &inside).unwrap_or_else(|err| panic!("cannot rename {}: {err}", temporary.display()));
+    }
+    dir
+}
+
+/// [`rootfs`] for a dynamically linked `binary`: the shared libraries it loads (as `ldd` lists
+/// them) are copied in at their own paths.
+#[track_caller]
+pub fn rootfs_with_libraries(binary: &Path) -> PathBuf {
+    let dir = rootfs(binary);
+    let output = Command::new("ldd").arg(binary).output().unwrap_or_else(|err| panic!("cannot run ldd: {err}"));
+    assert!(output.status.success(), "ldd {}: {}", binary.display(), String::from_utf8_lossy(&output.stderr));
+    // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let libraries = listing.lines().filter_map(|line| {
+        let path = line.split("=>").last()?.split_whitespace().next()?;
+        path.starts_with('/').then(|| PathBuf::from(path))
+    });
+    for library in libraries {
+        let target = dir.join(library.strip_prefix("/").expect("an absolute path"));
+        std::fs::create_dir_all(target.parent().expect("a library's directory")).expect("making a library directory");
+        std::fs::copy(&library, &target)
+            .unwrap_or_else(|err| panic!("copying {} into {}: {err}", library.display(), dir.display()));
     }
     dir
 }

@@ -10,7 +10,6 @@
 //! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
 //! - [`agent`]: `leaktrace agent` over HTTP, promtool, and a real Prometheus scraping it.
 //! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
-//! - [`podman`]: real containers (rootful podman with runc), run from a directory or an image.
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
 //! - [`containers`]: real podman containers (rootful, runc), removed on drop.
 //! - [`deploy`]: deploy/kubernetes/ as Kubernetes objects, its pod as podman flags, the image.
@@ -19,7 +18,6 @@ pub mod cli;
 pub mod containers;
 pub mod deploy;
 pub mod go;
-pub mod podman;
 pub mod puppet;
 pub mod session;
 pub mod tcp_table;

@@ -8,7 +8,7 @@ use std::{process::Command, time::Duration};
 use leaktrace_tests::{
     cli::{LiveTrace, leaktrace_binary, site_of},
     go::{GoBuild, GoServer, go_program},
-    podman::{PodmanContainer, Root, Rootfs, podman_missing},
+    containers::{self, Container},
     require_privileges,
 };
 use serde_json::Value;
@@ -17,20 +17,20 @@ const PATIENCE: Duration = Duration::from_secs(45);
 
 /// The server on the host and the leaking client (a static Go binary) in a container sharing
 /// the host's network, dialing the server per message and never closing.
-fn leak_in_a_container() -> (GoServer, PodmanContainer) {
+fn leak_in_a_container() -> (GoServer, Container) {
     let server = GoServer::grpc(GoBuild::Normal);
-    let rootfs = Rootfs::with_binaries("attribution-grpcleak", &[&go_program("grpcleak", GoBuild::Normal)]);
+    let rootfs = containers::rootfs(&go_program("grpcleak", GoBuild::Normal)).display().to_string();
     let target = server.addr.to_string();
-    let container = PodmanContainer::run(
-        &["--network", "host"],
-        Root::Dir(&rootfs.dir),
-        &["/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "10"],
+    let container = Container::run(
+        "grpcleak leak-tcp",
+        &["--network", "host", "--rootfs", &rootfs, "/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "10"]
+            .map(String::from),
     );
     (server, container)
 }
 
 fn can_run_containers(test: &str) -> bool {
-    match podman_missing() {
+    match containers::unavailable() {
         Some(reason) => {
             eprintln!("skipped {test}: {reason}");
             false
@@ -51,7 +51,7 @@ fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_non
         return;
     }
     let (server, container) = leak_in_a_container();
-    let client = container.pid();
+    let client = container.host_pid();
     let port = server.port().to_string();
 
     let mut trace = LiveTrace::start(&["--port", &port]);
@@ -61,7 +61,7 @@ fn a_leak_in_a_podman_container_names_the_container_and_a_host_process_names_non
     });
     let site = site_of(&report, client, "connect").unwrap();
     let named = &site["container"];
-    assert_eq!(named["id"], container.id(), "{site:#}\ncontainer logs: {}", container.logs());
+    assert_eq!(named["id"], container.id(), "{site:#}\ncontainer logs: {}", container.logs().1);
     assert_eq!(named["runtime"], "podman");
     for field in ["name", "pod", "namespace", "image"] {
         assert!(named[field].is_null(), "{field}: no Kubernetes here, so no names: {named}");
@@ -114,18 +114,16 @@ fn leaktrace_in_its_own_cgroup_namespace_still_names_the_other_containers() {
     let (server, container) = leak_in_a_container();
     // leaktrace in a privileged container with the host's pids but a cgroup namespace of its
     // own: it joins the host's where pid 1 lets it, else reads paths relative to its own.
-    let rootfs = Rootfs::with_binaries("attribution-leaktrace", &[&leaktrace_binary()]);
-    rootfs.add_libraries_of(&leaktrace_binary());
+    let rootfs = containers::rootfs_with_libraries(&leaktrace_binary()).display().to_string();
     let port = server.port().to_string();
-    let output = PodmanContainer::run_to_end(
-        &["--privileged", "--pid", "host", "--cgroupns", "private", "--network", "host"],
-        Root::Dir(&rootfs.dir),
-        &["/leaktrace", "--port", &port, "--format", "json", "--duration", "4"],
-    );
+    let output = Container::run_to_end(&[
+        "--privileged", "--pid", "host", "--cgroupns", "private", "--network", "host", "--rootfs", &rootfs,
+        "/leaktrace", "--port", &port, "--format", "json", "--duration", "4",
+    ]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let report: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|err| panic!("leaktrace in a container wrote no JSON report ({err}); stderr:\n{stderr}"));
-    let site = site_of(&report, container.pid(), "connect").unwrap_or_else(|| panic!("no connect site: {report:#}"));
+    let site = site_of(&report, container.host_pid(), "connect").unwrap_or_else(|| panic!("no connect site: {report:#}"));
     assert_eq!(site["container"]["id"], container.id(), "{site:#}\nstderr: {stderr}");
     assert_eq!(site["container"]["runtime"], "podman");
     assert!(site_of(&report, server.pid(), "accept").expect("the server's accepts")["container"].is_null());

@@ -87,6 +87,9 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
         .unwrap_or_else(|| panic!("no connect call site of the leaking container's pid {leaking_pid} at main.dialGRPC:\n{}", show()));
     assert_eq!(leak["verdict"], "leak", "{leak:#}");
     assert_eq!(leak["exe"], "/grpcleak", "its binary, read through /proc (SYS_PTRACE): {leak:#}");
+    // Named by its container, from its cgroup (read in the host's cgroup namespace).
+    assert_eq!(leak["container"]["id"], leaking.id(), "{leak:#}");
+    assert_eq!(leak["container"]["runtime"], "podman", "{leak:#}");
     let functions: Vec<&str> = leak["frames"].as_array().unwrap().iter().filter_map(|f| f["function"].as_str()).collect();
     assert!(functions.contains(&"google.golang.org/grpc.DialContext.func2"), "symbolized in the other container: {functions:?}");
     assert!(leak["opened"].as_u64().unwrap() >= 20, "{leak:#}");
