@@ -8,7 +8,7 @@ use std::time::Duration;
 use leaktrace_tests::{
     agent::{Agent, Prometheus, metric_value, on_path, promtool_check_metrics},
     go::{ClientMode, GoBuild, GoClient, GoServer, Messages, go_program},
-    podman::{PodmanContainer, Root, Rootfs, podman_missing},
+    containers::{self, Container},
     require_privileges,
 };
 use serde_json::Value;
@@ -220,7 +220,7 @@ fn prometheus_names_the_leaking_container_and_no_container_for_a_host_process() 
         eprintln!("skipped {test}: Debian's prometheus is not installed; `cargo xtask setup --test-deps` installs it");
         return;
     }
-    if let Some(reason) = podman_missing() {
+    if let Some(reason) = containers::unavailable() {
         eprintln!("skipped {test}: {reason}");
         return;
     }
@@ -228,12 +228,12 @@ fn prometheus_names_the_leaking_container_and_no_container_for_a_host_process() 
     let agent = Agent::start(&["--port", &server.port().to_string()]);
     agent.wait_ready(WAIT);
     // A plain dial per message, never closed, from a container sharing the host's network.
-    let rootfs = Rootfs::with_binaries("agent-grpcleak", &[&go_program("grpcleak", GoBuild::Normal)]);
+    let rootfs = containers::rootfs(&go_program("grpcleak", GoBuild::Normal)).display().to_string();
     let target = server.addr.to_string();
-    let leaking = PodmanContainer::run(
-        &["--network", "host"],
-        Root::Dir(&rootfs.dir),
-        &["/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "20"],
+    let leaking = Container::run(
+        "grpcleak leak-tcp",
+        &["--network", "host", "--rootfs", &rootfs, "/grpcleak", "-mode", "leak-tcp", "-target", &target, "-rate", "20"]
+            .map(String::from),
     );
     // Off a cluster a container is named by its id's first 12 digits.
     let short: String = leaking.id().chars().take(12).collect();
@@ -244,8 +244,8 @@ fn prometheus_names_the_leaking_container_and_no_container_for_a_host_process() 
         WAIT,
         |result| !result.is_empty(),
     );
-    let pid = leaking.pid().to_string();
-    assert!(series.iter().all(|one| one["metric"]["pid"].as_str() == Some(&pid)), "{series:#?}\n{}", leaking.logs());
+    let pid = leaking.host_pid().to_string();
+    assert!(series.iter().all(|one| one["metric"]["pid"].as_str() == Some(&pid)), "{series:#?}\n{:?}", leaking.logs());
     let process = prometheus.query(&format!(r#"leaktrace_process_verdict{{container="{short}"}}"#));
     assert_eq!(process[0]["metric"]["verdict"], "leak", "{process:#?}");
     // The server on the host accepts every one of them, and names no container.
