@@ -43,6 +43,42 @@ pub enum Command {
     /// Build the report from a recording (`leaktrace events > FILE` or `leaktrace --record
     /// FILE`), offline: an incident analysed after the fact, on another machine.
     Replay(ReplayArgs),
+    /// Run as a node's agent: trace like the live view, without a terminal, and serve
+    /// Prometheus metrics (/metrics), the JSON report (/api/v1/report), /healthz and /readyz
+    /// over HTTP until SIGTERM or Ctrl-C.
+    Agent(AgentArgs),
+}
+
+/// The agent's port: the Prometheus exporters' range 9100-9999 is fully allocated, so past it.
+pub const AGENT_DEFAULT_PORT: u16 = 10528;
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Address and port the HTTP server listens on.
+    #[arg(long, value_name = "ADDR:PORT", default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], AGENT_DEFAULT_PORT)))]
+    pub listen: std::net::SocketAddr,
+    /// Call sites (and processes) with series of their own in /metrics, most live then fastest
+    /// growing first; the rest are summed into one `call_site="other"` (`comm="other"`) series.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub metrics_top: usize,
+    /// Leave this label out of every metric, summing the series it told apart (repeatable):
+    /// pid, comm, direction, call_site, verdict, container, pod, namespace.
+    #[arg(long = "metrics-drop-label", value_name = "NAME")]
+    pub metrics_drop_labels: Vec<String>,
+    /// Do not list the connections that existed before start ("born before start").
+    #[arg(long)]
+    pub no_seed: bool,
+    /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
+    pub inventory_interval: f64,
+    #[command(flatten)]
+    pub go: GoAncestryArgs,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
 }
 
 /// The live view (the default command).
@@ -70,6 +106,13 @@ pub struct WatchArgs {
     /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     pub inventory_interval: f64,
+    #[command(flatten)]
+    pub go: GoAncestryArgs,
+}
+
+/// Goroutine ancestry: shared by the live view and the agent.
+#[derive(Debug, Args, Clone)]
+pub struct GoAncestryArgs {
     /// Goroutine ancestry for Go programs (the application's frame when gRPC or net/http dial on
     /// a goroutine of their own): `auto` attaches it to a Go process once one of its connect
     /// call sites has no application frame, `on` to every Go process that connects, `off` never.
@@ -272,7 +315,7 @@ impl JudgeArgs {
     }
 }
 
-impl WatchArgs {
+impl GoAncestryArgs {
     /// `--go-ancestry-max-rate`, which must be positive.
     pub fn go_ancestry_max_rate(&self) -> Result<f64, ArgsError> {
         let rate = self.go_ancestry_max_rate;
@@ -489,9 +532,9 @@ mod tests {
         assert_eq!(thresholds.close_wait_after, Duration::from_secs(3));
         assert_eq!(thresholds.window, Duration::from_secs(10));
         assert_eq!(args.judge.comms, vec!["grpcleak".to_string()]);
-        assert_eq!(args.go_ancestry, AncestryMode::Auto);
-        assert_eq!(watch(&["--go-ancestry", "off"]).unwrap().go_ancestry, AncestryMode::Off);
-        let err = watch(&["--go-ancestry-max-rate", "0"]).unwrap().go_ancestry_max_rate().unwrap_err().to_string();
+        assert_eq!(args.go.go_ancestry, AncestryMode::Auto);
+        assert_eq!(watch(&["--go-ancestry", "off"]).unwrap().go.go_ancestry, AncestryMode::Off);
+        let err = watch(&["--go-ancestry-max-rate", "0"]).unwrap().go.go_ancestry_max_rate().unwrap_err().to_string();
         assert_eq!(err, "--go-ancestry-max-rate 0: must be a positive number");
         // Watch flags do not mix with a subcommand.
         assert!(watch(&["--format", "json", "events"]).is_err());
@@ -500,6 +543,23 @@ mod tests {
         let err = watch(&["--window", "0"]).unwrap().judge.thresholds().unwrap_err().to_string();
         assert_eq!(err, "--window 0: must be a positive number");
         assert!(watch(&["--format", "xml"]).unwrap_err().contains("possible values: table, json, jsonl"));
+    }
+
+    #[test]
+    fn the_agent_listens_on_its_port_by_default_and_takes_the_live_views_flags() {
+        let cli = Cli::try_parse_from(["leaktrace", "agent", "--port", "9000", "--leak-growth", "5"]).unwrap();
+        let Some(Command::Agent(args)) = cli.command else { panic!("not agent") };
+        assert_eq!(args.listen, "0.0.0.0:10528".parse().unwrap());
+        assert_eq!((args.metrics_top, args.metrics_drop_labels.len()), (50, 0));
+        assert_eq!(args.trace.ports, vec![9000]);
+        assert_eq!(args.judge.thresholds().unwrap().leak_growth, 5);
+        let cli = Cli::try_parse_from(["leaktrace", "agent", "--listen", "127.0.0.1:9", "--metrics-drop-label", "pid"]).unwrap();
+        let Some(Command::Agent(args)) = cli.command else { panic!("not agent") };
+        assert_eq!((args.listen.port(), args.metrics_drop_labels), (9, vec!["pid".to_string()]));
+        let err = Cli::try_parse_from(["leaktrace", "agent", "--listen", "localhost"]).unwrap_err().to_string();
+        assert!(err.contains("invalid value 'localhost' for '--listen <ADDR:PORT>'"), "{err}");
+        // The live view's output flags are not the agent's.
+        assert!(Cli::try_parse_from(["leaktrace", "agent", "--format", "json"]).is_err());
     }
 
     #[test]

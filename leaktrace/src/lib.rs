@@ -5,6 +5,8 @@
 //! - [`decode`] / [`event`]: ring-buffer records to aya-free [`event::Event`]s.
 //! - [`cli`] and [`commands`]: the command line.
 //! - [`host_access`]: what a container running leaktrace must be granted, and why.
+//! - [`agent`]: `leaktrace agent`, the long-running mode serving metrics and the report over HTTP.
+pub mod agent;
 pub mod cli;
 pub mod commands;
 pub mod container;

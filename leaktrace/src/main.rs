@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use leaktrace::{
     cli::{Cli, Command},
-    commands,
+    agent, commands,
 };
 
 fn main() -> ExitCode {
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             None => commands::watch::run(&cli.watch).await,
             Some(Command::Events(args)) => commands::events::run(args).await.map(|()| false),
             Some(Command::Replay(args)) => commands::replay::run(args),
+            Some(Command::Agent(args)) => agent::run(args).await,
         }
     });
     match result {

@@ -8,10 +8,12 @@
 //! - [`Puppet`]: the `sockpuppet` C helper, driven one socket operation at a time.
 //! - [`lifecycle`]: a socket's events as short strings, for exact assertions.
 //! - [`cli`]: the `leaktrace` binary itself, live or replaying, read through its JSON reports.
+//! - [`agent`]: `leaktrace agent` over HTTP, promtool, and a real Prometheus scraping it.
 //! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
 //! - [`containers`]: real podman containers (rootful, runc), removed on drop.
 //! - [`deploy`]: deploy/kubernetes/ as Kubernetes objects, its pod as podman flags, the image.
+pub mod agent;
 pub mod cli;
 pub mod containers;
 pub mod deploy;

@@ -5,6 +5,7 @@
 //!
 //! Each section is one function in [`SECTIONS`]: it runs what it measures through [`rig`]
 //! (loadgen, the tracers) and returns a [`report::Section`]. Adding a row is adding one.
+mod agent_soak;
 mod aggregator;
 mod children;
 mod events;
@@ -41,6 +42,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("time to a leak verdict", leak_latency::section),
     ("aggregator", aggregator::section),
     ("goroutine ancestry", go_ancestry::section),
+    ("agent over time", agent_soak::section),
 ];
 
 /// The packages whose release binaries the benchmark runs.

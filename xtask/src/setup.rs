@@ -27,12 +27,14 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
+    // The agent tests: the Prometheus server scrapes the agent; promtool checks its metrics
+    // (and the PrometheusRule's alerting rules).
+    ("prometheus", "prometheus"),
     // The image's end-to-end test: rootful podman with runc (Debian's default crun cannot run
     // containers on cgroup v1 hybrid hosts), and buildah for `cargo xtask image`.
     ("podman", "podman"),
     ("runc", "runc"),
     ("buildah", "buildah"),
-    // Checks the PrometheusRule's alerting rules.
     ("promtool", "prometheus"),
 ];
 

@@ -2,6 +2,7 @@
 pub mod clock;
 pub mod events;
 mod inventory;
+pub mod live;
 pub mod replay;
 mod view;
 pub mod watch;

@@ -73,6 +73,11 @@ pub struct TrackerStats {
     pub seed_duplicates: u64,
     /// Call sites forgotten (no live connection for `site_ttl`, or over `max_sites`).
     pub sites_expired: u64,
+    /// Connections opened, closed and failed (never established) since start, over every call
+    /// site, forgotten ones included: the running totals the per-site figures add up to.
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: u64,
 }
 
 struct Pending {
@@ -181,6 +186,7 @@ impl Tracker {
         let key = SiteKeyRef { process, direction, stack: &stack, born_before_start: false };
         let site = self.site_for(&key, open.stack_error, event.ts_ns);
         let peer = self.site_mut(site).open(event.ts_ns, open.remote, true);
+        self.stats.opened += 1;
         let connection = Connection {
             site,
             peer,
@@ -287,6 +293,11 @@ impl Tracker {
 
     fn close_connection(&mut self, connection: &Connection, ts_ns: u64, seen: bool) {
         let lifetime = connection.opened_ns.get().filter(|_| seen).map(|opened| ts_ns.saturating_sub(opened));
+        if connection.established {
+            self.stats.closed += 1;
+        } else {
+            self.stats.failed += 1;
+        }
         let site = self.site_mut(connection.site);
         if connection.close_wait_since_ns.is_some() {
             site.close_wait = site.close_wait.saturating_sub(1);
