@@ -196,7 +196,8 @@ fn a_replay_of_the_recording_gives_the_live_report() {
     }
     std::thread::sleep(Duration::from_secs(2));
     let (live, live_status, _) = trace.interrupt();
-    let (replayed, replay_status) = replay(&[&record, "--format", "json"]);
+    // The recording holds every socket the inventories saw; the replay keeps the live run's pids.
+    let (replayed, replay_status) = replay(&[&record, "--format", "json", "--pid", &pids[0], "--pid", &pids[1]]);
     let _ = std::fs::remove_file(&recording);
     assert_eq!(live_status.code(), Some(1), "{live:#}");
     assert_eq!(replay_status.code(), live_status.code());
