@@ -210,6 +210,16 @@ impl Prometheus {
     /// Starts it scraping `target`'s `/metrics`, and returns once its API answers.
     #[track_caller]
     pub fn start(target: SocketAddr) -> Self {
+        let prometheus = Self::spawn(Command::new("prometheus"), target);
+        prometheus.wait_ready(Duration::from_secs(60));
+        prometheus
+    }
+
+    /// Starts `prometheus` (the program `command` runs: e.g. `nsenter --net=... -- prometheus`
+    /// to scrape inside a container's network namespace) scraping `target`'s `/metrics`, without
+    /// waiting for it: see [`Prometheus::wait_ready`].
+    #[track_caller]
+    pub fn spawn(mut command: Command, target: SocketAddr) -> Self {
         let dir = std::env::temp_dir().join(format!("leaktrace-prometheus-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(dir.join("data")).unwrap_or_else(|err| panic!("creating {}: {err}", dir.display()));
         let config = dir.join("prometheus.yml");
@@ -223,7 +233,7 @@ impl Prometheus {
         .expect("writing the Prometheus configuration");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join("prometheus.log");
-        let child = Command::new("prometheus")
+        let child = command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
@@ -231,17 +241,16 @@ impl Prometheus {
             .stderr(std::fs::File::create(&log).expect("creating the Prometheus log"))
             .spawn()
             .expect("starting prometheus");
-        let prometheus = Self { child, addr, dir, log };
-        prometheus.wait_ready(Duration::from_secs(60));
-        prometheus
+        Self { child, addr, dir, log }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until its API answers (from the network namespace it listens in).
     #[track_caller]
-    fn wait_ready(&self, timeout: Duration) {
+    pub fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let url = format!("http://{}/-/ready", self.addr);
         while Instant::now() < deadline {

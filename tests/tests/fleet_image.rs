@@ -6,6 +6,7 @@
 use std::{sync::MutexGuard, time::Duration};
 
 use leaktrace_tests::{
+    agent::{Prometheus, get},
     cli::sites_of,
     containers::{self, Container},
     deploy::{self, Manifests, PodmanPod},
@@ -16,6 +17,30 @@ use serde_json::Value;
 
 /// The gRPC server's port, inside the network namespace the test's containers share.
 const PORT: &str = "50051";
+
+/// The agent's port, as the DaemonSet's arguments and container port say.
+const AGENT_PORT: u16 = 10528;
+
+/// How long the agent may take to attach, see the leak, and be scraped.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The function a call site is named by.
+fn function_of(site: &Value) -> &str {
+    site["telling_frame"].as_u64().and_then(|index| site["frames"][index as usize]["function"].as_str()).unwrap_or("")
+}
+
+/// Polls `done` until it holds; panics after [`PATIENCE`] with the agent container's logs.
+#[track_caller]
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, agent: &Container) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            let (_, stderr) = agent.logs();
+            panic!("{what}: not within {PATIENCE:?}; the agent's stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
 
 /// The image, built by `cargo xtask image`, with the guard that serialises privileged tests; or
 /// `None` (after saying why) where this machine cannot trace or run containers.
@@ -58,18 +83,52 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
     healthy.wait_for_line("handled ", Duration::from_secs(20));
     leaking.wait_for_line("handled ", Duration::from_secs(20));
 
-    // leaktrace as the DaemonSet's container, in a network namespace of its own like a pod's;
-    // the one-shot JSON report instead of the agent's HTTP server.
+    // leaktrace as the DaemonSet's container, with its arguments (the agent), in a network
+    // namespace of its own like a pod's; read the way a cluster reads it: its report API, its
+    // /metrics and a Prometheus server scraping it, all inside that namespace.
     let mut run = pod.flags.clone();
     run.push("--network=none".into());
     run.push(image);
-    run.extend(["--format", "json", "--duration", "6", "--port", PORT].map(String::from));
-    let tracer = Container::run("leaktrace", &run);
-    let status = tracer.wait();
-    let (stdout, stderr) = tracer.logs();
-    assert_eq!(status, 1, "leaktrace exits 1 when it found leaks; its stderr:\n{stderr}");
-    let report: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|err| panic!("leaktrace's stdout is not one JSON report ({err}):\n{stdout}\nstderr:\n{stderr}"));
+    run.extend(pod.args.iter().cloned());
+    let tracer = Container::run("leaktrace agent", &run);
+    let agent_url = |path: &str| format!("http://127.0.0.1:{AGENT_PORT}{path}");
+    let prometheus = Prometheus::spawn(tracer.command_in_network("prometheus"), ([127, 0, 0, 1], AGENT_PORT).into());
+    let (report, metrics, series) = tracer.in_network(|| {
+        wait_until("the agent ready", || get(&agent_url("/readyz"), &[], None).0 == 200, &tracer);
+        let leaking_report = |report: &Value| {
+            sites_of(report, leaking.host_pid()).iter().any(|site| site["verdict"] == "leak" && function_of(site) == "main.dialGRPC")
+        };
+        let mut report = Value::Null;
+        wait_until(
+            "the leak named in /api/v1/report",
+            || {
+                let (status, body) = get(&agent_url("/api/v1/report"), &[], None);
+                report = serde_json::from_str(&body).unwrap_or(Value::Null);
+                status == 200 && leaking_report(&report)
+            },
+            &tracer,
+        );
+        let (status, metrics) = get(&agent_url("/metrics"), &[], None);
+        assert_eq!(status, 200, "{metrics}");
+        prometheus.wait_ready(Duration::from_secs(60));
+        let short_id = &leaking.id()[..12];
+        let promql = format!("leaktrace_call_site_verdict{{verdict=\"leak\",container=\"{short_id}\"}}");
+        let series = prometheus.wait_query(&promql, Duration::from_secs(60), |result| !result.is_empty());
+        (report, metrics, series)
+    });
+    // The exposition names the leak's container and call site, and so does Prometheus.
+    let short_id = &leaking.id()[..12];
+    assert!(
+        metrics.lines().any(|line| line.starts_with("leaktrace_call_site_verdict{")
+            && line.contains(&format!("container=\"{short_id}\""))
+            && line.contains("call_site=\"main.dialGRPC")
+            && line.contains("verdict=\"leak\"")),
+        "no leak series for the container in /metrics:\n{metrics}"
+    );
+    assert!(
+        series.iter().any(|sample| sample["metric"]["call_site"].as_str().is_some_and(|site| site.starts_with("main.dialGRPC"))),
+        "{series:#?}"
+    );
 
     // The pids are the host's: the DaemonSet's hostPID.
     let (leaking_pid, healthy_pid) = (leaking.host_pid(), healthy.host_pid());
@@ -77,13 +136,9 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
     // Goroutine ancestry (uprobes on the binary inside the other container) names the
     // application's function behind gRPC's own dial goroutine; the connections dialed before
     // it attached form a call site of their own.
-    let telling = |site: &Value| {
-        let index = site["telling_frame"].as_u64()? as usize;
-        site["frames"][index]["function"].as_str().map(str::to_string)
-    };
     let leak = sites_of(&report, leaking_pid)
         .into_iter()
-        .find(|site| site["direction"] == "connect" && telling(site).as_deref() == Some("main.dialGRPC"))
+        .find(|site| site["direction"] == "connect" && function_of(site) == "main.dialGRPC")
         .unwrap_or_else(|| panic!("no connect call site of the leaking container's pid {leaking_pid} at main.dialGRPC:\n{}", show()));
     assert_eq!(leak["verdict"], "leak", "{leak:#}");
     assert_eq!(leak["exe"], "/grpcleak", "its binary, read through /proc (SYS_PTRACE): {leak:#}");

@@ -30,12 +30,12 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
     // The agent tests: the Prometheus server scrapes the agent; promtool checks its metrics
     // (and the PrometheusRule's alerting rules).
     ("prometheus", "prometheus"),
-    // The image's end-to-end test: rootful podman with runc (Debian's default crun cannot run
+    ("promtool", "prometheus"),
+    // The container and image tests: rootful podman with runc (Debian's default crun cannot run
     // containers on cgroup v1 hybrid hosts), and buildah for `cargo xtask image`.
     ("podman", "podman"),
     ("runc", "runc"),
     ("buildah", "buildah"),
-    ("promtool", "prometheus"),
 ];
 
 /// Newer Go toolchains the goroutine-ancestry tests build with besides Debian's 1.19 (runtime
