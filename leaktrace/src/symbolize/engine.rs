@@ -28,8 +28,20 @@ use super::{
 const MAX_CACHED_STACKS: usize = 1 << 16;
 const MAX_CACHED_SITES: usize = 1 << 20;
 const MAX_PERF_MAPS: usize = 1 << 12;
+/// Distinct files whose symbols (blazesym's parsed ELF and DWARF, Go line tables) are kept: a
+/// few MiB each. Past it every file's are dropped and parsed again as stacks ask for them, so a
+/// node that runs ever new executables does not grow without end.
+const MAX_CACHED_FILES: usize = 256;
 /// How often a live process whose stacks fall outside its captured mappings is captured again.
 const RECAPTURE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn new_blazesym() -> blaze::Symbolizer {
+    blaze::Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        .build()
+}
 
 /// What one resolved address says, before the module and address are attached.
 #[derive(Clone, Debug, Default)]
@@ -55,14 +67,9 @@ pub(super) struct Engine {
 
 impl Engine {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let blaze = blaze::Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .build();
         Self {
             shared,
-            blaze,
+            blaze: new_blazesym(),
             stacks: HashMap::new(),
             cached_stacks: 0,
             sites: HashMap::new(),
@@ -267,6 +274,9 @@ impl Engine {
         counters
             .address_cache_misses
             .fetch_add(1, Ordering::Relaxed);
+        if !self.go.contains_key(&pinned.id) && self.go.len() >= MAX_CACHED_FILES {
+            self.forget_files();
+        }
         let go = self
             .go
             .entry(pinned.id)
@@ -296,6 +306,15 @@ impl Engine {
         }
         self.sites.insert((pinned.id, offset), Arc::clone(&located));
         located
+    }
+
+    /// Drops every file's parsed symbols (blazesym keeps them per path until it is dropped) and
+    /// the addresses resolved through them.
+    fn forget_files(&mut self) {
+        log::debug!("symbols of {} files cached: dropping them all", self.go.len());
+        self.blaze = new_blazesym();
+        self.go.clear();
+        self.sites.clear();
     }
 
     fn locate_with_blazesym(&self, pinned: &PinnedFile, offset: u64) -> Vec<Located> {
