@@ -110,8 +110,8 @@ mod tests {
         };
         let marks = [
             Mark::Start { ts_ns: 1, version: RECORDING_VERSION },
-            Mark::Seed(Inventory { ts_ns: 2, complete: true, sockets: vec![] }),
-            Mark::Inventory(Inventory { ts_ns: 3, complete: false, sockets: vec![] }),
+            Mark::Seed(Inventory { ts_ns: 2, complete: true, unlisted_pids: vec![], sockets: vec![] }),
+            Mark::Inventory(Inventory { ts_ns: 3, complete: false, unlisted_pids: vec![], sockets: vec![] }),
             Mark::Counters(KernelCounters { produced: 9, received: 9, ..KernelCounters::default() }),
             Mark::End { ts_ns: 7 },
         ];

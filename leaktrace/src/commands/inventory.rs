@@ -97,7 +97,20 @@ fn take(source: &mut SocketInventory, cgroups: bool) -> anyhow::Result<Inventory
             }
         })
         .collect();
-    Ok(Inventory { ts_ns: snapshot.taken_ns, complete: snapshot.namespace_failures.is_empty(), sockets })
+    if !snapshot.unreadable_namespaces.is_empty() {
+        log::debug!(
+            "the net namespace of {} process(es) could not be read (pid {} first): their connections are not \
+             taken for closed by their absence; reading them needs CAP_SYS_PTRACE",
+            snapshot.unreadable_namespaces.len(),
+            snapshot.unreadable_namespaces[0]
+        );
+    }
+    Ok(Inventory {
+        ts_ns: snapshot.taken_ns,
+        complete: snapshot.namespace_failures.is_empty(),
+        unlisted_pids: snapshot.unreadable_namespaces,
+        sockets,
+    })
 }
 
 /// The cgroup v2 id (the directory's inode) a process belongs to, for `--cgroup`.

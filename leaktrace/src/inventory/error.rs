@@ -63,18 +63,6 @@ pub enum InventoryError {
         source: io::Error,
     },
 
-    #[error(
-        "cannot read the net namespace of {processes} process(es), pid {pid} first (/proc/{pid}/ns/net): {source}\n\
-         hint: reading other processes' namespaces needs CAP_SYS_PTRACE (and, under AppArmor, a profile that \
-         allows it); their connections are missing from the inventory, and none is taken for closed"
-    )]
-    NamespaceUnreadable {
-        pid: u32,
-        processes: usize,
-        #[source]
-        source: io::Error,
-    },
-
     #[error("cannot start the thread that enters net namespaces: {source}")]
     Thread {
         #[source]

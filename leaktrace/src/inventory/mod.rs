@@ -105,6 +105,7 @@ impl Inventory {
         );
         snapshot.namespaces = dumped.namespaces;
         snapshot.namespace_failures = dumped.failures;
+        snapshot.unreadable_namespaces = dumped.unreadable;
         snapshot.undecodable = self
             .namespaces
             .open_namespaces()
@@ -134,12 +135,12 @@ impl Inventory {
     /// Refreshes the namespaces and dumps each. Our own namespace's failure is the
     /// inventory's; another's is reported and that namespace is entered afresh next time.
     fn dump_namespaces(&mut self, pids: &[u32]) -> Result<Dumped, InventoryError> {
-        let mut present = netns::present(&self.proc, pids);
+        let present = netns::present(&self.proc, pids);
         self.namespaces.refresh(&present.namespaces)?;
         let own = self.namespaces.own_netns();
         let mut sockets = Vec::new();
         let mut namespaces = Vec::new();
-        let mut failures: Vec<NamespaceFailure> = self.namespaces.refused().chain(present.failure()).collect();
+        let mut failures: Vec<NamespaceFailure> = self.namespaces.refused().collect();
         let mut broken = Vec::new();
         for (netns, open) in self.namespaces.open_namespaces() {
             let before = sockets.len();
@@ -163,6 +164,7 @@ impl Inventory {
             sockets,
             namespaces,
             failures,
+            unreadable: present.unreadable,
         })
     }
 }
@@ -173,4 +175,6 @@ struct Dumped {
     /// The namespaces dumped.
     namespaces: Vec<u64>,
     failures: Vec<NamespaceFailure>,
+    /// Processes whose namespace could not be read.
+    unreadable: Vec<u32>,
 }

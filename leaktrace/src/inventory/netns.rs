@@ -132,8 +132,8 @@ impl OpenNamespace {
 
 /// The distinct namespaces of the processes `pids`, each with one pid that is in it, and the
 /// processes whose namespace could not be read. A process that exits is skipped; one we may not
-/// inspect (no CAP_SYS_PTRACE over it) is counted there, since its connections are then
-/// missing from the inventory and must not be taken for closed.
+/// inspect (no CAP_SYS_PTRACE over it, or an AppArmor profile) is listed apart, since its
+/// connections may then be missing from the inventory and must not be taken for closed.
 pub(super) fn present(proc: &ProcDir, pids: &[u32]) -> Present {
     let mut found = Present::default();
     let mut path = String::new();
@@ -145,10 +145,7 @@ pub(super) fn present(proc: &ProcDir, pids: &[u32]) -> Present {
                 found.namespaces.entry(stat.st_ino).or_insert(pid);
             }
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::SRCH) => {}
-            Err(errno) => {
-                found.unreadable += 1;
-                found.first_unreadable.get_or_insert((pid, errno.into()));
-            }
+            Err(_) => found.unreadable.push(pid),
         }
     }
     found
@@ -158,20 +155,8 @@ pub(super) fn present(proc: &ProcDir, pids: &[u32]) -> Present {
 #[derive(Default)]
 pub(super) struct Present {
     pub(super) namespaces: HashMap<u64, u32>,
-    /// Processes whose `ns/net` could not be read, and the first of them with its error.
-    pub(super) unreadable: usize,
-    pub(super) first_unreadable: Option<(u32, std::io::Error)>,
-}
-
-impl Present {
-    /// The unreadable namespaces as one failure of the inventory, if there were any.
-    pub(super) fn failure(&mut self) -> Option<NamespaceFailure> {
-        let (pid, source) = self.first_unreadable.take()?;
-        Some(NamespaceFailure {
-            netns: 0,
-            error: Arc::new(InventoryError::NamespaceUnreadable { pid, processes: self.unreadable, source }),
-        })
-    }
+    /// Processes whose `ns/net` could not be read.
+    pub(super) unreadable: Vec<u32>,
 }
 
 /// The namespace inode of the calling thread.

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub namespaces: Vec<u64>,
     /// The namespaces that could not be dumped (entering refused, or the dump failed).
     pub namespace_failures: Vec<NamespaceFailure>,
+    /// Processes whose network namespace could not be read (no CAP_SYS_PTRACE over them, or
+    /// an AppArmor profile): their sockets may be missing from this inventory.
+    pub unreadable_namespaces: Vec<u32>,
     /// sock_diag replies that did not decode and were skipped, since the inventory opened.
     pub undecodable: u64,
     by_cookie: HashMap<u64, usize>,
@@ -161,6 +164,7 @@ impl Snapshot {
             owner_scan: owners.stats(),
             namespaces: Vec::new(),
             namespace_failures: Vec::new(),
+            unreadable_namespaces: Vec::new(),
             undecodable: 0,
             by_cookie,
         }

@@ -83,6 +83,7 @@ fn scenario() -> Report {
     tracker.seed(&Inventory {
         ts_ns: START,
         complete: true,
+        unlisted_pids: vec![],
         sockets: vec![ObservedSocket {
             cookie: 1,
             state: TcpState::Established,

@@ -17,6 +17,10 @@ pub struct Inventory {
     /// Whether every network namespace was listed: only a complete inventory may end
     /// connections by their absence.
     pub complete: bool,
+    /// Processes whose sockets may be missing (their network namespace could not be read):
+    /// their connections are not ended by their absence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlisted_pids: Vec<u32>,
     pub sockets: Vec<ObservedSocket>,
 }
 
@@ -124,15 +128,16 @@ impl Tracker {
             }
         }
         if inventory.complete {
-            self.sweep(&listed, inventory.ts_ns);
+            self.sweep(&listed, &inventory.unlisted_pids, inventory.ts_ns);
         }
     }
 
-    fn sweep(&mut self, listed: &HashSet<u64>, ts_ns: u64) {
+    fn sweep(&mut self, listed: &HashSet<u64>, unlisted_pids: &[u32], ts_ns: u64) {
         let mut gone = Vec::new();
         for (&sk, connection) in &mut self.connections {
-            // A connection opened after the inventory was taken cannot be in it.
-            if connection.cookie == 0 || connection.opened_ns.get().is_none_or(|opened| opened >= ts_ns) {
+            // A connection opened after the inventory was taken cannot be in it, and one whose
+            // owner's namespace could not be read may be missing from it.
+            if connection.cookie == 0 || connection.opened_ns.get().is_none_or(|opened| opened >= ts_ns) || owned_by(&self.sites, connection, unlisted_pids) {
                 continue;
             }
             if listed.contains(&connection.cookie) {
@@ -150,11 +155,22 @@ impl Tracker {
         }
         // No probe reports a seeded connection's CLOSE: its absence is the only sign, and no
         // event can be in flight for it.
-        let gone_seeded: Vec<u64> = self.seeded.keys().filter(|cookie| !listed.contains(cookie)).copied().collect();
+        let gone_seeded: Vec<u64> = self
+            .seeded
+            .iter()
+            .filter(|(cookie, connection)| !listed.contains(cookie) && !owned_by(&self.sites, connection, unlisted_pids))
+            .map(|(cookie, _)| *cookie)
+            .collect();
         for cookie in gone_seeded {
             self.end_seeded(cookie, ts_ns);
         }
     }
+}
+
+/// Whether `connection`'s call site belongs to one of the processes `pids`.
+fn owned_by(sites: &[Option<super::site::Site>], connection: &Connection, pids: &[u32]) -> bool {
+    !pids.is_empty()
+        && sites.get(connection.site as usize).and_then(Option::as_ref).is_some_and(|site| pids.contains(&site.key.process.pid))
 }
 
 fn idle_since(ts_ns: u64, idle_ms: Option<u64>) -> Option<u64> {

@@ -315,6 +315,7 @@ fn connections_born_before_start_are_seeded_without_stack_or_lifetime() {
     let inventory = Inventory {
         ts_ns: START,
         complete: true,
+        unlisted_pids: vec![],
         sockets: vec![
             observed(1, TcpState::Established, 9, Some(5000)),
             observed(2, TcpState::Established, 9, None),
@@ -345,14 +346,14 @@ fn connections_born_before_start_are_seeded_without_stack_or_lifetime() {
 #[test]
 fn inventories_give_idle_times_and_sweep_what_is_gone() {
     let mut t = tracker();
-    t.seed(&Inventory { ts_ns: START, complete: true, sockets: vec![observed(1, TcpState::Established, 9, Some(0))] });
+    t.seed(&Inventory { ts_ns: START, complete: true, unlisted_pids: vec![], sockets: vec![observed(1, TcpState::Established, 9, Some(0))] });
     let mut stream = Stream::new();
     let (socket, cookie) = stream.socket(START + S);
     t.apply(&open(socket, cookie, START + S, owner(9, "app"), false, DIAL, "127.0.0.1:9000"));
     t.apply(&state(socket, cookie, START + S + 1, TcpState::SynSent, TcpState::Established));
     // Both listed, the traced one idle for 70 s: idle is known.
     let both = vec![observed(1, TcpState::CloseWait, 9, Some(0)), observed(cookie, TcpState::Established, 9, Some(70_000))];
-    t.observe(&Inventory { ts_ns: START + 80 * S, complete: true, sockets: both.clone() });
+    t.observe(&Inventory { ts_ns: START + 80 * S, complete: true, unlisted_pids: vec![], sockets: both.clone() });
     let snapshot = t.snapshot(START + 80 * S);
     let traced = snapshot.sites.iter().find(|s| !s.born_before_start).unwrap();
     assert_eq!(traced.max_idle_s, Some(70.0));
@@ -360,13 +361,13 @@ fn inventories_give_idle_times_and_sweep_what_is_gone() {
     let seeded = snapshot.sites.iter().find(|s| s.born_before_start).unwrap();
     assert_eq!(seeded.facts.close_wait, 1, "seeded state follows the inventory");
     // Gone from an incomplete inventory: nothing is concluded.
-    t.observe(&Inventory { ts_ns: START + 81 * S, complete: false, sockets: vec![] });
+    t.observe(&Inventory { ts_ns: START + 81 * S, complete: false, unlisted_pids: vec![], sockets: vec![] });
     assert_eq!(t.live_connections(), 2);
     // Gone from a complete one: the seeded connection has ended (no probe reports it); the
     // traced one needs a second absence (its CLOSE may be in flight).
-    t.observe(&Inventory { ts_ns: START + 82 * S, complete: true, sockets: vec![] });
+    t.observe(&Inventory { ts_ns: START + 82 * S, complete: true, unlisted_pids: vec![], sockets: vec![] });
     assert_eq!(t.live_connections(), 1);
-    t.observe(&Inventory { ts_ns: START + 83 * S, complete: true, sockets: vec![] });
+    t.observe(&Inventory { ts_ns: START + 83 * S, complete: true, unlisted_pids: vec![], sockets: vec![] });
     assert_eq!(t.live_connections(), 0);
     assert_eq!(t.stats().closes_inferred, 1);
     let snapshot = t.snapshot(START + 84 * S);
@@ -374,12 +375,40 @@ fn inventories_give_idle_times_and_sweep_what_is_gone() {
     assert_eq!((traced.facts.closed, traced.lifetimes), (1, None), "an inferred close has no lifetime");
 }
 
+/// Without CAP_SYS_PTRACE (or under AppArmor) some processes' network namespaces cannot be
+/// read: their sockets may be missing from an inventory that is otherwise complete, and their
+/// connections must not be ended by that absence, while other processes' are.
+#[test]
+fn connections_of_processes_whose_namespace_could_not_be_read_are_not_swept() {
+    let mut t = tracker();
+    t.seed(&Inventory {
+        ts_ns: START,
+        complete: true,
+        unlisted_pids: vec![],
+        sockets: vec![observed(1, TcpState::Established, 9, None), observed(2, TcpState::Established, 7, None)],
+    });
+    let mut stream = Stream::new();
+    let (hidden, hidden_cookie) = stream.socket(START + S);
+    t.apply(&open(hidden, hidden_cookie, START + S, owner(9, "app"), false, DIAL, "127.0.0.1:9000"));
+    let (seen, seen_cookie) = stream.socket(START + S);
+    t.apply(&open(seen, seen_cookie, START + S, owner(7, "other"), false, DIAL, "127.0.0.1:9000"));
+    for second in [80, 81] {
+        t.observe(&Inventory { ts_ns: START + second * S, complete: true, unlisted_pids: vec![9], sockets: vec![] });
+    }
+    // pid 9's seeded and traced connections stay; pid 7's are gone.
+    assert_eq!(t.live_connections(), 2);
+    assert_eq!(t.stats().closes_inferred, 1);
+    let snapshot = t.snapshot(START + 82 * S);
+    let live_of = |pid: u32| snapshot.processes.iter().find(|p| p.pid == pid).map_or(0, |p| p.live);
+    assert_eq!((live_of(9), live_of(7)), (2, 0));
+}
+
 #[test]
 fn a_seeded_socket_that_turns_out_traced_is_not_counted_twice() {
     let mut t = tracker();
     let mut stream = Stream::new();
     let (socket, cookie) = stream.socket(START + 1);
-    t.seed(&Inventory { ts_ns: START + 2, complete: true, sockets: vec![observed(cookie, TcpState::Established, 9, None)] });
+    t.seed(&Inventory { ts_ns: START + 2, complete: true, unlisted_pids: vec![], sockets: vec![observed(cookie, TcpState::Established, 9, None)] });
     t.apply(&open(socket, cookie, START + 1, owner(9, "app"), false, DIAL, "127.0.0.1:9000"));
     assert_eq!(t.live_connections(), 1);
     assert_eq!(t.stats().seed_duplicates, 1);
