@@ -10,7 +10,7 @@
 //! goroutines created before the attach stay in their library-only call site, which says so
 //! ([`AncestryStatus::NotRecorded`]).
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt,
     sync::Arc,
 };
@@ -28,6 +28,9 @@ use crate::{
 
 /// Most Go processes with ancestry attached at once.
 pub const MAX_PROCESSES: usize = 64;
+
+/// Most binaries whose inspection is remembered (past it, they are read again when needed).
+const MAX_PROGRAMS: usize = 1024;
 
 /// `--go-ancestry`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +75,10 @@ impl AncestryPolicy {
     /// the need, and say on each Go call site what ancestry it has.
     pub fn after_report(&mut self, report: &mut Report, tracer: &mut Tracer, now_ns: u64) {
         self.forget_exited(tracer);
+        // What is known of processes the tracker has forgotten is not needed any more.
+        let tracked: HashSet<ProcessKey> =
+            report.processes.iter().map(|process| ProcessKey { pid: process.pid, start_ns: process.start_ns }).collect();
+        self.processes.retain(|key, state| matches!(state, ProcessAncestry::Attached { .. }) || tracked.contains(key));
         self.hold_to_budget(tracer, now_ns);
         if self.mode != AncestryMode::Off {
             for process in self.wanted(report) {
@@ -190,6 +197,9 @@ impl AncestryPolicy {
     fn program_of(&mut self, pid: u32) -> Result<Arc<GoProgram>, Unsupported> {
         let exe = format!("/proc/{pid}/exe");
         let metadata = std::fs::metadata(&exe).map_err(|err| Unsupported::Unreadable(format!("{exe}: {err}")))?;
+        if self.programs.len() >= MAX_PROGRAMS {
+            self.programs.clear();
+        }
         self.programs
             .entry((metadata.dev(), metadata.ino()))
             .or_insert_with(|| GoProgram::inspect(exe.as_ref()).map(Arc::new))
