@@ -120,8 +120,8 @@ pub fn section(bench: &Bench) -> Result<Section> {
         notes: vec![
             "Only the processes ancestry is attached to pay the per-goroutine cost: the uprobe is scoped to each \
              process, `auto` attaches it only to Go processes whose connect stacks have no application frame, and a \
-             process creating more goroutines per second than `--go-ancestry-max-rate` (2000 by default: about 5% of \
-             a core at the cost measured here) is detached again. A dial from a new goroutine creates two \
+             process creating more goroutines per second than `--go-ancestry-max-rate` (2000 by default: a few percent \
+             of a core at the cost measured here) is detached again. A dial from a new goroutine creates two \
              goroutines in this process (the dialing one, and the handler of the spawner's own loopback server), \
              both recorded, and copies the spawner's stack into the connect's record."
                 .into(),
