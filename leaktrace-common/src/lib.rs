@@ -162,8 +162,8 @@ pub struct GoroutineTrail {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoRuntimeOffsets {
-    /// `task->group_leader->start_time` of the process they were resolved for: a reused pid
-    /// does not inherit them.
+    /// `task->group_leader->start_time` of the process they were resolved for, to within
+    /// [`PROCESS_START_TOLERANCE_NS`]: a reused pid does not inherit them.
     pub process_start_ns: u64,
     /// `runtime.g.goid`.
     pub g_goid: u32,
@@ -173,6 +173,11 @@ pub struct GoRuntimeOffsets {
     pub m_curg: u32,
     pub _pad: u32,
 }
+
+/// How far apart two start times of one process may be: the kernel gives nanoseconds, `/proc`
+/// whole clock ticks (10 ms at the usual 100 Hz), and userspace may know a process first from
+/// `/proc`. A later process reusing the pid starts far later than that.
+pub const PROCESS_START_TOLERANCE_NS: u64 = 30_000_000;
 
 /// Key of a goroutine's spawn record: goids are never reused within a process.
 #[repr(C)]

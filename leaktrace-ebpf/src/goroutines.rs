@@ -19,6 +19,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use leaktrace_common::{
     ConnOpenRecord, Counter, GO_SPAWN_DEPTH, GoRuntimeOffsets, GoroutineKey, MAX_GO_HOPS, MAX_STACK_DEPTH,
+    PROCESS_START_TOLERANCE_NS,
 };
 
 use crate::{
@@ -56,11 +57,13 @@ pub struct GoroutineSpawn {
 }
 
 /// The runtime offsets of the current process, if it is a Go process with ancestry attached
-/// and not a later process that reused its pid.
+/// and not a later process that reused its pid. Userspace may know the process's start time
+/// only to the clock tick `/proc` gives (when it first saw the process in a socket inventory),
+/// hence the tolerance.
 #[inline(always)]
 fn offsets_of(tgid: u32, process_start_ns: u64) -> Option<GoRuntimeOffsets> {
     let offsets = unsafe { GO_PROCESSES.get(tgid) }.copied()?;
-    (offsets.process_start_ns == process_start_ns).then_some(offsets)
+    (offsets.process_start_ns.abs_diff(process_start_ns) <= PROCESS_START_TOLERANCE_NS).then_some(offsets)
 }
 
 /// The current goroutine's g: the word below the thread's TLS base.

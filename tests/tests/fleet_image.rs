@@ -29,17 +29,32 @@ fn function_of(site: &Value) -> &str {
     site["telling_frame"].as_u64().and_then(|index| site["frames"][index as usize]["function"].as_str()).unwrap_or("")
 }
 
-/// Polls `done` until it holds; panics after [`PATIENCE`] with the agent container's logs.
+/// Polls `done` until it holds; panics after [`PATIENCE`] with `context()` and the agent
+/// container's logs.
 #[track_caller]
-fn wait_until(what: &str, mut done: impl FnMut() -> bool, agent: &Container) {
+fn wait_until(what: &str, mut done: impl FnMut() -> bool, agent: &Container, context: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + PATIENCE;
     while !done() {
         if std::time::Instant::now() >= deadline {
             let (_, stderr) = agent.logs();
-            panic!("{what}: not within {PATIENCE:?}; the agent's stderr:\n{stderr}");
+            panic!("{what}: not within {PATIENCE:?}; {}\nthe agent's stderr:\n{stderr}", context());
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// A pid's call sites in a report, a line each: what a failure message needs.
+fn summary(report: &Value, pid: u32) -> String {
+    sites_of(report, pid)
+        .iter()
+        .map(|site| {
+            format!(
+                "{} {} opened {} live {} {} ancestry {}",
+                site["direction"], function_of(site), site["opened"], site["live"], site["verdict"], site["go_ancestry"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The image, built by `cargo xtask image`, with the guard that serialises privileged tests; or
@@ -79,7 +94,7 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
         format!("{beside} --user=65534:65534"),
         &["-mode", "shared", "-target", &target, "-rate", "20"],
     );
-    let leaking = grpcleak("grpcleak leak", beside, &["-mode", "leak", "-target", &target, "-rate", "20", "-count", "400"]);
+    let leaking = grpcleak("grpcleak leak", beside, &["-mode", "leak", "-target", &target, "-rate", "20", "-count", "800"]);
     healthy.wait_for_line("handled ", Duration::from_secs(20));
     leaking.wait_for_line("handled ", Duration::from_secs(20));
 
@@ -94,20 +109,29 @@ fn the_image_with_the_daemonsets_grants_finds_a_leak_in_another_container() {
     let agent_url = |path: &str| format!("http://127.0.0.1:{AGENT_PORT}{path}");
     let prometheus = Prometheus::spawn(tracer.command_in_network("prometheus"), ([127, 0, 0, 1], AGENT_PORT).into());
     let (report, metrics, series) = tracer.in_network(|| {
-        wait_until("the agent ready", || get(&agent_url("/readyz"), &[], None).0 == 200, &tracer);
+        wait_until("the agent ready", || get(&agent_url("/readyz"), &[], None).0 == 200, &tracer, String::new);
+        let leaking_pid = leaking.host_pid();
         let leaking_report = |report: &Value| {
-            sites_of(report, leaking.host_pid()).iter().any(|site| site["verdict"] == "leak" && function_of(site) == "main.dialGRPC")
+            sites_of(report, leaking_pid).iter().any(|site| site["verdict"] == "leak" && function_of(site) == "main.dialGRPC")
         };
-        let mut report = Value::Null;
+        let report = std::cell::RefCell::new(Value::Null);
         wait_until(
             "the leak named in /api/v1/report",
             || {
                 let (status, body) = get(&agent_url("/api/v1/report"), &[], None);
-                report = serde_json::from_str(&body).unwrap_or(Value::Null);
-                status == 200 && leaking_report(&report)
+                *report.borrow_mut() = serde_json::from_str(&body).unwrap_or(Value::Null);
+                status == 200 && leaking_report(&report.borrow())
             },
             &tracer,
+            || {
+                format!(
+                    "the leaking client's (pid {leaking_pid}) call sites:\n{}\nits stderr: {}",
+                    summary(&report.borrow(), leaking_pid),
+                    leaking.logs().1
+                )
+            },
         );
+        let report = report.into_inner();
         let (status, metrics) = get(&agent_url("/metrics"), &[], None);
         assert_eq!(status, 200, "{metrics}");
         prometheus.wait_ready(Duration::from_secs(60));

@@ -13,7 +13,7 @@ pub struct ProcessKey {
 
 /// Start times from `/proc` have clock-tick resolution (10 ms): two start times this close, for
 /// the same pid, are the same process.
-const SAME_START_NS: u64 = 30_000_000;
+const SAME_START_NS: u64 = leaktrace_common::PROCESS_START_TOLERANCE_NS;
 
 pub struct Process {
     pub comm: String,
