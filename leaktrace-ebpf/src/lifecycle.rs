@@ -221,8 +221,8 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     open.tuple = Tuple::default();
     let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
     open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
+    // The accept slot never carries a goroutine trail (only connects take one): it stays zero.
     take_user_stack(ctx, open);
-    open.goroutine = Default::default();
     if !emit_open(open) {
         let _ = SOCKETS.remove(sk);
     }
