@@ -7,7 +7,7 @@
 //! `call_site="other"` / `comm="other"` series, and a dropped label sums the series it told
 //! apart. Series of call sites and processes the tracker has forgotten are simply not written,
 //! nor those of processes that exited with nothing live left.
-use std::{borrow::Cow, collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -217,7 +217,7 @@ impl SiteSum {
 #[derive(Default)]
 struct Workload<'a> {
     /// The container's name in its pod, else its id's first 12 digits.
-    container: Cow<'a, str>,
+    container: &'a str,
     pod: &'a str,
     namespace: &'a str,
 }
@@ -226,10 +226,7 @@ impl<'a> Workload<'a> {
     fn of(container: Option<&'a container::Workload>) -> Self {
         let Some(container) = container else { return Self::default() };
         Self {
-            container: match &container.name {
-                Some(name) => Cow::Borrowed(name.as_str()),
-                None => Cow::Owned(container.id.chars().take(12).collect()),
-            },
+            container: container.name.as_deref().unwrap_or_else(|| container.short_id()),
             pod: container.pod.as_deref().unwrap_or_default(),
             namespace: container.namespace.as_deref().unwrap_or_default(),
         }

@@ -88,8 +88,13 @@ impl Workload {
     pub fn short(&self) -> String {
         match (&self.pod, &self.name) {
             (Some(pod), Some(name)) => format!("{pod}/{name}"),
-            _ => self.id.chars().take(12).collect(),
+            _ => self.short_id().to_string(),
         }
+    }
+
+    /// The id's first 12 digits, as `podman ps` and `docker ps` show it.
+    pub fn short_id(&self) -> &str {
+        self.id.get(..12).unwrap_or(&self.id)
     }
 }
 
