@@ -2,6 +2,7 @@
 //! [`Resolver`]), figures get units, and the whole is either the JSON contract of
 //! `--format json` (one object, `version: 1`), one JSON line per refresh (`--format jsonl`),
 //! or the live table ([`table`]).
+pub mod identity;
 pub mod table;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -79,7 +80,7 @@ impl Resolver for LiveResolver<'_> {
 }
 
 /// The `--format json` report and each `--format jsonl` line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct Report {
     pub version: u32,
     pub duration_s: f64,
@@ -93,7 +94,7 @@ pub struct Report {
     pub processes: Vec<ProcessView>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct CallSite {
     pub pid: u32,
     /// With `pid`, the process's identity (CLOCK_MONOTONIC ns, as the events give it).
@@ -145,13 +146,13 @@ pub struct CallSite {
 }
 
 /// What a call site's stack holds of its goroutine ancestry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AncestryNote {
     pub status: AncestryStatus,
     pub detail: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AncestryStatus {
     /// The frames include the spawning goroutines' (marked `spawned_by`).
@@ -163,14 +164,14 @@ pub enum AncestryStatus {
     Unavailable,
 }
 
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
 pub struct WindowCounts {
     pub span_s: f64,
     pub opened: u64,
     pub closed: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct DestinationCount {
     /// `ip:port` for connects, `ip` for accepts (the clients' ports are ephemeral), `other`
     /// for the sum past the tracked ones.

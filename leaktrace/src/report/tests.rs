@@ -194,3 +194,32 @@ fn workload_filters_keep_the_containers_asked_for() {
     report.retain_workloads(&filter(&[], &["orders-7d9f8b6c4-x2kqp"]));
     assert_eq!(pids(&report), (vec![100], 1));
 }
+
+#[test]
+fn a_json_report_reads_back_as_it_was_written() {
+    let report = scenario();
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    let read: Report = serde_json::from_str(&text).unwrap();
+    assert_eq!(serde_json::to_string_pretty(&read).unwrap(), text);
+}
+
+#[test]
+fn exact_identities_tell_every_call_site_apart_and_portable_ones_survive_a_restart() {
+    use super::identity::SiteIdentity;
+    let report = scenario();
+    let exact: std::collections::HashSet<_> = report.call_sites.iter().map(SiteIdentity::exact).collect();
+    assert_eq!(exact.len(), report.call_sites.len());
+
+    // The same program started again: another pid, other addresses, the same functions.
+    let mut restarted = report.call_sites[0].clone();
+    restarted.pid += 1000;
+    restarted.process_start_ns += 1;
+    for frame in &mut restarted.frames {
+        frame.address += 0x10_0000;
+        frame.line = frame.line.map(|line| line + 3);
+    }
+    assert_ne!(SiteIdentity::exact(&restarted), SiteIdentity::exact(&report.call_sites[0]));
+    assert_eq!(SiteIdentity::portable(&restarted), SiteIdentity::portable(&report.call_sites[0]));
+    let other_function = report.call_sites.iter().find(|site| site.comm != restarted.comm).unwrap();
+    assert_ne!(SiteIdentity::portable(other_function), SiteIdentity::portable(&restarted));
+}

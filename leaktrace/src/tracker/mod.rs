@@ -57,7 +57,7 @@ impl Default for Limits {
 }
 
 /// What the tracker did with what it was given, for the report's `tracker` section.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TrackerStats {
     pub events: u64,
     /// Opens and seeded connections the userspace filters (`--comm`, replay's filters) dropped.

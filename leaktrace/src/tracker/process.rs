@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use serde::Serialize;
 
 /// A process's identity. `start_ns` is the task's start time (CLOCK_MONOTONIC ns).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct ProcessKey {
     pub pid: u32,
     pub start_ns: u64,

@@ -130,14 +130,14 @@ pub struct Site {
 }
 
 /// Connections to (connect) or from (accept) one peer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Destination {
     pub opened: u64,
     pub live: u64,
 }
 
 /// Percentiles of a call site's closed connections' lifetimes, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Lifetimes {
     pub count: u64,
     pub p50_s: f64,

@@ -38,7 +38,7 @@ pub struct SiteView {
 }
 
 /// A process's totals over all its call sites, seeded connections included.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ProcessView {
     pub pid: u32,
     #[serde(skip)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// Thresholds of the verdict rules. Times are durations; counts are connections.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Thresholds {
     /// The sliding window over which growth, open/close rates and churn are judged (`--window`).
     #[serde(with = "seconds")]
@@ -68,9 +68,14 @@ impl Default for Thresholds {
 mod seconds {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_f64(value.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let seconds = f64::deserialize(deserializer)?;
+        Duration::try_from_secs_f64(seconds).map_err(|err| D::Error::custom(format!("{seconds} s: {err}")))
     }
 }

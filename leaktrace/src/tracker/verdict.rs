@@ -1,11 +1,13 @@
 //! Verdicts: each rule is a small type that looks at one call site's facts and may conclude
 //! something, with a one-line explanation for the user. The most severe conclusion wins
 //! (leak > suspect > churn > ok); with none, the call site is `ok`.
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use super::{thresholds::Thresholds, window::WindowFacts};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Ok,
@@ -54,11 +56,11 @@ pub struct SiteFacts {
 }
 
 /// A rule's conclusion.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Finding {
     pub verdict: Verdict,
     /// The rule's name, stable, for scripts: `growing`, `close_wait`, ...
-    pub rule: &'static str,
+    pub rule: Cow<'static, str>,
     /// One line for the user, with the figures behind it.
     pub why: String,
 }
@@ -78,7 +80,7 @@ impl Rule for Growing {
         (growth >= t.leak_growth && w.rising_seconds >= t.leak_rising_seconds && few_closes && facts.unclosed > 0).then(|| {
             Finding {
                 verdict: Verdict::Leak,
-                rule: "growing",
+                rule: Cow::Borrowed("growing"),
                 why: format!(
                     "{} opened and {} closed in the last {:.0}s (+{:.1}/s); {} live, oldest {}",
                     w.opened,
@@ -103,7 +105,7 @@ impl Rule for NeverClosed {
         let few_closes = (ended as f64) <= t.leak_max_close_ratio * facts.opened as f64;
         (facts.unclosed >= t.leak_growth && facts.open_seconds >= t.leak_rising_seconds && few_closes).then(|| Finding {
             verdict: Verdict::Leak,
-            rule: "never_closed",
+            rule: Cow::Borrowed("never_closed"),
             why: format!(
                 "{} of {} connections opened here are still open ({} closed, {} failed), opened over {}; oldest {}",
                 facts.live,
@@ -124,7 +126,7 @@ impl Rule for StuckInCloseWait {
     fn check(&self, facts: &SiteFacts, t: &Thresholds) -> Option<Finding> {
         (facts.close_wait_stuck > 0).then(|| Finding {
             verdict: Verdict::Leak,
-            rule: "close_wait",
+            rule: Cow::Borrowed("close_wait"),
             why: format!(
                 "{} connection(s) in CLOSE_WAIT for over {}s (oldest {}): the peer hung up and this process never closed",
                 facts.close_wait_stuck,
@@ -148,7 +150,7 @@ impl Rule for GrowingInconclusive {
         }
         (growth >= t.suspect_growth && w.rising_seconds >= 2 && w.closed * 2 <= w.opened && facts.unclosed > 0).then(|| Finding {
             verdict: Verdict::Suspect,
-            rule: "growing_slowly",
+            rule: Cow::Borrowed("growing_slowly"),
             why: format!(
                 "live grew by {growth} in the last {:.0}s ({} opened, {} closed); not yet a steady trend",
                 w.span_s, w.opened, w.closed
@@ -164,7 +166,7 @@ impl Rule for MostlyIdle {
     fn check(&self, facts: &SiteFacts, t: &Thresholds) -> Option<Finding> {
         (facts.idle_live >= t.suspect_idle && facts.idle_live * 2 >= facts.live).then(|| Finding {
             verdict: Verdict::Suspect,
-            rule: "idle",
+            rule: Cow::Borrowed("idle"),
             why: format!(
                 "{} of {} live connections idle for over {}s (no data sent or received)",
                 facts.idle_live,
@@ -192,7 +194,7 @@ impl Rule for Churn {
         (rate >= t.churn_min_rate && median <= t.churn_max_lifetime.as_secs_f64() && nearly_all_closed).then(|| {
             Finding {
                 verdict: Verdict::Churn,
-                rule: "churn",
+                rule: Cow::Borrowed("churn"),
                 why: format!(
                     "{rate:.1} connections/s, median lifetime {}: opened per request and closed; consider a pool",
                     duration(median)
@@ -363,7 +365,7 @@ mod tests {
         let facts = SiteFacts { close_wait_stuck: 1, idle_live: 40, live: 40, ..leaking() };
         let (verdict, findings) = judge(&facts, &Thresholds::default());
         assert_eq!(verdict, Verdict::Leak);
-        let rules: Vec<_> = findings.iter().map(|f| f.rule).collect();
+        let rules: Vec<_> = findings.iter().map(|f| f.rule.as_ref()).collect();
         assert_eq!(rules, ["growing", "never_closed", "close_wait", "idle"]);
     }
 
