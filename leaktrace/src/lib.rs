@@ -20,4 +20,5 @@ pub mod tcp;
 pub mod tracker;
 pub mod report;
 pub mod recording;
+pub mod span;
 pub mod symbolize;

@@ -9,12 +9,12 @@ use super::{
     live::{Live, LiveOptions, Stepped},
     view::View,
 };
-use crate::cli::{WatchArgs, parse_duration, seconds};
+use crate::cli::{WatchArgs, positive, run_duration};
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let interval = args.view.interval()?;
-    let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
-    let duration = parse_duration(args.duration)?;
+    let inventory_interval = positive("inventory-interval", args.inventory_interval)?;
+    let duration = run_duration(args.duration)?;
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
