@@ -11,6 +11,8 @@ use crate::tracker::{Verdict, verdict::duration};
 const FRAME_WIDTH: usize = 44;
 /// Widest a container is shown: its id's first 12 digits, or `pod/container` cut to fit.
 const CONTAINER_WIDTH: usize = 20;
+/// Widest a peer is shown: an IPv4 `address:port` and a `+N` for the others fit.
+const PEER_WIDTH: usize = 25;
 
 /// The table: a header line, one row per call site (at most `max_rows`), then the deciding
 /// reason of every leak and suspect shown.
@@ -19,12 +21,13 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
     header(&mut out, report);
     let _ = writeln!(
         out,
-        "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  VERDICT",
+        "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:<p$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  VERDICT",
         "PID",
         "COMM",
         "CONTAINER",
         "DIR",
         "CALL SITE",
+        "PEER",
         "LIVE",
         "GROWTH/s",
         "OPENED",
@@ -33,17 +36,19 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
         "OLDEST",
         "IDLE",
         c = CONTAINER_WIDTH,
-        w = FRAME_WIDTH
+        w = FRAME_WIDTH,
+        p = PEER_WIDTH
     );
     for site in report.call_sites.iter().take(max_rows) {
         let _ = writeln!(
             out,
-            "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
+            "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:<p$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
             site.pid,
             clip(&site.comm, 15),
             clip(&site.container.as_ref().map_or_else(|| "-".into(), |container| container.short()), CONTAINER_WIDTH),
             direction(site),
             clip(&site.telling_frame_text(), FRAME_WIDTH),
+            peer(site, PEER_WIDTH),
             site.live,
             format!("{:+.1}", site.growth_per_s),
             site.opened,
@@ -53,7 +58,8 @@ pub fn render_table(report: &Report, max_rows: usize) -> String {
             site.max_idle_s.map_or_else(|| "-".into(), duration),
             site.verdict.name().to_uppercase(),
             c = CONTAINER_WIDTH,
-            w = FRAME_WIDTH
+            w = FRAME_WIDTH,
+            p = PEER_WIDTH
         );
     }
     let hidden = report.call_sites.len().saturating_sub(max_rows);
@@ -168,6 +174,18 @@ fn direction(site: &CallSite) -> &'static str {
         crate::tracker::Direction::Connect => "connect",
         crate::tracker::Direction::Accept => "accept",
     }
+}
+
+/// The peer holding most live connections (then most opened), and how many others there are:
+/// the destination that tells two dial sites in one function apart. `-` for none known.
+pub fn peer(site: &CallSite, width: usize) -> String {
+    let Some(top) = site.destinations.iter().max_by_key(|dest| (dest.address != "other", dest.live, dest.opened)) else {
+        return "-".to_string();
+    };
+    let others = site.destinations.len() - 1;
+    let more = if others > 0 { format!(" +{others}") } else { String::new() };
+    let address = clip(&top.address, width.saturating_sub(more.chars().count()));
+    format!("{address}{more}")
 }
 
 /// Cuts text to `width` characters, marking the cut with `…`.
