@@ -8,7 +8,7 @@ use inferno::flamegraph::{
     color::{BasicPalette, Color, PaletteMap},
 };
 
-use super::stackless_frame;
+use super::{frame_name, stackless_frame};
 use crate::{
     report::{CallSite, Report},
     symbolize::Frame,
@@ -68,17 +68,16 @@ pub fn folded(report: &Report) -> Vec<String> {
             let mut names = vec![clean(&format!("{} (pid {})", site.comm, site.pid))];
             match stackless_frame(site) {
                 Some(text) => names.push(text),
-                None => names.extend(site.frames.iter().rev().map(frame_name)),
+                None => names.extend(site.frames.iter().rev().map(graph_name)),
             }
             format!("{} {}", names.join(";"), site.live)
         })
         .collect()
 }
 
-/// The frame's name in the graph: its function (frames are merged by name, as pprof's
-/// function view does), else its address and module.
-fn frame_name(frame: &Frame) -> String {
-    clean(&frame.function.clone().unwrap_or_else(|| frame.short()))
+/// The frame's name in the graph (frames are merged by name, as pprof's function view does).
+fn graph_name(frame: &Frame) -> String {
+    clean(&frame_name(frame))
 }
 
 /// The name of the frame the call site is named by (the table's).
@@ -87,7 +86,7 @@ fn naming_frame(site: &CallSite) -> String {
         return text;
     }
     let index = site.telling_frame.filter(|&index| index < site.frames.len()).unwrap_or(0);
-    frame_name(&site.frames[index])
+    graph_name(&site.frames[index])
 }
 
 /// `;` separates frames in the folded form, and a line ends a stack.

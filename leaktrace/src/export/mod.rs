@@ -20,12 +20,19 @@ use anyhow::Context;
 use crate::{
     cli::ExportArgs,
     report::{CallSite, Report},
+    symbolize::Frame,
 };
 
 /// The one frame a call site without a stack is shown with, saying why it has none (born
 /// before start, or the kernel could not take it); `None` for a call site with frames.
 pub fn stackless_frame(site: &CallSite) -> Option<String> {
     site.frames.is_empty().then(|| site.telling_frame_text())
+}
+
+/// What both profiles call a frame: its function, else (nothing could name it) its address and
+/// module, as the table shows it, so that such frames stay apart.
+pub fn frame_name(frame: &Frame) -> String {
+    frame.function.clone().unwrap_or_else(|| frame.short())
 }
 
 /// The files `--pprof` and `--flamegraph` name.

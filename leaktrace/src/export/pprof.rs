@@ -13,15 +13,18 @@ use std::{
 use flate2::{Compression, write::GzEncoder};
 use prost::Message;
 
-use super::{profile_proto as proto, stackless_frame};
+use super::{frame_name, profile_proto as proto, stackless_frame};
 use crate::{
     report::{CallSite, Report},
     symbolize::Frame,
 };
 
+/// A sample type's name, and what a call site counts in it.
+type SampleType = (&'static str, fn(&CallSite) -> u64);
+
 /// The sample types, in the profile's order; the first is pprof's default. Each is a count of
 /// the call site's connections.
-pub const SAMPLE_TYPES: [(&str, fn(&CallSite) -> u64); 3] = [
+pub const SAMPLE_TYPES: [SampleType; 3] = [
     // Open now: what a leak accumulates.
     ("live_connections", |site| site.live),
     // Of those, the ones whose peer hung up and whose owner never closed them.
@@ -151,8 +154,8 @@ impl Builder {
     }
 
     /// The call site's locations, leaf first. An inlined frame joins the location of the frame
-    /// it was inlined into (the next one, same address); a frame nothing could name is its
-    /// address alone; a call site without a stack gets one frame saying why.
+    /// it was inlined into (the next one, same address); a call site without a stack gets one
+    /// frame saying why.
     fn stack(&mut self, site: &CallSite) -> Vec<u64> {
         if let Some(text) = stackless_frame(site) {
             let function_id = self.function(&text, None);
@@ -168,19 +171,25 @@ impl Builder {
                 mapping.has_line_numbers |= frame.line.is_some();
             }
             let line = self.line(frame);
-            if frame.inlined && line.is_some() {
-                inlined.extend(line);
+            if frame.inlined {
+                inlined.push(line);
                 continue;
             }
-            let lines = inlined.drain(..).chain(line).collect();
+            let lines = inlined.drain(..).chain([line]).collect();
             ids.push(self.location(LocationKey { mapping_id, address: frame.address, lines }));
+        }
+        // Inlined calls whose caller the walk did not reach keep a location of their own.
+        if let Some(last) = site.frames.last().filter(|_| !inlined.is_empty()) {
+            let mapping_id = last.module.as_deref().map_or(0, |module| self.mapping(module));
+            ids.push(self.location(LocationKey { mapping_id, address: last.address, lines: inlined }));
         }
         ids
     }
 
-    fn line(&mut self, frame: &Frame) -> Option<(u64, i64)> {
-        let function = frame.function.as_deref()?;
-        Some((self.function(function, frame.file.as_deref()), frame.line.map_or(0, i64::from)))
+    /// The frame's function, file and line; a frame nothing could name is named by its address
+    /// and module (as the table shows it), so that pprof tells such frames apart.
+    fn line(&mut self, frame: &Frame) -> (u64, i64) {
+        (self.function(&frame_name(frame), frame.file.as_deref()), frame.line.map_or(0, i64::from))
     }
 
     fn labels(&mut self, site: &CallSite) -> Vec<proto::Label> {
