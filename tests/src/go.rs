@@ -67,6 +67,24 @@ impl GoToolchain {
     }
 }
 
+/// `go tool pprof ARGS` with Debian's Go, as a user opens a profile: its standard output.
+/// Panics with its stderr when it fails. Profiles it fetches over HTTP are saved under
+/// `target/test-helpers/pprof` (its `PPROF_TMPDIR`), not in the home directory.
+#[track_caller]
+pub fn go_tool_pprof(args: &[&str]) -> String {
+    let saved = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-helpers/pprof");
+    let go = GoToolchain::Debian.go();
+    let output = Command::new(&go)
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", &saved)
+        .output()
+        .unwrap_or_else(|err| panic!("{}: {err}; {INSTALL_HINT}", go.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "go tool pprof {args:?} failed ({}):\n{stderr}", output.status);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The built program `helpers/go/<name>`, built at most once per test process (and not at all
 /// while the binary is newer than its sources). Panics with the fix when Go or grpc-go is
 /// missing, and with the compiler's output when the build fails.
