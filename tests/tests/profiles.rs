@@ -1,8 +1,9 @@
 //! The profiles end to end, opened the way their users open them: the real `leaktrace` tracing
 //! the Go incident program (`grpcleak`, a gRPC connection dialed per message and never closed),
-//! its `--pprof` file read by Debian's `go tool pprof` (`-top`, `-traces`) while leaktrace runs
-//! and after it ends, its `--flamegraph` SVG checked for the leaking frame and its colour, and
-//! the agent's `/debug/pprof/connections` fetched by `go tool pprof` over HTTP.
+//! its `--pprof` file read by Debian's `go tool pprof` (`-top`, `-traces`, the `-http` web view)
+//! while leaktrace runs and after it ends, and from a replay of its recording; its
+//! `--flamegraph` SVG checked for the leaking frame and its colour; and the agent's
+//! `/debug/pprof/connections` fetched by `go tool pprof` over HTTP.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,8 +13,8 @@ use std::{
 use leaktrace::export::flamegraph::{LEAK_COLOUR, TITLE};
 use leaktrace_tests::{
     agent::Agent,
-    cli::{LiveTrace, leaktrace_binary, sites_of},
-    go::{ClientMode, GoClient, GoServer, Messages, GoBuild, go_program, go_tool_pprof},
+    cli::{LiveTrace, leaktrace_binary, replay, sites_of},
+    go::{ClientMode, GoBuild, GoClient, GoServer, Messages, go_program, go_tool_pprof, go_tool_pprof_web},
     require_privileges,
 };
 use serde_json::Value;
@@ -80,19 +81,22 @@ fn trace_label<'a>(block: &'a str, key: &str) -> Option<&'a str> {
 
 /// The count a `-traces` block starts its stack with.
 fn trace_count(block: &str) -> u64 {
-    let line = block.lines().find(|line| line.trim().split_whitespace().next().is_some_and(|word| word.parse::<u64>().is_ok()));
-    line.and_then(|line| line.split_whitespace().next()?.parse().ok()).unwrap_or_else(|| panic!("no count in:\n{block}"))
+    block
+        .lines()
+        .find_map(|line| line.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count in:\n{block}"))
 }
 
 #[test]
 fn a_leaking_go_programs_call_site_opens_in_go_tool_pprof_and_as_a_flame_graph() {
     let Some(_guard) = require_privileges("a_leaking_go_programs_call_site_opens_in_go_tool_pprof_and_as_a_flame_graph") else { return };
     let dir = scratch("live");
-    let (pprof, svg) = (dir.join("connections.pb.gz"), dir.join("connections.svg"));
+    let (pprof, svg, recording) = (dir.join("connections.pb.gz"), dir.join("connections.svg"), dir.join("recording.jsonl"));
     let program = go_program("grpcleak", GoBuild::Normal);
     let server = GoServer::start(&program);
     let port = server.port().to_string();
-    let mut trace = LiveTrace::start(&["--port", &port, "--pprof", path(&pprof), "--flamegraph", path(&svg)]);
+    let mut trace =
+        LiveTrace::start(&["--port", &port, "--pprof", path(&pprof), "--flamegraph", path(&svg), "--record", path(&recording)]);
     let client = GoClient::start_binary(&program, ClientMode::Leak, server.addr, RATE);
     let pid = client.pid();
     trace.wait_for(&format!("{LEAKING} as a leak"), PATIENCE, |report| leaking_site(report, pid).is_some());
@@ -121,6 +125,21 @@ fn a_leaking_go_programs_call_site_opens_in_go_tool_pprof_and_as_a_flame_graph()
         assert_eq!(labels, [Some(pid.to_string().as_str()), Some("grpcleak"), Some("connect"), Some("leak")], "{block}");
     }
     assert_eq!(blocks.iter().map(|block| trace_count(block)).sum::<u64>(), live, "{text}");
+
+    // The web view a user opens with `go tool pprof -http=: FILE`.
+    for page in ["/ui/top", "/ui/flamegraph"] {
+        let html = go_tool_pprof_web(&pprof, page);
+        assert!(html.contains(LEAKING), "{page} of the web view: {html}");
+    }
+
+    // A replay of the recording writes the profile of its own report (frames are addresses
+    // there: the processes are gone by then).
+    let replayed = dir.join("replayed.pb.gz");
+    let (report, status) = replay(&[path(&recording), "--format", "json", "--pprof", path(&replayed)]);
+    assert_eq!(status.code(), Some(1), "{report:#}");
+    let replay_live: u64 = report["call_sites"].as_array().unwrap().iter().map(|site| site["live"].as_u64().unwrap()).sum();
+    let top = go_tool_pprof(&["-top", path(&replayed)]);
+    assert!(replay_live > 0 && top.contains(&format!("Total samples = {replay_live}")), "{replay_live} live in the replay: {top}");
 
     let svg = std::fs::read_to_string(&svg).unwrap_or_else(|err| panic!("{}: {err}", svg.display()));
     assert!(svg.contains(TITLE), "the title says what it counts");
