@@ -100,9 +100,16 @@ fn a_leaking_go_programs_call_site_opens_in_go_tool_pprof_and_as_a_flame_graph()
     let client = GoClient::start_binary(&program, ClientMode::Leak, server.addr, RATE);
     let pid = client.pid();
     trace.wait_for(&format!("{LEAKING} as a leak"), PATIENCE, |report| leaking_site(report, pid).is_some());
-    // Written at each refresh: the one after this report is complete once the next arrives.
-    trace.wait_for("the next report", PATIENCE, |_| true);
-    let during = go_tool_pprof(&["-top", path(&pprof)]);
+    // Rewritten at each refresh (on a thread of its own, so a refresh or two later) and readable
+    // while leaktrace runs.
+    let mut during = String::new();
+    for _ in 0..20 {
+        trace.wait_for("the next report", PATIENCE, |_| true);
+        during = go_tool_pprof(&["-top", path(&pprof)]);
+        if during.contains(LEAKING) {
+            break;
+        }
+    }
     assert!(during.contains("Type: live_connections") && during.contains(LEAKING), "{during}");
 
     let (last, status, stderr) = trace.interrupt();

@@ -11,14 +11,14 @@ use super::{
 };
 use crate::{
     cli::{WatchArgs, parse_duration, seconds},
-    export::Exports,
+    export::BackgroundExports,
 };
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let interval = args.view.interval()?;
     let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
     let duration = parse_duration(args.duration)?;
-    let exports = Exports::new(&args.export)?;
+    let mut exports = BackgroundExports::new(&args.export)?;
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
@@ -46,7 +46,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
             _ = refresh.tick() => {
                 let report = live.report()?;
                 view.refresh(&report)?;
-                exports.refresh(&report);
+                exports.refresh(report);
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -56,7 +56,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
 
     let (report, counters) = live.finish()?;
     view.finish(&report)?;
-    exports.write(&report)?;
+    exports.finish(&report).await?;
     report_counters(&counters);
     Ok(report.leaks() > 0)
 }

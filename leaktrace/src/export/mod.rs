@@ -1,17 +1,19 @@
 //! Profiles of the report for the tools leak hunters already use: a pprof profile (`--pprof`,
 //! the agent's `/debug/pprof/connections`) and a flame graph (`--flamegraph`), both of live
 //! connections by the stack that opened them, both made from the [`Report`] alone. [`Exports`]
-//! writes them for the live view and the replay: checked writable before tracing starts,
-//! rewritten whole at each refresh (a temporary file renamed over the old one, so a reader never
-//! sees half a profile), and a last time with the final report.
+//! writes them for the live view ([`BackgroundExports`]) and the replay: checked writable before
+//! tracing starts, rewritten whole at each refresh (a temporary file renamed over the old one,
+//! so a reader never sees half a profile), and a last time with the final report.
 pub mod flamegraph;
 pub mod pprof;
 pub mod profile_proto;
 
 use std::{
+    borrow::Cow,
     ffi::OsString,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -31,8 +33,11 @@ pub fn stackless_frame(site: &CallSite) -> Option<String> {
 
 /// What both profiles call a frame: its function, else (nothing could name it) its address and
 /// module, as the table shows it, so that such frames stay apart.
-pub fn frame_name(frame: &Frame) -> String {
-    frame.function.clone().unwrap_or_else(|| frame.short())
+pub fn frame_name(frame: &Frame) -> Cow<'_, str> {
+    match &frame.function {
+        Some(function) => Cow::Borrowed(function),
+        None => Cow::Owned(frame.short()),
+    }
 }
 
 /// The files `--pprof` and `--flamegraph` name.
@@ -64,18 +69,45 @@ impl Exports {
         Ok(())
     }
 
-    /// A refresh's write: a failure (a full disk) is said and the session goes on; the final
-    /// write reports it as an error.
-    pub fn refresh(&self, report: &Report) {
-        if let Err(err) = self.write(report) {
-            log::warn!("{err:#}");
-        }
-    }
-
     fn files(&self) -> impl Iterator<Item = (&'static str, &Path)> {
         [("--pprof", self.pprof.as_deref()), ("--flamegraph", self.flamegraph.as_deref())]
             .into_iter()
             .filter_map(|(flag, path)| Some((flag, path?)))
+    }
+}
+
+/// The live view's [`Exports`]: each refresh's files are made and written on a blocking thread,
+/// off the event loop (a flame graph of thousands of call sites takes a while), one write at a
+/// time: a refresh that finds the previous write still going leaves it be.
+pub struct BackgroundExports {
+    exports: Arc<Exports>,
+    writing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl BackgroundExports {
+    pub fn new(args: &ExportArgs) -> anyhow::Result<Self> {
+        Ok(Self { exports: Arc::new(Exports::new(args)?), writing: None })
+    }
+
+    /// A refresh's write. A failure (a full disk) is said and the session goes on.
+    pub fn refresh(&mut self, report: Report) {
+        if self.exports.files().next().is_none() || self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
+            return;
+        }
+        let exports = Arc::clone(&self.exports);
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(err) = exports.write(&report) {
+                log::warn!("{err:#}");
+            }
+        }));
+    }
+
+    /// The final write, after the last refresh's: an error this time.
+    pub async fn finish(self, report: &Report) -> anyhow::Result<()> {
+        if let Some(writing) = self.writing {
+            let _ = writing.await;
+        }
+        self.exports.write(report)
     }
 }
 

@@ -5,12 +5,13 @@
 //! symbolizer's functions, files and lines (inlined calls folded into their caller's location,
 //! as pprof represents them). gzip-compressed, as pprof reads it.
 use std::{
-    collections::HashMap,
+    borrow::Cow,
     io::Write,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use flate2::{Compression, write::GzEncoder};
+use foldhash::HashMap;
 use prost::Message;
 
 use super::{frame_name, profile_proto as proto, stackless_frame};
@@ -36,7 +37,8 @@ pub const SAMPLE_TYPES: [SampleType; 3] = [
 /// The profile of `report`, taken at `taken_at`, gzipped.
 pub fn encode(report: &Report, taken_at: SystemTime) -> Vec<u8> {
     let bytes = profile(report, taken_at).encode_to_vec();
-    let mut gzip = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::default());
+    // The fastest level, as Go's runtime/pprof writes its profiles: they are rewritten often.
+    let mut gzip = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::fast());
     // Writing into a Vec cannot fail.
     gzip.write_all(&bytes).expect("gzip into memory");
     gzip.finish().expect("gzip into memory")
@@ -103,6 +105,7 @@ struct LocationKey {
 
 impl Builder {
     fn string(&mut self, text: &str) -> i64 {
+        // Most strings are seen many times (a module per frame): looked up without a copy.
         if let Some(&index) = self.strings.get(text) {
             return index;
         }
@@ -189,7 +192,8 @@ impl Builder {
     /// The frame's function, file and line; a frame nothing could name is named by its address
     /// and module (as the table shows it), so that pprof tells such frames apart.
     fn line(&mut self, frame: &Frame) -> (u64, i64) {
-        (self.function(&frame_name(frame), frame.file.as_deref()), frame.line.map_or(0, i64::from))
+        let name: Cow<str> = frame_name(frame);
+        (self.function(&name, frame.file.as_deref()), frame.line.map_or(0, i64::from))
     }
 
     fn labels(&mut self, site: &CallSite) -> Vec<proto::Label> {
