@@ -45,6 +45,16 @@ fn leaking_site(report: &Value, pid: u32) -> Option<&Value> {
     })
 }
 
+/// Runs `wait`; when it fails, the failure also says what the client printed (it exits when a
+/// message times out, as on a machine too loaded to answer in time).
+#[track_caller]
+fn telling_the_client<T>(client: &GoClient, wait: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(wait)).unwrap_or_else(|panic| {
+        let message = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        panic!("{}\nthe client's stderr:\n{}", message.unwrap_or_default(), client.process.stderr())
+    })
+}
+
 /// A `go tool pprof -top` row, by the node's name: (flat, cum).
 #[track_caller]
 fn top_row(top: &str, name: &str) -> (u64, u64) {
@@ -99,7 +109,7 @@ fn a_leaking_go_programs_call_site_opens_in_go_tool_pprof_and_as_a_flame_graph()
         LiveTrace::start(&["--port", &port, "--pprof", path(&pprof), "--flamegraph", path(&svg), "--record", path(&recording)]);
     let client = GoClient::start_binary(&program, ClientMode::Leak, server.addr, RATE);
     let pid = client.pid();
-    trace.wait_for(&format!("{LEAKING} as a leak"), PATIENCE, |report| leaking_site(report, pid).is_some());
+    telling_the_client(&client, || trace.wait_for(&format!("{LEAKING} as a leak"), PATIENCE, |report| leaking_site(report, pid).is_some()));
     // Rewritten at each refresh (on a thread of its own, so a refresh or two later) and readable
     // while leaktrace runs.
     let mut during = String::new();
@@ -197,8 +207,8 @@ fn go_tool_pprof_reads_the_agents_connections_profile() {
     agent.wait_ready(PATIENCE);
     let client = GoClient::start_binary(&program, ClientMode::Leak, server.addr, RATE);
     let pid = client.pid().to_string();
-    let report = agent.wait_report(&[("pid", &pid)], &format!("{LEAKING} as a leak"), PATIENCE, |report| {
-        leaking_site(report, client.pid()).is_some()
+    let report = telling_the_client(&client, || {
+        agent.wait_report(&[("pid", &pid)], &format!("{LEAKING} as a leak"), PATIENCE, |report| leaking_site(report, client.pid()).is_some())
     });
     let live_then = leaking_site(&report, client.pid()).unwrap()["live"].as_u64().unwrap();
 
