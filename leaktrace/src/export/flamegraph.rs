@@ -3,6 +3,8 @@
 //! wide as the connections opened through it that are still open. The function a leaking call
 //! site is named by is red, a suspect one's orange, everything else in neutral blues: one look
 //! shows where the connections are and which of them leak.
+use std::collections::HashSet;
+
 use inferno::flamegraph::{
     self, Options, Palette,
     color::{BasicPalette, Color, PaletteMap},
@@ -29,13 +31,19 @@ const NOTHING_LIVE: &str = "(no live connections)";
 pub fn render(report: &Report) -> std::io::Result<Vec<u8>> {
     let lines = folded(report);
     let live: u64 = report.call_sites.iter().map(|site| site.live).sum();
+    // Colours go by name (frames of one function are one box). A suspect's frame that a leaking
+    // stack also passes through stays neutral: orange there would point at the leak's library.
+    let drawn = |verdict: Verdict| report.call_sites.iter().filter(move |site| site.verdict == verdict && site.live > 0);
+    let in_leaks: HashSet<String> = drawn(Verdict::Leak).flat_map(|site| site.frames.iter().map(graph_name)).collect();
     let mut palette = PaletteMap::default();
-    // Suspects first, so a name shared with a leaking call site ends red.
-    for verdict in [Verdict::Suspect, Verdict::Leak] {
-        let colour = if verdict == Verdict::Leak { LEAK_COLOUR } else { SUSPECT_COLOUR };
-        for site in report.call_sites.iter().filter(|site| site.verdict == verdict && site.live > 0) {
-            palette.insert(naming_frame(site), colour);
+    for site in drawn(Verdict::Suspect) {
+        let name = naming_frame(site);
+        if !in_leaks.contains(&name) {
+            palette.insert(name, SUSPECT_COLOUR);
         }
+    }
+    for site in drawn(Verdict::Leak) {
+        palette.insert(naming_frame(site), LEAK_COLOUR);
     }
     let suspects = report.call_sites.iter().filter(|site| site.verdict == Verdict::Suspect).count();
     let mut options = Options::default();
@@ -68,11 +76,29 @@ pub fn folded(report: &Report) -> Vec<String> {
             let mut names = vec![clean(&format!("{} (pid {})", site.comm, site.pid))];
             match stackless_frame(site) {
                 Some(text) => names.push(text),
-                None => names.extend(site.frames.iter().rev().map(graph_name)),
+                None => names.extend(outermost_first(&site.frames)),
             }
             format!("{} {}", names.join(";"), site.live)
         })
         .collect()
+}
+
+/// The frames' names, outermost first; where a Go call site's stack goes on in the goroutine
+/// that spawned the dialing one, a frame marks the `go` statement, as the final report does.
+fn outermost_first(frames: &[Frame]) -> Vec<String> {
+    let mut names = Vec::with_capacity(frames.len() + 1);
+    let mut hop = None;
+    for frame in frames {
+        if frame.spawned_by != hop {
+            hop = frame.spawned_by;
+            if let Some(hop) = hop {
+                names.push(format!("(go statement: the goroutine above started here, hop {hop})"));
+            }
+        }
+        names.push(graph_name(frame));
+    }
+    names.reverse();
+    names
 }
 
 /// The frame's name in the graph (frames are merged by name, as pprof's function view does).

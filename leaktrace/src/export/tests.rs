@@ -32,8 +32,8 @@ fn frame(address: u64, function: Option<&str>, file: Option<&str>, line: Option<
     }
 }
 
-/// The report scenario's call sites with symbolized stacks: the leaking client's with an
-/// inlined call and a frame nothing could name, the server's with a frame in no mapping; plus a
+/// The report scenario's call sites with symbolized stacks: the leaking client's across a
+/// goroutine hop, with an inlined call and a frame nothing could name, the server's with a frame in no mapping; plus a
 /// suspect call site whose stack the kernel could not take.
 fn fixture() -> Report {
     let mut report = scenario();
@@ -44,13 +44,19 @@ fn fixture() -> Report {
                 site.exe = grpcleak.map(String::from);
                 let mut inlined = frame(0x4a2000, Some("main.dialBackend"), Some("/src/grpcleak/main.go"), Some(40), grpcleak);
                 inlined.inlined = true;
+                // The dial on a goroutine of its own; from main.dialBackend on, its spawner's stack.
+                let spawned = |mut frame: Frame| {
+                    frame.spawned_by = Some(1);
+                    frame
+                };
                 site.frames = vec![
                     frame(0x4a1000, Some("net.(*netFD).connect"), Some("/usr/lib/go-1.19/src/net/fd_unix.go"), Some(59), grpcleak),
-                    inlined,
-                    frame(0x4a2000, Some("main.dialGRPC"), Some("/src/grpcleak/main.go"), Some(227), grpcleak),
-                    frame(0x401000, None, None, None, grpcleak),
+                    frame(0x4a0800, Some("runtime.goexit"), Some("/usr/lib/go-1.19/src/runtime/asm_amd64.s"), Some(1594), grpcleak),
+                    spawned(inlined),
+                    spawned(frame(0x4a2000, Some("main.dialGRPC"), Some("/src/grpcleak/main.go"), Some(227), grpcleak)),
+                    spawned(frame(0x401000, None, None, None, grpcleak)),
                 ];
-                site.telling_frame = Some(2);
+                site.telling_frame = Some(3);
             }
             "server" => {
                 site.frames = vec![
@@ -173,6 +179,8 @@ fn flame_graph_draws_live_connections_with_leaks_in_red() {
     let folded = flamegraph::folded(&report).join("\n") + "\n";
     // The churning call site has nothing live: no tower.
     assert!(!folded.contains("fixed"), "{folded}");
+    let hop = "main.dialGRPC;main.dialBackend;(go statement: the goroutine above started here, hop 1);runtime.goexit;";
+    assert!(folded.contains(hop), "{folded}");
     golden_in(GOLDEN, "flamegraph.folded", &folded);
     let svg = String::from_utf8(flamegraph::render(&report).unwrap()).unwrap();
     let fill = |colour: inferno::flamegraph::color::Color| format!("fill=\"rgb({},{},{})\"", colour.r, colour.g, colour.b);
@@ -191,6 +199,18 @@ fn flame_graph_draws_live_connections_with_leaks_in_red() {
     }
     assert!(svg.contains(flamegraph::TITLE));
     golden_in(GOLDEN, "flamegraph.svg", &svg);
+}
+
+#[test]
+fn a_suspect_named_by_a_frame_of_a_leaking_stack_does_not_colour_the_leak_orange() {
+    let mut report = fixture();
+    let leak = report.call_sites.iter().find(|site| site.comm == "grpcleak").unwrap().clone();
+    let suspect = report.call_sites.iter_mut().find(|site| site.comm == "nostack").unwrap();
+    suspect.frames = leak.frames[..2].to_vec();
+    suspect.telling_frame = Some(0);
+    let svg = String::from_utf8(flamegraph::render(&report).unwrap()).unwrap();
+    let orange = format!("fill=\"rgb({},{},{})\"", flamegraph::SUSPECT_COLOUR.r, flamegraph::SUSPECT_COLOUR.g, flamegraph::SUSPECT_COLOUR.b);
+    assert!(!svg.contains(&orange), "{svg}");
 }
 
 #[test]
