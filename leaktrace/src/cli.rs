@@ -45,8 +45,9 @@ pub enum Command {
     /// FILE`), offline: an incident analysed after the fact, on another machine.
     Replay(ReplayArgs),
     /// Run as a node's agent: trace like the live view, without a terminal, and serve
-    /// Prometheus metrics (/metrics), the JSON report (/api/v1/report), /healthz and /readyz
-    /// over HTTP until SIGTERM or Ctrl-C.
+    /// Prometheus metrics (/metrics), the JSON report (/api/v1/report), a pprof profile of live
+    /// connections (/debug/pprof/connections), /healthz and /readyz over HTTP until SIGTERM or
+    /// Ctrl-C.
     Agent(AgentArgs),
 }
 
@@ -91,6 +92,8 @@ pub struct WatchArgs {
     pub judge: JudgeArgs,
     #[command(flatten)]
     pub view: ViewArgs,
+    #[command(flatten)]
+    pub export: ExportArgs,
     #[command(flatten)]
     pub containers: ContainerArgs,
     /// Stop after this long (`30s`, `5m`, `1h`, or seconds) and print the final report
@@ -143,6 +146,8 @@ pub struct ReplayArgs {
     pub judge: JudgeArgs,
     #[command(flatten)]
     pub view: ViewArgs,
+    #[command(flatten)]
+    pub export: ExportArgs,
 }
 
 /// Output format.
@@ -169,6 +174,20 @@ pub struct ViewArgs {
     /// Most call sites shown in the table.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
+}
+
+/// Profiles of live connections by stack, written with the final report and rewritten at each
+/// refresh (the live view's; a replay writes them once, at its end).
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExportArgs {
+    /// Write a pprof profile (gzipped profile.proto) of live connections by stack to FILE
+    /// (`go tool pprof -http=: FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<std::path::PathBuf>,
+    /// Write a flame graph of live connections by stack to FILE (an SVG, for a browser); leaking
+    /// call sites in red.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<std::path::PathBuf>,
 }
 
 /// What counts as a leak: the verdict rules' thresholds (see the README's verdict table).

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod container;
 pub mod decode;
 pub mod event;
+pub mod export;
 pub mod goruntime;
 pub mod host_access;
 pub mod inventory;

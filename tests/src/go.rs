@@ -67,6 +67,53 @@ impl GoToolchain {
     }
 }
 
+/// `go tool pprof ARGS` with Debian's Go, as a user opens a profile: its standard output.
+/// Panics with its stderr when it fails. Profiles it fetches over HTTP are saved under
+/// `target/test-helpers/pprof` (its `PPROF_TMPDIR`), not in the home directory.
+#[track_caller]
+pub fn go_tool_pprof(args: &[&str]) -> String {
+    let saved = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-helpers/pprof");
+    let go = GoToolchain::Debian.go();
+    let output = Command::new(&go)
+        .args(["tool", "pprof"])
+        .args(args)
+        .env("PPROF_TMPDIR", &saved)
+        .output()
+        .unwrap_or_else(|err| panic!("{}: {err}; {INSTALL_HINT}", go.display()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "go tool pprof {args:?} failed ({}):\n{stderr}", output.status);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A page of `go tool pprof -http`'s web view of `profile` (`/ui/top`, `/ui/flamegraph`), as a
+/// browser would get it: the server is started without a browser on a free loopback port,
+/// asked until it answers, and stopped.
+#[track_caller]
+pub fn go_tool_pprof_web(profile: &Path, page: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("a free port").port();
+    let go = GoToolchain::Debian.go();
+    let mut server = Command::new(&go)
+        .args(["tool", "pprof", "-no_browser", &format!("-http=127.0.0.1:{port}")])
+        .arg(profile)
+        .env("PPROF_TMPDIR", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-helpers/pprof"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|err| panic!("{}: {err}; {INSTALL_HINT}", go.display()));
+    let url = format!("http://127.0.0.1:{port}{page}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        match ureq::get(&url).call() {
+            Ok(response) => break response.into_body().read_to_string().map_err(|err| err.to_string()),
+            Err(_) if std::time::Instant::now() < deadline => thread::sleep(std::time::Duration::from_millis(200)),
+            Err(err) => break Err(err.to_string()),
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    answer.unwrap_or_else(|err| panic!("go tool pprof -http {}: GET {url}: {err}", profile.display()))
+}
+
 /// The built program `helpers/go/<name>`, built at most once per test process (and not at all
 /// while the binary is newer than its sources). Panics with the fix when Go or grpc-go is
 /// missing, and with the compiler's output when the build fails.

@@ -1,5 +1,6 @@
 //! The agent's HTTP server (axum): each route turns a request into a fresh [`Scrape`] from the
-//! event loop and hands it to its exporter; `/healthz` and `/readyz` answer without it.
+//! event loop and hands it to its exporter (metrics, the JSON report, the pprof profile);
+//! `/healthz` and `/readyz` answer without it.
 use std::{
     sync::{
         Arc,
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_page))
         .route("/api/v1/report", get(report))
+        .route("/debug/pprof/connections", get(pprof_connections))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -77,6 +79,21 @@ async fn report(State(state): State<AppState>, Query(params): Query<Vec<(String,
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the report failed: {err}\n")).into_response(),
     }
+}
+
+/// The pprof profile of live connections by stack, narrowed by the report API's parameters:
+/// `go tool pprof http://HOST:PORT/debug/pprof/connections`.
+async fn pprof_connections(State(state): State<AppState>, Query(params): Query<Vec<(String, String)>>) -> Response {
+    let filter = match api::ReportFilter::parse(&params) {
+        Ok(filter) => filter,
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+    };
+    let scrape = match fresh_scrape(&state).await {
+        Ok(scrape) => scrape,
+        Err(response) => return response,
+    };
+    let profile = crate::export::pprof::encode(&filter.apply(&scrape.report), std::time::SystemTime::now());
+    ([(header::CONTENT_TYPE, "application/octet-stream")], profile).into_response()
 }
 
 /// Asks the event loop for a scrape; a 503 when it is stopping or does not answer in time.

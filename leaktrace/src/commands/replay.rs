@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::view::View;
 use crate::{
     cli::ReplayArgs,
+    export::Exports,
     kernel::KernelCounters,
     recording::{self, Mark, Record},
     report::{AddressesOnly, Report},
@@ -20,6 +21,7 @@ use crate::{
 pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
     let thresholds = args.judge.thresholds()?;
     let interval_ns = args.view.interval()?.as_nanos() as u64;
+    let exports = Exports::new(&args.export)?;
     let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(BufReader::new(io::stdin()))
     } else {
@@ -73,5 +75,6 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
     let end = end_ns.unwrap_or_else(|| tracker.latest_ns());
     let report = Report::new(&tracker.snapshot(end), counters, &thresholds, &AddressesOnly);
     view.finish(&report)?;
+    exports.write(&report)?;
     Ok(report.leaks() > 0)
 }

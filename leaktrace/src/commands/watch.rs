@@ -9,12 +9,16 @@ use super::{
     live::{Live, LiveOptions, Stepped},
     view::View,
 };
-use crate::cli::{WatchArgs, positive, run_duration};
+use crate::{
+    cli::{WatchArgs, positive, run_duration},
+    export::BackgroundExports,
+};
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let interval = args.view.interval()?;
     let inventory_interval = positive("inventory-interval", args.inventory_interval)?;
     let duration = run_duration(args.duration)?;
+    let mut exports = BackgroundExports::new(&args.export)?;
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
@@ -39,7 +43,11 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
                     return Err(err);
                 }
             }
-            _ = refresh.tick() => view.refresh(&live.report()?)?,
+            _ = refresh.tick() => {
+                let report = live.report()?;
+                view.refresh(&report)?;
+                exports.refresh(report);
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             () = sleep_until(deadline) => break,
@@ -48,6 +56,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
 
     let (report, counters) = live.finish()?;
     view.finish(&report)?;
+    exports.finish(&report).await?;
     report_counters(&counters);
     Ok(report.leaks() > 0)
 }

@@ -295,4 +295,4 @@ fn destination(direction: Direction, addr: Option<SocketAddr>, live: u64, opened
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -78,7 +78,7 @@ impl Resolver for InContainers {
 
 /// Three programs: one leaking, one churning, one server stuck in CLOSE_WAIT; and a
 /// connection born before start.
-fn scenario() -> Report {
+pub(crate) fn scenario() -> Report {
     let mut tracker = Tracker::new(Thresholds::default(), Limits::default(), Filter::default(), START);
     tracker.seed(&Inventory {
         ts_ns: START,
@@ -118,7 +118,12 @@ fn scenario() -> Report {
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/golden").join(name);
+    golden_in("src/report/golden", name, actual);
+}
+
+/// Compares `actual` with the file `name` in `dir` (relative to the crate).
+pub(crate) fn golden_in(dir: &str, name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(name);
     if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
         std::fs::write(&path, actual).unwrap();
     }

@@ -20,6 +20,16 @@ pub enum Direction {
     Accept,
 }
 
+impl Direction {
+    /// As the JSON report spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Connect => "connect",
+            Direction::Accept => "accept",
+        }
+    }
+}
+
 /// What makes two connections the same call site.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteKey {
