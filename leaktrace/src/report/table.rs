@@ -171,7 +171,7 @@ fn direction(site: &CallSite) -> &'static str {
 }
 
 /// Cuts text to `width` characters, marking the cut with `…`.
-fn clip(text: &str, width: usize) -> String {
+pub(crate) fn clip(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }
