@@ -66,7 +66,7 @@ pub struct DiffArgs {
     pub after: String,
     /// How call sites are matched: `exact` (one run: pid and stack addresses), `portable` (two
     /// runs: program, container and function names; call sites sharing them are summed), `auto`
-    /// (exact for two points of one file, else portable).
+    /// (exact for two points of one file or a recording against a report, else portable).
     #[arg(long = "match", value_enum, value_name = "HOW", default_value_t = crate::diff::Matching::Auto)]
     pub matching: crate::diff::Matching,
     /// Also list the call sites whose live count did not change.
@@ -75,6 +75,13 @@ pub struct DiffArgs {
     /// Output format: the table, or one JSON object (the documented contract).
     #[arg(long, value_enum, default_value_t = DiffFormat::Table)]
     pub format: DiffFormat,
+    /// Keep only this process (repeatable), on both sides.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Replaying a recording, keep only connections with this local or remote port
+    /// (repeatable): a recording's socket inventories list every connection of the host.
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
     /// How a recording is judged (a report carries its own verdicts); `--comm` keeps only these
     /// programs on both sides.
     #[command(flatten)]

@@ -16,14 +16,17 @@ use crate::{
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<bool> {
     let thresholds = args.judge.thresholds()?;
-    let filter = Filter { comms: args.judge.comms.clone(), ..Filter::default() };
+    let filter =
+        Filter { pids: args.pids.clone(), comms: args.judge.comms.clone(), ports: args.ports.clone(), ..Filter::default() };
     let mut sides = Vec::new();
     for (name, text) in [("BEFORE", &args.before), ("AFTER", &args.after)] {
         let spec = InputSpec::parse(text).with_context(|| format!("diff: {name}"))?;
         let mut side = input::read(&spec, &thresholds, &filter).with_context(|| format!("diff: {name}"))?;
-        if !args.judge.comms.is_empty() {
-            side.report.call_sites.retain(|site| args.judge.comms.contains(&site.comm));
-        }
+        // A report's call sites, kept as a recording's were.
+        let (comms, pids) = (&args.judge.comms, &args.pids);
+        side.report.call_sites.retain(|site| {
+            (comms.is_empty() || comms.contains(&site.comm)) && (pids.is_empty() || pids.contains(&site.pid))
+        });
         sides.push(side);
     }
     let (before, after) = (&sides[0], &sides[1]);

@@ -35,6 +35,7 @@ pub enum InputKind {
     /// A `--format json` file: one report.
     Report,
     /// A `--format jsonl` file: one report per refresh.
+    #[serde(rename = "jsonl")]
     Reports,
     /// A recording (`--record FILE`, `leaktrace events`), replayed.
     Recording,
@@ -50,12 +51,9 @@ pub struct Input {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{file}: cannot read it: {source}")]
-    Open {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is in the message, not a source: the command prints one line.
+    #[error("{file}: cannot read it: {cause}")]
+    Open { file: String, cause: std::io::Error },
     #[error("{file}: the file is empty")]
     Empty { file: String },
     #[error("{file}: line {line}: {message}")]
@@ -101,14 +99,14 @@ pub fn parse_seconds(text: &str) -> Option<Duration> {
 /// Reads one side; a recording is judged with `thresholds` and kept to `filter`.
 pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Result<Input, InputError> {
     let file = spec.path.display().to_string();
-    let open = || File::open(&spec.path).map(BufReader::new).map_err(|source| InputError::Open { file: file.clone(), source });
+    let open = || File::open(&spec.path).map(BufReader::new).map_err(|cause| InputError::Open { file: file.clone(), cause });
     let mut reader = open()?;
     // The first line that is not blank tells the kind.
     let mut first = String::new();
     let mut first_number = 0;
     loop {
         first.clear();
-        let read = reader.read_line(&mut first).map_err(|source| InputError::Open { file: file.clone(), source })?;
+        let read = reader.read_line(&mut first).map_err(|cause| InputError::Open { file: file.clone(), cause })?;
         first_number += 1;
         if read == 0 {
             return Err(InputError::Empty { file });
@@ -131,7 +129,7 @@ pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Resul
                 return Err(InputError::TimeOfOneReport { file });
             }
             let mut text = String::new();
-            open()?.read_to_string(&mut text).map_err(|source| InputError::Open { file: file.clone(), source })?;
+            open()?.read_to_string(&mut text).map_err(|cause| InputError::Open { file: file.clone(), cause })?;
             let value: Value = serde_json::from_str(&text)
                 .map_err(|err| InputError::Line { file: file.clone(), line: err.line() as u64, message: err.to_string() })?;
             (InputKind::Report, report_from(&file, 1, value)?)
@@ -161,7 +159,7 @@ fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> R
     let mut number = 0;
     loop {
         line.clear();
-        let read = reader.read_line(&mut line).map_err(|source| InputError::Open { file: file.to_string(), source })?;
+        let read = reader.read_line(&mut line).map_err(|cause| InputError::Open { file: file.to_string(), cause })?;
         if read == 0 {
             break;
         }
@@ -219,7 +217,7 @@ fn replay(
     for record in recording::read(reader) {
         let record = record.map_err(|err| match err {
             recording::RecordingError::Parse { line, message } => InputError::Line { file: file.to_string(), line, message },
-            recording::RecordingError::Io(source) => InputError::Open { file: file.to_string(), source },
+            recording::RecordingError::Io(cause) => InputError::Open { file: file.to_string(), cause },
         })?;
         let start = replayer.begin(&record);
         traced |= matches!(record, Record::Event(_) | Record::Mark(recording::Mark::Seed(_)));

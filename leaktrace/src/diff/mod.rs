@@ -20,7 +20,8 @@ pub const DIFF_VERSION: u32 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Matching {
-    /// Exact when both are points of one file (one recording, one jsonl stream), else portable.
+    /// Exact for two points of one file (one recording, one jsonl stream) and for a recording
+    /// against a report; portable otherwise.
     Auto,
     /// Within one run: the same process (pid) and the same stack addresses.
     Exact,
@@ -306,10 +307,14 @@ fn counts(sites: &[&CallSite]) -> Option<SideCounts> {
     Some(counts)
 }
 
-/// `Auto` resolved: exact for two points of one file, portable otherwise.
+/// `Auto` resolved: exact for two points of one file, and for a recording against a report
+/// (a recording's frames are addresses, a report's names: only exact matching can pair them,
+/// and only within one run); portable otherwise.
 pub fn resolve(matching: Matching, before: &input::Input, after: &input::Input) -> Matching {
+    let recording = |side: &input::Input| side.kind == input::InputKind::Recording;
     match matching {
         Matching::Auto if input::same_file(&before.spec.path, &after.spec.path) => Matching::Exact,
+        Matching::Auto if recording(before) != recording(after) => Matching::Exact,
         Matching::Auto => Matching::Portable,
         chosen => chosen,
     }

@@ -327,6 +327,11 @@ fn a_recording_at_a_time_is_the_report_as_it_stood_then() {
     // Two points of one recording: matched exactly, grown, judged a leak.
     let matching = resolve(Matching::Auto, &at_4, &at_end);
     assert_eq!(matching, Matching::Exact);
+    // A recording against a report: only addresses can pair them, so exactly too.
+    assert_eq!(resolve(Matching::Auto, &at_4, &before()), Matching::Exact);
+    assert_eq!(resolve(Matching::Auto, &before(), &after()), Matching::Portable);
+    let other_recording = Input { spec: InputSpec::parse(&dir.file("other.jsonl", &recording())).unwrap(), ..at_end.clone() };
+    assert_eq!(resolve(Matching::Auto, &at_4, &other_recording), Matching::Portable, "two runs' recordings");
     let diff = Diff::new(&at_4, &at_end, matching, false);
     let site = &diff.call_sites[0];
     assert_eq!((site.change, site.live_change, site.opened_between), (Change::Grew, 30, Some(30)));
