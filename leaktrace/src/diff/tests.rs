@@ -403,3 +403,21 @@ fn times_take_seconds_with_or_without_a_unit() {
     let named = dir.file("me@host.json", b"{}");
     assert_eq!(InputSpec::parse(&named).unwrap().at, None);
 }
+
+#[test]
+fn the_command_line_takes_two_inputs_and_its_options() {
+    use crate::cli::{Cli, Command, DiffFormat};
+    use clap::Parser;
+    let parse = |args: &[&str]| match Cli::try_parse_from([&["leaktrace", "diff"], args].concat()).map(|cli| cli.command) {
+        Ok(Some(Command::Diff(args))) => Ok(args),
+        Ok(_) => panic!("parsed as another command"),
+        Err(err) => Err(err.to_string()),
+    };
+    let args = parse(&["rec.jsonl@10s", "rec.jsonl@60s"]).unwrap();
+    assert_eq!((args.before.as_str(), args.after.as_str()), ("rec.jsonl@10s", "rec.jsonl@60s"));
+    assert_eq!((args.matching, args.format, args.all), (Matching::Auto, DiffFormat::Table, false));
+    let args = parse(&["a.json", "b.json", "--match", "portable", "--format", "json", "--all", "--comm", "orders"]).unwrap();
+    assert_eq!((args.matching, args.format, args.all, args.judge.comms), (Matching::Portable, DiffFormat::Json, true, vec!["orders".into()]));
+    assert!(parse(&["a.json"]).unwrap_err().contains("<AFTER>"));
+    assert!(parse(&["a.json", "b.json", "--format", "jsonl"]).unwrap_err().contains("possible values: table, json"));
+}
