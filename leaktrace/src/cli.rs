@@ -47,8 +47,9 @@ pub enum Command {
     /// Prometheus metrics (/metrics), the JSON report (/api/v1/report), /healthz and /readyz
     /// over HTTP until SIGTERM or Ctrl-C.
     Agent(AgentArgs),
-    /// Compare two reports call site by call site, as `pprof -diff_base` compares profiles:
-    /// what grew, shrank, is new or gone. Each side is a `--format json` report, a `--format
+    /// Compare two reports call site by call site: what grew, shrank, is new or gone.
+    ///
+    /// As `pprof -diff_base` compares profiles. Each side is a `--format json` report, a `--format
     /// jsonl` stream (its last report, or the nearest to FILE@TIME) or a recording replayed to
     /// FILE@TIME (its end without one), e.g. `leaktrace diff rec.jsonl@10s rec.jsonl@60s`.
     /// Exit status: 1 when a call site AFTER judges a leak has more live connections than in

@@ -58,6 +58,8 @@ pub enum InputError {
     Empty { file: String },
     #[error("{file}: line {line}: {message}")]
     Line { file: String, line: u64, message: String },
+    #[error("{file}: not a leaktrace report: {message}")]
+    NotAReport { file: String, message: String },
     #[error("{file}: neither a leaktrace report (--format json or jsonl) nor a recording (--record, `leaktrace events`)")]
     Unknown { file: String },
     #[error("{file}: report version {version} is not one this leaktrace reads (it reads version {REPORT_VERSION})")]
@@ -132,22 +134,26 @@ pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Resul
             open()?.read_to_string(&mut text).map_err(|cause| InputError::Open { file: file.clone(), cause })?;
             let value: Value = serde_json::from_str(&text)
                 .map_err(|err| InputError::Line { file: file.clone(), line: err.line() as u64, message: err.to_string() })?;
-            (InputKind::Report, report_from(&file, 1, value)?)
+            (InputKind::Report, report_from(&file, None, value)?)
         }
         Err(err) => return Err(InputError::Line { file, line: first_number, message: err.to_string() }),
     };
     Ok(Input { spec: spec.clone(), kind, report })
 }
 
-/// A report from its JSON, its version checked first (a newer report may not deserialize).
-fn report_from(file: &str, line: u64, value: Value) -> Result<Report, InputError> {
+/// A report from its JSON, its version checked first (a newer report may not deserialize);
+/// `line` is where it is in a jsonl stream.
+fn report_from(file: &str, line: Option<u64>, value: Value) -> Result<Report, InputError> {
+    let file = match line {
+        Some(line) => format!("{file}: line {line}"),
+        None => file.to_string(),
+    };
     match value.get("version") {
         Some(Value::Number(number)) if number.as_u64() == Some(u64::from(REPORT_VERSION)) => {}
-        Some(other) => return Err(InputError::Version { file: file.to_string(), version: other.to_string() }),
-        None => return Err(InputError::Line { file: file.to_string(), line, message: "a report without a version".into() }),
+        Some(other) => return Err(InputError::Version { file, version: other.to_string() }),
+        None => return Err(InputError::NotAReport { file, message: "it has no version".into() }),
     }
-    serde_json::from_value(value)
-        .map_err(|err| InputError::Line { file: file.to_string(), line, message: format!("not a leaktrace report: {err}") })
+    serde_json::from_value(value).map_err(|err| InputError::NotAReport { file, message: err.to_string() })
 }
 
 /// The last complete report of a jsonl stream, or the one whose time is nearest `at`. A last
@@ -175,7 +181,7 @@ fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> R
             }
             Err(err) => return Err(InputError::Line { file: file.to_string(), line: number, message: err.to_string() }),
         };
-        let report = report_from(file, number, value)?;
+        let report = report_from(file, Some(number), value)?;
         last_s = report.duration_s;
         let closer = match (&best, at) {
             (None, _) | (Some(_), None) => true,

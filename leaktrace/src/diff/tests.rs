@@ -388,6 +388,12 @@ fn bad_input_is_named_with_its_file_and_line() {
     let newer = dir.file("v2.json", report_json(1.0, 1, false).replacen("\"version\": 1", "\"version\": 2", 1).as_bytes());
     let err = read(&newer).unwrap_err();
     assert_eq!(err, format!("{newer}: report version 2 is not one this leaktrace reads (it reads version 1)"));
+    let shapeless = dir.file("shapeless.json", b"{\n  \"version\": 1,\n  \"call_sites\": 3\n}\n");
+    let err = read(&shapeless).unwrap_err();
+    assert!(err.starts_with(&format!("{shapeless}: not a leaktrace report: ")), "{err}");
+    let stream = dir.file("v2.jsonl", format!("{}\n{}\n", report_json(1.0, 1, true), report_json(2.0, 2, true).replacen("\"version\":1", "\"version\":2", 1)).as_bytes());
+    let err = read(&stream).unwrap_err();
+    assert_eq!(err, format!("{stream}: line 2: report version 2 is not one this leaktrace reads (it reads version 1)"));
     let other = dir.file("other.json", b"[1, 2, 3]\n");
     assert!(read(&other).unwrap_err().ends_with("neither a leaktrace report (--format json or jsonl) nor a recording (--record, `leaktrace events`)"));
 }
