@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     commands::replay::Replayer,
-    recording::{self, Record},
+    recording::{self, Mark, RECORDING_VERSION, Record},
     report::{REPORT_VERSION, Report},
     tracker::{Filter, Thresholds},
 };
@@ -64,6 +64,8 @@ pub enum InputError {
     Unknown { file: String },
     #[error("{file}: report version {version} is not one this leaktrace reads (it reads version {REPORT_VERSION})")]
     Version { file: String, version: String },
+    #[error("{file}: recording version {version} is not one this leaktrace reads (it reads version {RECORDING_VERSION})")]
+    RecordingVersion { file: String, version: u32 },
     #[error("{file}: a time applies to a recording or a --format jsonl file, not to a single report")]
     TimeOfOneReport { file: String },
     #[error("{file}: the recording holds no events")]
@@ -225,12 +227,17 @@ fn replay(
             recording::RecordingError::Parse { line, message } => InputError::Line { file: file.to_string(), line, message },
             recording::RecordingError::Io(cause) => InputError::Open { file: file.to_string(), cause },
         })?;
+        if let Record::Mark(Mark::Start { version, .. }) = record
+            && version > RECORDING_VERSION
+        {
+            return Err(InputError::RecordingVersion { file: file.to_string(), version });
+        }
         let start = replayer.begin(&record);
-        traced |= matches!(record, Record::Event(_) | Record::Mark(recording::Mark::Seed(_)));
+        traced |= matches!(record, Record::Event(_) | Record::Mark(Mark::Seed(_)));
         if let (Some(at), Some(ts)) = (at, Replayer::time_of(&record)) {
             let target = start.saturating_add(at.as_nanos() as u64);
             // Everything before the time, as the live view had it then.
-            if ts >= target && !matches!(record, Record::Mark(recording::Mark::Start { .. })) {
+            if ts >= target && !matches!(record, Record::Mark(Mark::Start { .. })) {
                 cut_ns = Some(target);
                 break;
             }

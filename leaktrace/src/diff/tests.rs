@@ -373,6 +373,12 @@ fn bad_input_is_named_with_its_file_and_line() {
     let err = read(&dir.file("idle.jsonl", &idle)).unwrap_err();
     assert!(err.ends_with("idle.jsonl: the recording holds no events"), "{err}");
 
+    let mut future = Vec::new();
+    write_line(&mut future, &Mark::Start { ts_ns: START, version: RECORDING_VERSION + 1 }).unwrap();
+    future.extend_from_slice(&recording());
+    let err = read(&dir.file("future.jsonl", &future)).unwrap_err();
+    assert!(err.ends_with("future.jsonl: recording version 2 is not one this leaktrace reads (it reads version 1)"), "{err}");
+
     let recorded = dir.file("rec.jsonl", &recording());
     let err = read(&format!("{recorded}@11s")).unwrap_err();
     assert_eq!(err, format!("{recorded}: 11s is past the end of the recording (it covers 10s)"));
