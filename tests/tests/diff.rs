@@ -122,8 +122,8 @@ impl Drop for TempDir {
 }
 
 /// Traces a `grpcleak` client in `mode` handling 80 messages at 20/s, until its connections
-/// are past --min-age; returns leaktrace's exit status.
-fn trace_client(server: &GoServer, mode: ClientMode, leaktrace_args: &[&str], stdout: &str) -> ExitStatus {
+/// are past --min-age; returns leaktrace's exit status and the client, still running.
+fn trace_client(server: &GoServer, mode: ClientMode, leaktrace_args: &[&str], stdout: &str) -> (ExitStatus, GoClient) {
     let port = server.port().to_string();
     let mut args = vec!["--port", &port, "--go-ancestry", "off"];
     args.extend_from_slice(leaktrace_args);
@@ -132,7 +132,7 @@ fn trace_client(server: &GoServer, mode: ClientMode, leaktrace_args: &[&str], st
     client.wait_handled(80);
     // Past --min-age (2 s), so the last connections count as unclosed.
     thread::sleep(Duration::from_secs(3));
-    trace.interrupt()
+    (trace.interrupt(), client)
 }
 
 #[test]
@@ -141,7 +141,8 @@ fn two_points_of_a_leaking_programs_recording_show_its_call_site_growing_exit_1(
     let dir = TempDir::new("points");
     let (recording, reports) = (dir.path("leak.rec"), dir.path("leak.jsonl"));
     let server = GoServer::grpc(GoBuild::Normal);
-    let status = trace_client(&server, ClientMode::Leak, &["--record", &recording, "--format", "jsonl"], &reports);
+    // The client keeps running (and holding its connections) while its recording is compared.
+    let (status, _client) = trace_client(&server, ClientMode::Leak, &["--record", &recording, "--format", "jsonl"], &reports);
     assert_eq!(status.code(), Some(1), "the live view found the leak");
 
     // An early point: the first report in which the client had some connections, not all.
@@ -183,6 +184,10 @@ fn two_points_of_a_leaking_programs_recording_show_its_call_site_growing_exit_1(
     // That report was the live view's at the time, not a replay: a connection still in the ring
     // buffer then may be counted there and not here, so its own figures are compared.
     assert_eq!(site["before"]["live"], early_site["live"], "{site:#}");
+    // The client still runs, so the recording's stacks were named as the live view named them.
+    let named = client_sites(&json)[0]["call_site"].as_str().unwrap().to_string();
+    assert!(!named.starts_with("0x"), "a recording of a running process names its frames: {named}");
+    assert_eq!(site["call_site"].as_str(), Some(named.as_str()));
     assert_eq!(site["live_change"].as_i64(), Some(80 - early_site["live"].as_i64().unwrap()), "{site:#}");
 
     // The table, as a user reads it.
@@ -206,8 +211,9 @@ fn the_fixed_program_against_the_leaking_ones_report_shows_the_leak_gone_exit_0(
     let dir = TempDir::new("fix");
     let (leaking, fixed) = (dir.path("leaking.json"), dir.path("fixed.json"));
     let server = GoServer::grpc(GoBuild::Normal);
-    assert_eq!(trace_client(&server, ClientMode::Leak, &["--format", "json"], &leaking).code(), Some(1));
-    assert_eq!(trace_client(&server, ClientMode::Churn, &["--format", "json"], &fixed).code(), Some(0));
+    // Each client is stopped before the next run, as a fixed program replaces the leaking one.
+    assert_eq!(trace_client(&server, ClientMode::Leak, &["--format", "json"], &leaking).0.code(), Some(1));
+    assert_eq!(trace_client(&server, ClientMode::Churn, &["--format", "json"], &fixed).0.code(), Some(0));
 
     let (json, code) = diff_json(&[&leaking, &fixed]);
     assert_eq!(code, Some(0), "nothing leaks after the fix: exit 0; {json:#}");

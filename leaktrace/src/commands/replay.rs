@@ -14,7 +14,7 @@ use crate::{
     cli::ReplayArgs,
     kernel::KernelCounters,
     recording::{self, Mark, Record},
-    report::{AddressesOnly, Report},
+    report::{AddressesOnly, Report, Resolver},
     tracker::{Filter, Limits, Thresholds, Tracker},
 };
 
@@ -120,19 +120,30 @@ impl Replayer {
     }
 
     /// The report as the live view would have shown it at `now_ns` (the records applied so
-    /// far being everything up to then). Before any record: an empty report at `now_ns`.
+    /// far being everything up to then), frames as bare addresses. Before any record: an empty
+    /// report at `now_ns`.
     pub fn report_at(&mut self, now_ns: u64) -> Report {
+        self.report_with(now_ns, &AddressesOnly)
+    }
+
+    /// [`Replayer::report_at`], stacks and executables from `resolver`.
+    pub fn report_with(&mut self, now_ns: u64, resolver: &dyn Resolver) -> Report {
         let tracker = self.tracker.get_or_insert_with(|| {
             Tracker::new(self.thresholds.clone(), Limits::default(), self.filter.clone(), now_ns)
         });
         tracker.expire(now_ns);
-        Report::new(&tracker.snapshot(now_ns), self.counters, &self.thresholds, &AddressesOnly)
+        Report::new(&tracker.snapshot(now_ns), self.counters, &self.thresholds, resolver)
     }
 
     /// The final report, at the recording's end; `None` for a recording without records.
     pub fn finish(self) -> Option<Report> {
+        self.finish_with(&AddressesOnly)
+    }
+
+    /// [`Replayer::finish`], stacks and executables from `resolver`.
+    pub fn finish_with(self, resolver: &dyn Resolver) -> Option<Report> {
         let end = self.end_ns()?;
         let tracker = self.tracker.as_ref()?;
-        Some(Report::new(&tracker.snapshot(end), self.counters, &self.thresholds, &AddressesOnly))
+        Some(Report::new(&tracker.snapshot(end), self.counters, &self.thresholds, resolver))
     }
 }

@@ -14,8 +14,9 @@ use serde_json::Value;
 use crate::{
     commands::replay::Replayer,
     recording::{self, Mark, RECORDING_VERSION, Record},
-    report::{REPORT_VERSION, Report},
-    tracker::{Filter, Thresholds},
+    report::{REPORT_VERSION, Report, Resolver},
+    symbolize::{SymbolizedStack, Symbolizer},
+    tracker::{Filter, ProcessKey, Thresholds},
 };
 
 /// `FILE` or `FILE@TIME`, as given on the command line.
@@ -247,9 +248,10 @@ fn replay(
     if !traced {
         return Err(InputError::EmptyRecording { file: file.to_string() });
     }
+    let resolver = StillRunning(Symbolizer::spawn());
     match (at, cut_ns) {
-        (None, _) => Ok(replayer.finish().expect("a record was applied")),
-        (Some(_), Some(cut)) => Ok(replayer.report_at(cut)),
+        (None, _) => Ok(replayer.finish_with(&resolver).expect("a record was applied")),
+        (Some(_), Some(cut)) => Ok(replayer.report_with(cut, &resolver)),
         (Some(at), None) => {
             let start = replayer.started_ns().unwrap_or(0);
             let end = replayer.end_ns().unwrap_or(start);
@@ -263,8 +265,26 @@ fn replay(
                     end: format!("it covers {}", seconds_text(covers)),
                 });
             }
-            Ok(replayer.report_at(target))
+            Ok(replayer.report_with(target, &resolver))
         }
+    }
+}
+
+/// A recording's stacks named where their processes still run (the same instances: the
+/// symbolizer checks each one's start time), bare addresses for the others, as in a replay.
+struct StillRunning(Symbolizer);
+
+impl Resolver for StillRunning {
+    fn resolve(&self, stacks: &[(ProcessKey, std::sync::Arc<[u64]>)]) -> Vec<SymbolizedStack> {
+        for (process, _) in stacks {
+            self.0.note_process(process.pid, process.start_ns);
+        }
+        self.0.flush();
+        self.0.resolve(stacks)
+    }
+
+    fn exe(&self, process: ProcessKey) -> Option<String> {
+        self.0.exe(process)
     }
 }
 
