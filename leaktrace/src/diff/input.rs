@@ -122,7 +122,9 @@ pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Resul
     }
     let (kind, report) = match serde_json::from_str::<Value>(&first) {
         Ok(Value::Object(object)) if object.contains_key("call_sites") => {
-            (InputKind::Reports, read_reports(&file, spec.at, open()?)?)
+            // One line is one report (the agent's /api/v1/report saved, say), not a stream.
+            let (report, count) = read_reports(&file, spec.at, open()?)?;
+            (if count == 1 { InputKind::Report } else { InputKind::Reports }, report)
         }
         Ok(Value::Object(object)) if object.contains_key("type") => {
             (InputKind::Recording, replay(&file, spec.at, open()?, thresholds, filter)?)
@@ -159,10 +161,12 @@ fn report_from(file: &str, line: Option<u64>, value: Value) -> Result<Report, In
     serde_json::from_value(value).map_err(|err| InputError::NotAReport { file, message: err.to_string() })
 }
 
-/// The last complete report of a jsonl stream, or the one whose time is nearest `at`. A last
-/// line cut short (the stream still being written) is skipped; any other bad line is an error.
-fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> Result<Report, InputError> {
+/// The last complete report of a jsonl stream, or the one whose time is nearest `at`, and how
+/// many the stream holds. A last line cut short (the stream still being written) is skipped;
+/// any other bad line is an error.
+fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> Result<(Report, usize), InputError> {
     let mut best: Option<Report> = None;
+    let mut count = 0;
     let mut last_s = 0.0;
     let mut line = String::new();
     let mut number = 0;
@@ -178,13 +182,14 @@ fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> R
         }
         let value = match serde_json::from_str::<Value>(&line) {
             Ok(value) => value,
-            Err(_) if !line.ends_with('\n') => {
+            Err(_) if !line.ends_with('\n') && best.is_some() => {
                 log::warn!("{file}: line {number} is cut short (still being written?); using the line before");
                 break;
             }
             Err(err) => return Err(InputError::Line { file: file.to_string(), line: number, message: err.to_string() }),
         };
         let report = report_from(file, Some(number), value)?;
+        count += 1;
         last_s = report.duration_s;
         let closer = match (&best, at) {
             (None, _) | (Some(_), None) => true,
@@ -198,6 +203,9 @@ fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> R
         }
     }
     let best = best.ok_or_else(|| InputError::Empty { file: file.to_string() })?;
+    if count == 1 && at.is_some() {
+        return Err(InputError::TimeOfOneReport { file: file.to_string() });
+    }
     // The last report is the trace's end; a time past it is a mistake, not the end.
     if let Some(at) = at.map(|at| at.as_secs_f64())
         && at > last_s + 1e-3
@@ -209,7 +217,7 @@ fn read_reports(file: &str, at: Option<Duration>, mut reader: impl BufRead) -> R
             end: format!("the last is at {}", seconds_text(last_s)),
         });
     }
-    Ok(best)
+    Ok((best, count))
 }
 
 /// The report as the recording stood `at` after its start (at its end without `at`).

@@ -382,9 +382,15 @@ fn bad_input_is_named_with_its_file_and_line() {
     let recorded = dir.file("rec.jsonl", &recording());
     let err = read(&format!("{recorded}@11s")).unwrap_err();
     assert_eq!(err, format!("{recorded}: 11s is past the end of the recording (it covers 10s)"));
-    let stream = dir.file("stream.jsonl", format!("{}\n", report_json(2.0, 2, true)).as_bytes());
+    let stream = dir.file("stream.jsonl", format!("{}\n{}\n", report_json(1.0, 1, true), report_json(2.0, 2, true)).as_bytes());
     let err = read(&format!("{stream}@3s")).unwrap_err();
     assert_eq!(err, format!("{stream}: 3s is past the end of the reports (the last is at 2s)"));
+    let compact = dir.file("compact.json", format!("{}\n", report_json(2.0, 2, true)).as_bytes());
+    assert_eq!(read(&compact).unwrap().kind, InputKind::Report, "one report on one line (the agent's, saved)");
+    let err = read(&format!("{compact}@1s")).unwrap_err();
+    assert!(err.ends_with("a time applies to a recording or a --format jsonl file, not to a single report"), "{err}");
+    let cut = dir.file("cut.jsonl", &report_json(2.0, 2, true).as_bytes()[..30]);
+    assert!(read(&cut).unwrap_err().starts_with(&format!("{cut}: line 1: EOF while parsing")), "nothing complete to fall back on");
     let pretty = dir.file("one.json", report_json(5.0, 3, false).as_bytes());
     let err = read(&format!("{pretty}@3s")).unwrap_err();
     assert!(err.ends_with("a time applies to a recording or a --format jsonl file, not to a single report"), "{err}");
