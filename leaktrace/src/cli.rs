@@ -49,6 +49,54 @@ pub enum Command {
     /// connections (/debug/pprof/connections), /healthz and /readyz over HTTP until SIGTERM or
     /// Ctrl-C.
     Agent(AgentArgs),
+    /// Compare two reports call site by call site: what grew, shrank, is new or gone.
+    ///
+    /// As `pprof -diff_base` compares profiles. Each side is a `--format json` report, a `--format
+    /// jsonl` stream (its last report, or the nearest to FILE@TIME) or a recording replayed to
+    /// FILE@TIME (its end without one), e.g. `leaktrace diff rec.jsonl@10s rec.jsonl@60s`.
+    /// Exit status: 1 when a call site AFTER judges a leak has more live connections than in
+    /// BEFORE (or is new), 0 otherwise, 2 on error.
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier report: FILE or FILE@TIME (TIME in seconds since the trace's start: 30, 30s).
+    #[arg(value_name = "BEFORE")]
+    pub before: String,
+    /// The later report, the same way (it may be the same file at another time).
+    #[arg(value_name = "AFTER")]
+    pub after: String,
+    /// How call sites are matched: `exact` (one run: pid and stack addresses), `portable` (two
+    /// runs: program, container and function names; call sites sharing them are summed), `auto`
+    /// (exact for two points of one file or a recording against a report, else portable).
+    #[arg(long = "match", value_enum, value_name = "HOW", default_value_t = crate::diff::Matching::Auto)]
+    pub matching: crate::diff::Matching,
+    /// Also list the call sites whose live count did not change.
+    #[arg(long)]
+    pub all: bool,
+    /// Output format: the table, or one JSON object (the documented contract).
+    #[arg(long, value_enum, default_value_t = DiffFormat::Table)]
+    pub format: DiffFormat,
+    /// Keep only this process (repeatable), on both sides.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Replaying a recording, keep only connections with this local or remote port
+    /// (repeatable): a recording's socket inventories list every connection of the host.
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// How a recording is judged (a report carries its own verdicts); `--comm` keeps only these
+    /// programs on both sides.
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+}
+
+/// `leaktrace diff`'s output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffFormat {
+    #[default]
+    Table,
+    Json,
 }
 
 /// The agent's port: the Prometheus exporters' range 9100-9999 is fully allocated, so past it.

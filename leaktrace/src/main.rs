@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Some(Command::Events(args)) => commands::events::run(args).await.map(|()| false),
             Some(Command::Replay(args)) => commands::replay::run(args),
             Some(Command::Agent(args)) => agent::run(args).await,
+            Some(Command::Diff(args)) => commands::diff::run(args),
         }
     });
     match result {

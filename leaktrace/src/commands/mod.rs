@@ -1,5 +1,6 @@
 //! One module per subcommand, and what they share (the clock, the output, the inventory).
 pub mod clock;
+pub mod diff;
 pub mod events;
 mod inventory;
 pub mod live;

@@ -1,6 +1,7 @@
 //! `leaktrace replay FILE`: the report built from a recording instead of the kernel, exactly
 //! as the live view would have built it (same tracker, same thresholds), with JSON lines every
-//! `--interval` of the recording's own time. Returns whether leaks were found.
+//! `--interval` of the recording's own time. Returns whether leaks were found. [`Replayer`] is
+//! the part `leaktrace diff` shares: a recording fed record by record into the tracker.
 use std::{
     fs::File,
     io::{self, BufRead, BufReader},
@@ -14,8 +15,8 @@ use crate::{
     export::Exports,
     kernel::KernelCounters,
     recording::{self, Mark, Record},
-    report::{AddressesOnly, Report},
-    tracker::{Filter, Limits, Tracker},
+    report::{AddressesOnly, Report, Resolver},
+    tracker::{Filter, Limits, Thresholds, Tracker},
 };
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
@@ -35,46 +36,117 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
         cgroups: args.cgroups.clone(),
     };
     let mut view = View::new(args.view.format, args.view.top);
-    let mut tracker: Option<Tracker> = None;
-    let mut counters: Option<KernelCounters> = None;
-    let mut end_ns: Option<u64> = None;
-    let mut next_refresh_ns = u64::MAX;
+    let mut replayer = Replayer::new(thresholds, filter);
+    let mut next_refresh_ns = None;
 
     for record in recording::read(input) {
         let record = record.with_context(|| format!("replay: {}", args.file.display()))?;
-        // A recording without a start line (`leaktrace events` before version 1 marks) starts
-        // at its first event.
-        let ts = match &record {
-            Record::Event(event) => Some(event.ts_ns),
-            Record::Mark(Mark::Start { ts_ns, .. }) => Some(*ts_ns),
-            _ => None,
-        };
-        let tracker = tracker.get_or_insert_with(|| {
-            let start = ts.unwrap_or(0);
-            next_refresh_ns = start.saturating_add(interval_ns);
-            Tracker::new(thresholds.clone(), Limits::default(), filter.clone(), start)
-        });
+        let start = replayer.begin(&record);
+        let next_refresh_ns = next_refresh_ns.get_or_insert(start.saturating_add(interval_ns));
         if let Record::Event(event) = &record {
             // Refresh at each interval boundary the recording's time crosses.
-            while event.ts_ns >= next_refresh_ns {
-                tracker.expire(next_refresh_ns);
-                view.refresh(&Report::new(&tracker.snapshot(next_refresh_ns), counters, &thresholds, &AddressesOnly))?;
-                next_refresh_ns += interval_ns;
+            while event.ts_ns >= *next_refresh_ns {
+                view.refresh(&replayer.report_at(*next_refresh_ns))?;
+                *next_refresh_ns += interval_ns;
             }
         }
+        replayer.apply(record);
+    }
+    let report = replayer.finish().with_context(|| format!("replay: {} holds no events", args.file.display()))?;
+    view.finish(&report)?;
+    exports.write(&report)?;
+    Ok(report.leaks() > 0)
+}
+
+/// A recording applied to a tracker record by record, as the live view applied what the
+/// kernel and the inventories gave it; reports at any time of the recording's own clock.
+pub struct Replayer {
+    thresholds: Thresholds,
+    filter: Filter,
+    tracker: Option<Tracker>,
+    counters: Option<KernelCounters>,
+    end_ns: Option<u64>,
+}
+
+impl Replayer {
+    pub fn new(thresholds: Thresholds, filter: Filter) -> Self {
+        Self { thresholds, filter, tracker: None, counters: None, end_ns: None }
+    }
+
+    /// The time a record carries, where it carries one.
+    pub fn time_of(record: &Record) -> Option<u64> {
+        match record {
+            Record::Event(event) => Some(event.ts_ns),
+            Record::Mark(Mark::Start { ts_ns, .. } | Mark::End { ts_ns }) => Some(*ts_ns),
+            Record::Mark(Mark::Seed(inventory) | Mark::Inventory(inventory)) => Some(inventory.ts_ns),
+            Record::Mark(Mark::Counters(_)) => None,
+        }
+    }
+
+    /// Starts the tracker at the recording's first record, if this is it, and returns the
+    /// recording's start. A recording without a start line (`leaktrace events` before version
+    /// 1 marks) starts at its first event.
+    pub fn begin(&mut self, record: &Record) -> u64 {
+        let tracker = self.tracker.get_or_insert_with(|| {
+            let start = match record {
+                Record::Event(event) => event.ts_ns,
+                Record::Mark(Mark::Start { ts_ns, .. }) => *ts_ns,
+                _ => 0,
+            };
+            Tracker::new(self.thresholds.clone(), Limits::default(), self.filter.clone(), start)
+        });
+        tracker.started_ns()
+    }
+
+    pub fn apply(&mut self, record: Record) {
+        self.begin(&record);
+        let tracker = self.tracker.as_mut().expect("begun above");
         match record {
             Record::Event(event) => tracker.apply(&event),
             Record::Mark(Mark::Seed(inventory)) => tracker.seed(&inventory),
             Record::Mark(Mark::Inventory(inventory)) => tracker.observe(&inventory),
-            Record::Mark(Mark::Counters(final_counters)) => counters = Some(final_counters),
-            Record::Mark(Mark::End { ts_ns }) => end_ns = Some(ts_ns),
+            Record::Mark(Mark::Counters(final_counters)) => self.counters = Some(final_counters),
+            Record::Mark(Mark::End { ts_ns }) => self.end_ns = Some(ts_ns),
             Record::Mark(Mark::Start { .. }) => {}
         }
     }
-    let tracker = tracker.with_context(|| format!("replay: {} holds no events", args.file.display()))?;
-    let end = end_ns.unwrap_or_else(|| tracker.latest_ns());
-    let report = Report::new(&tracker.snapshot(end), counters, &thresholds, &AddressesOnly);
-    view.finish(&report)?;
-    exports.write(&report)?;
-    Ok(report.leaks() > 0)
+
+    /// The recording's start, once a record was applied.
+    pub fn started_ns(&self) -> Option<u64> {
+        self.tracker.as_ref().map(Tracker::started_ns)
+    }
+
+    /// Where the recording ends: its end line, else its newest event.
+    pub fn end_ns(&self) -> Option<u64> {
+        let tracker = self.tracker.as_ref()?;
+        Some(self.end_ns.unwrap_or_else(|| tracker.latest_ns()))
+    }
+
+    /// The report as the live view would have shown it at `now_ns` (the records applied so
+    /// far being everything up to then), frames as bare addresses. Before any record: an empty
+    /// report at `now_ns`.
+    pub fn report_at(&mut self, now_ns: u64) -> Report {
+        self.report_with(now_ns, &AddressesOnly)
+    }
+
+    /// [`Replayer::report_at`], stacks and executables from `resolver`.
+    pub fn report_with(&mut self, now_ns: u64, resolver: &dyn Resolver) -> Report {
+        let tracker = self.tracker.get_or_insert_with(|| {
+            Tracker::new(self.thresholds.clone(), Limits::default(), self.filter.clone(), now_ns)
+        });
+        tracker.expire(now_ns);
+        Report::new(&tracker.snapshot(now_ns), self.counters, &self.thresholds, resolver)
+    }
+
+    /// The final report, at the recording's end; `None` for a recording without records.
+    pub fn finish(self) -> Option<Report> {
+        self.finish_with(&AddressesOnly)
+    }
+
+    /// [`Replayer::finish`], stacks and executables from `resolver`.
+    pub fn finish_with(self, resolver: &dyn Resolver) -> Option<Report> {
+        let end = self.end_ns()?;
+        let tracker = self.tracker.as_ref()?;
+        Some(Report::new(&tracker.snapshot(end), self.counters, &self.thresholds, resolver))
+    }
 }

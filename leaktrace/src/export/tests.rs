@@ -12,12 +12,10 @@ use prost::Message;
 
 use super::{profile_proto as proto, *};
 use crate::{
-    report::tests::{golden_in, scenario},
+    report::{testing::golden, tests::scenario},
     symbolize::Frame,
     tracker::Verdict,
 };
-
-const GOLDEN: &str = "src/export/golden";
 
 fn frame(address: u64, function: Option<&str>, file: Option<&str>, line: Option<u32>, module: Option<&str>) -> Frame {
     Frame {
@@ -157,7 +155,7 @@ fn pprof_profile_reads_as_pprof_would_read_it() {
             assert!(line.function_id >= 1 && line.function_id as usize <= profile.function.len());
         }
     }
-    golden_in(GOLDEN, "connections.pprof.txt", &text);
+    golden("export", "connections.pprof.txt", &text);
 }
 
 #[test]
@@ -181,7 +179,7 @@ fn flame_graph_draws_live_connections_with_leaks_in_red() {
     assert!(!folded.contains("fixed"), "{folded}");
     let hop = "main.dialGRPC;main.dialBackend;(go statement: the goroutine above started here, hop 1);runtime.goexit;";
     assert!(folded.contains(hop), "{folded}");
-    golden_in(GOLDEN, "flamegraph.folded", &folded);
+    golden("export", "flamegraph.folded", &folded);
     let svg = String::from_utf8(flamegraph::render(&report).unwrap()).unwrap();
     let fill = |colour: inferno::flamegraph::color::Color| format!("fill=\"rgb({},{},{})\"", colour.r, colour.g, colour.b);
     let frame_of = |name: &str| {
@@ -198,7 +196,7 @@ fn flame_graph_draws_live_connections_with_leaks_in_red() {
         assert!(!frame.contains(&fill(flamegraph::LEAK_COLOUR)) && !frame.contains(&fill(flamegraph::SUSPECT_COLOUR)), "{frame}");
     }
     assert!(svg.contains(flamegraph::TITLE));
-    golden_in(GOLDEN, "flamegraph.svg", &svg);
+    golden("export", "flamegraph.svg", &svg);
 }
 
 #[test]

@@ -296,3 +296,5 @@ fn destination(direction: Direction, addr: Option<SocketAddr>, live: u64, opened
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+pub(crate) mod testing;

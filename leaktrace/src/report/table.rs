@@ -189,7 +189,7 @@ pub fn peer(site: &CallSite, width: usize) -> String {
 }
 
 /// Cuts text to `width` characters, marking the cut with `…`.
-fn clip(text: &str, width: usize) -> String {
+pub(crate) fn clip(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }

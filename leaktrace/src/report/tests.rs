@@ -1,7 +1,5 @@
 //! Golden tests: the JSON report and the text views of a fixed synthetic stream, compared with
 //! files under `report/golden/` (`UPDATE_GOLDEN=1` rewrites them after an intended change).
-use std::path::Path;
-
 use super::*;
 use crate::{
     event::{ConnOpen, Event, EventBody, Owner, SocketId, StateChange},
@@ -118,17 +116,7 @@ pub(crate) fn scenario() -> Report {
 }
 
 fn golden(name: &str, actual: &str) {
-    golden_in("src/report/golden", name, actual);
-}
-
-/// Compares `actual` with the file `name` in `dir` (relative to the crate).
-pub(crate) fn golden_in(dir: &str, name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(name);
-    if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{}: {err} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert!(expected == actual, "{name} differs from {}:\n{actual}", path.display());
+    super::testing::golden("report", name, actual);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::*;
 use crate::{
     agent::{Health, Scrape},
     kernel::KernelCounters,
-    report::{Report, WindowCounts},
+    report::Report,
     symbolize::Frame,
     tracker::{Thresholds, TrackerStats},
 };
@@ -25,37 +25,9 @@ fn frame(function: &str) -> Frame {
 }
 
 fn site(pid: u32, comm: &str, function: &str, live: u64, opened: u64, verdict: Verdict) -> CallSite {
-    CallSite {
-        pid,
-        process_start_ns: 1,
-        comm: comm.into(),
-        exe: None,
-        direction: Direction::Connect,
-        frames: vec![frame(function)],
-        telling_frame: Some(0),
-        stack_truncated: false,
-        stack_error: None,
-        born_before_start: false,
-        opened,
-        closed: opened - live,
-        failed: 0,
-        live,
-        close_wait: 1,
-        close_wait_stuck: 0,
-        oldest_age_s: live as f64,
-        oldest_close_wait_s: None,
-        growth_per_s: 0.5,
-        window: WindowCounts { span_s: 10.0, opened: 0, closed: 0 },
-        idle_known: 0,
-        idle_live: 0,
-        max_idle_s: None,
-        lifetime_s: None,
-        destinations: Vec::new(),
-        verdict,
-        findings: Vec::new(),
-        go_ancestry: None,
-        container: None,
-    }
+    let mut site = crate::report::testing::call_site(pid, comm, vec![frame(function)], live, opened, verdict);
+    (site.close_wait, site.oldest_age_s, site.growth_per_s) = (1, live as f64, 0.5);
+    site
 }
 
 fn process(pid: u32, comm: &str, live: u64, verdict: Verdict) -> ProcessView {
