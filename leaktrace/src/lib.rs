@@ -6,6 +6,7 @@
 //! - [`cli`] and [`commands`]: the command line.
 //! - [`host_access`]: what a container running leaktrace must be granted, and why.
 //! - [`agent`]: `leaktrace agent`, the long-running mode serving metrics and the report over HTTP.
+//! - [`tui`]: the interactive live view on a terminal.
 pub mod agent;
 pub mod cli;
 pub mod commands;
@@ -21,3 +22,4 @@ pub mod tracker;
 pub mod report;
 pub mod recording;
 pub mod symbolize;
+pub mod tui;

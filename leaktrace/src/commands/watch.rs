@@ -1,6 +1,10 @@
 //! The live view (leaktrace's default command): trace, track, and show per call site the
 //! connections opened and never closed, refreshed every `--interval`; at Ctrl-C, SIGTERM or
 //! `--duration`, detach, drain, and print the final report. Returns whether leaks were found.
+//! With `--format table` on a terminal the refreshes go to the interactive view ([`crate::tui`]),
+//! which `q` also stops.
+use std::io::IsTerminal;
+
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
@@ -9,7 +13,10 @@ use super::{
     live::{Live, LiveOptions, Stepped},
     view::View,
 };
-use crate::cli::{WatchArgs, parse_duration, seconds};
+use crate::{
+    cli::{Format, WatchArgs, parse_duration, seconds},
+    tui::Tui,
+};
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let interval = args.view.interval()?;
@@ -26,6 +33,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     })
     .await?;
     let mut view = View::new(args.view.format, args.view.top);
+    let interactive = args.view.format == Format::Table && !args.plain && std::io::stdout().is_terminal();
+    let mut tui = if interactive { Some(Tui::start()?) } else { None };
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -39,13 +48,23 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
                     return Err(err);
                 }
             }
-            _ = refresh.tick() => view.refresh(&live.report()?)?,
+            _ = refresh.tick() => match &mut tui {
+                Some(tui) => tui.refresh(live.report()?)?,
+                None => view.refresh(&live.report()?)?,
+            },
+            input = Tui::next(tui.as_mut()) => {
+                if let Some(tui) = &mut tui && tui.input(input)? {
+                    break;
+                }
+            }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             () = sleep_until(deadline) => break,
         }
     }
 
+    // The terminal as it was, before the final report is printed on it.
+    drop(tui);
     let (report, counters) = live.finish()?;
     view.finish(&report)?;
     report_counters(&counters);

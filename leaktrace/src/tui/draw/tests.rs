@@ -1,0 +1,147 @@
+//! Frames drawn from a fixed report into ratatui's TestBackend, read back cell by cell: the
+//! table, a call site's detail, the keys, and a terminal too small.
+use ratatui::{Terminal, backend::TestBackend, buffer::Buffer};
+
+use crate::{
+    report::{AncestryNote, AncestryStatus},
+    symbolize::Frame,
+    tui::{
+        state::{Key, State},
+        tests::fixture,
+    },
+};
+
+fn frame(function: &str, file: &str, line: u32, module: &str, address: u64, spawned_by: Option<u32>) -> Frame {
+    Frame {
+        address,
+        function: Some(function.into()),
+        file: Some(file.into()),
+        line: Some(line),
+        module: Some(module.into()),
+        inlined: false,
+        recovered: false,
+        spawned_by,
+    }
+}
+
+/// The golden report, its leaking client given a symbolized Go stack joined with its spawner's.
+fn state() -> State {
+    let mut report = fixture();
+    let leak = &mut report.call_sites[0];
+    leak.frames = vec![
+        frame("net.(*Dialer).DialContext", "/usr/lib/go/src/net/dial.go", 428, "/usr/bin/grpcleak", 0x4a1000, None),
+        frame("google.golang.org/grpc.(*addrConn).resetTransport", "/go/grpc/clientconn.go", 1142, "/usr/bin/grpcleak", 0x4a2000, None),
+        frame("main.dialGRPC", "/src/main.go", 227, "/usr/bin/grpcleak", 0x4a3000, Some(1)),
+    ];
+    leak.telling_frame = Some(2);
+    leak.exe = Some("/usr/bin/grpcleak".into());
+    leak.go_ancestry = Some(AncestryNote { status: AncestryStatus::Joined, detail: "joined through 1 hop".into() });
+    let mut state = State::default();
+    state.update(report);
+    state
+}
+
+fn render(state: &mut State, width: u16, height: u16) -> Buffer {
+    let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+    terminal.draw(|frame| super::draw(frame, state, None)).unwrap();
+    terminal.backend().buffer().clone()
+}
+
+/// The screen's lines, trailing blanks cut.
+fn lines(buffer: &Buffer) -> Vec<String> {
+    let area = buffer.area;
+    (0..area.height)
+        .map(|y| (0..area.width).map(|x| buffer[(x, y)].symbol()).collect::<String>().trim_end().to_string())
+        .collect()
+}
+
+#[track_caller]
+fn line_with<'a>(lines: &'a [String], text: &str) -> &'a str {
+    lines.iter().find(|line| line.contains(text)).unwrap_or_else(|| panic!("no line shows {text:?}:\n{}", lines.join("\n")))
+}
+
+#[test]
+fn the_table_shows_the_plain_tables_cells_counters_and_the_sorted_column() {
+    let mut state = state();
+    let buffer = render(&mut state, 200, 20);
+    let screen = lines(&buffer);
+    assert!(screen[0].starts_with("leaktrace 15.0s · 4 processes · 4 call sites · 103 live · 1206 events, 0 lost"), "{}", screen[0]);
+    line_with(&screen, "kernel: 1206 produced, 1206 received, 0 lost");
+    line_with(&screen, "tracker: 704 events, 202 opened, 100 closed, 0 failed, 1 seeded");
+    let heading = line_with(&screen, "CALL SITE");
+    for column in ["PID", "COMM", "CONTAINER", "DIR", "LIVE▼", "GROWTH/s", "OPENED", "CLOSED", "CLOSE_WAIT", "OLDEST", "IDLE", "TREND", "VERDICT"] {
+        assert!(heading.contains(column), "{column} missing from {heading}");
+    }
+    let leak = line_with(&screen, "grpcleak");
+    for cell in ["100", "orders-7d9f8b6c4-x2…", "connect", "main.dialGRPC main.go:227", "+0.0", "15.0s", "█", "LEAK"] {
+        assert!(leak.contains(cell), "{cell} missing from {leak}");
+    }
+    line_with(&screen, "(born before start)");
+    assert!(line_with(&screen, "fixed").contains("CHURN"));
+    // The selected row (the first) is drawn reversed.
+    let row = screen.iter().position(|line| line.contains("grpcleak")).unwrap() as u16;
+    assert!(buffer[(3, row)].modifier.contains(ratatui::style::Modifier::REVERSED));
+    line_with(&screen, "Enter open");
+}
+
+#[test]
+fn the_detail_shows_the_whole_stack_the_reasons_peers_and_lifetimes() {
+    let mut state = state();
+    state.key(Key::Enter);
+    let buffer = render(&mut state, 160, 30);
+    let screen = lines(&buffer);
+    line_with(&screen, "LEAK · pid 100 grpcleak (/usr/bin/grpcleak) · connect · 100 live, 100 opened, 0 closed, +0.0/s");
+    line_with(&screen, "container: aaaa");
+    line_with(&screen, "why: 100 of 100 connections opened here are still open (0 closed, 0 failed), opened over 5.0s");
+    line_with(&screen, "goroutine ancestry (joined): joined through 1 hop");
+    line_with(&screen, "stack (3 frames)");
+    line_with(&screen, "0x4a1000 net.(*Dialer).DialContext dial.go:428 (/usr/bin/grpcleak)");
+    line_with(&screen, "-- the goroutine above was started here, at a go statement (hop 1) --");
+    let telling = line_with(&screen, "=> 0x4a3000 main.dialGRPC main.go:227 (/usr/bin/grpcleak)");
+    // The telling frame is highlighted.
+    let row = screen.iter().position(|line| line.as_str() == telling).unwrap() as u16;
+    let column = telling.find("=>").unwrap() as u16;
+    assert_eq!(buffer[(column, row)].fg, ratatui::style::Color::Yellow);
+    line_with(&screen, "peers (to)");
+    line_with(&screen, "127.0.0.1:9000  100 live / 100 opened");
+    line_with(&screen, "none closed yet");
+    line_with(&screen, "live over time (now 100, max 100)");
+    line_with(&screen, "Esc/Backspace back");
+}
+
+#[test]
+fn the_detail_of_a_churning_call_site_charts_its_lifetimes() {
+    let mut state = state();
+    state.key(Key::End);
+    state.key(Key::Enter);
+    let screen = lines(&render(&mut state, 160, 30));
+    line_with(&screen, "CHURN · pid 200 fixed");
+    line_with(&screen, "why: 20.2 connections/s, median lifetime 3ms");
+    line_with(&screen, "lifetimes of 100 closed connections");
+    for percentile in ["p50", "p90", "p99", "max"] {
+        assert!(line_with(&screen, percentile).contains("3ms"), "{percentile}");
+    }
+}
+
+#[test]
+fn question_mark_shows_the_keys() {
+    let mut state = state();
+    state.key(Key::Char('?'));
+    let screen = lines(&render(&mut state, 120, 30));
+    line_with(&screen, "Enter            open the selected call site");
+    line_with(&screen, "s  S             sort by the next or the previous column");
+    line_with(&screen, "l                sort by LIVE");
+    line_with(&screen, "q  Ctrl-C        quit and print the final report");
+}
+
+#[test]
+fn a_terminal_too_small_gets_one_line() {
+    let mut state = state();
+    for (width, height) in [(30, 5), (59, 40), (200, 3), (1, 1)] {
+        let screen = lines(&render(&mut state, width, height));
+        assert!(screen[0].starts_with(&"terminal too small"[..usize::from(width).min(18)]), "{width}x{height}: {screen:?}");
+    }
+    // Just big enough: the table, no message.
+    let screen = lines(&render(&mut state, super::MIN_WIDTH, super::MIN_HEIGHT));
+    assert!(screen[0].starts_with("leaktrace"));
+}
