@@ -6,6 +6,7 @@
 mod draw;
 pub mod history;
 pub mod state;
+mod stderr;
 
 use std::{
     io,
@@ -23,7 +24,10 @@ use ratatui::{
 };
 use tokio::sync::mpsc;
 
-use self::state::{Action, Key, State};
+use self::{
+    state::{Action, Key, State},
+    stderr::StderrCapture,
+};
 use crate::report::Report;
 
 /// What the terminal sent.
@@ -43,19 +47,28 @@ pub struct Tui {
     inputs: mpsc::UnboundedReceiver<Input>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
+    /// Log lines, kept off the screen while the view is up.
+    stderr: Option<StderrCapture>,
 }
 
 impl Tui {
     pub fn start() -> io::Result<Self> {
         // Also installs a panic hook that restores the terminal before the panic is printed.
         let terminal = ratatui::try_init()?;
+        let stderr = match StderrCapture::start() {
+            Ok(capture) => capture,
+            Err(err) => {
+                ratatui::restore();
+                return Err(io::Error::new(err.kind(), format!("diverting stderr while the view is up: {err}")));
+            }
+        };
         let (sender, inputs) = mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new().name("leaktrace-keys".into()).spawn(move || read_keys(&sender, &stop))?
         };
-        let mut tui = Self { terminal, state: State::default(), inputs, stop, reader: Some(reader) };
+        let mut tui = Self { terminal, state: State::default(), inputs, stop, reader: Some(reader), stderr };
         tui.draw()?;
         Ok(tui)
     }
@@ -91,7 +104,8 @@ impl Tui {
 
     fn draw(&mut self) -> io::Result<()> {
         let state = &mut self.state;
-        self.terminal.draw(|frame| draw::draw(frame, state, None))?;
+        let status = self.stderr.as_ref().and_then(StderrCapture::last_line);
+        self.terminal.draw(|frame| draw::draw(frame, state, status.as_deref()))?;
         Ok(())
     }
 }
@@ -103,6 +117,8 @@ impl Drop for Tui {
             let _ = reader.join();
         }
         ratatui::restore();
+        // After the terminal is back: what was logged meanwhile is written out.
+        self.stderr = None;
     }
 }
 
