@@ -3,7 +3,7 @@
 //! back. The leaking call site's row is found, opened (its stack and the verdict's reason on
 //! screen), and `q` gives the terminal back with the final report and exit status 1.
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -22,7 +22,7 @@ struct Pane {
 impl Pane {
     /// Runs `program ARGS` in the pane; stderr goes to a file (shown when the test fails), and
     /// when the program ends the pane says how, and stays.
-    fn run(program: &PathBuf, args: &[&str]) -> Self {
+    fn run(program: &Path, args: &[&str]) -> Self {
         let socket = format!("leaktrace-test-{}", std::process::id());
         let stderr = std::env::temp_dir().join(format!("{socket}.stderr"));
         let command = format!(
