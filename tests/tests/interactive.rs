@@ -133,7 +133,11 @@ fn the_leaking_call_site_opens_to_its_stack_and_reason_and_q_prints_the_final_re
 
     pane.keys(&["?"]);
     pane.wait_for("the keys", |screen| screen.iter().any(|line| line.contains("quit and print the final report")));
-    pane.keys(&["Escape", "Escape"]);
+    // Any key closes the keys; then Esc goes back (one key at a time: ESC and the byte after it
+    // would read as one Alt-chord).
+    pane.keys(&["j"]);
+    pane.wait_for("the detail again", |screen| !screen.iter().any(|line| line.contains("quit and print the final report")));
+    pane.keys(&["Escape"]);
     pane.wait_for("the table again", |screen| screen.iter().any(|line| line.contains("CALL SITE") && line.contains("TREND")));
 
     pane.keys(&["q"]);
@@ -145,4 +149,36 @@ fn the_leaking_call_site_opens_to_its_stack_and_reason_and_q_prints_the_final_re
     assert!(last.iter().any(|line| line.starts_with(&summary)), "the final report names the leak:\n{text}");
     assert!(last.iter().any(|line| line.trim_start().starts_with("why: ")), "{text}");
     assert!(text.contains("new_client") && !text.contains("TREND"), "{text}");
+}
+
+#[test]
+fn plain_keeps_the_redrawing_table_on_a_terminal() {
+    let test = "plain_keeps_the_redrawing_table_on_a_terminal";
+    let Some(_guard) = require_privileges(test) else { return };
+    if tmux_missing() {
+        eprintln!("skipped {test}: tmux is not installed (cargo xtask setup --test-deps installs it)");
+        return;
+    }
+    let mut server = Puppet::spawn();
+    let (listener, port) = server.listen("127.0.0.1");
+    let mut client = Puppet::spawn();
+    let pid = client.pid().to_string();
+    let pane = Pane::run(&leaktrace_binary(), &["--plain", "--pid", &pid, "--interval", "0.5"]);
+    pane.wait_for("the plain table", |screen| screen.iter().any(|line| line.contains("CALL SITE")));
+    for _ in 0..3 {
+        client.connect("127.0.0.1", port);
+        server.accept(listener);
+    }
+    let screen = pane.wait_for("the client's row", |screen| {
+        screen.iter().any(|line| line.contains(&pid) && line.contains("connect") && line.trim_end().ends_with("OK"))
+    });
+    let text = screen.join("\n");
+    assert!(screen[0].starts_with("leaktrace ") && screen[0].contains(" lost · "), "the plain table's header:\n{text}");
+    assert!(!text.contains("TREND") && !text.contains("Enter open"), "not the interactive view:\n{text}");
+    // Not in raw mode: Ctrl-C is SIGINT, as without a terminal.
+    pane.keys(&["C-c"]);
+    let last = pane.wait_for("leaktrace's exit", |screen| screen.iter().any(|line| line.starts_with("leaktrace exited")));
+    let text = last.join("\n");
+    assert!(text.contains("leaktrace exited with status 0"), "no leak: exit 0\n{text}");
+    assert!(last.iter().any(|line| line.contains(&pid) && line.contains("connect")), "the final report:\n{text}");
 }
