@@ -17,23 +17,29 @@ use crate::{
 /// Width of the trend column, in samples (one per refresh).
 pub const TREND_WIDTH: u16 = 20;
 
-/// Widths of the table's columns (the plain table's), then the trend's and the verdict's.
-const WIDTHS: [Constraint; 14] = [
-    Constraint::Length(7),
-    Constraint::Length(15),
-    Constraint::Length(20),
-    Constraint::Length(7),
-    Constraint::Min(24),
-    Constraint::Length(6),
-    Constraint::Length(8),
-    Constraint::Length(7),
-    Constraint::Length(7),
-    Constraint::Length(10),
-    Constraint::Length(7),
-    Constraint::Length(7),
-    Constraint::Length(TREND_WIDTH),
-    Constraint::Length(7),
-];
+/// Width of each column: the plain table's (the call site's is its least), then the trend's
+/// and the verdict's.
+const WIDTHS: [u16; 14] = [7, 15, 20, 7, 24, 6, 8, 7, 7, 10, 7, 7, TREND_WIDTH, 7];
+const CALL_SITE: usize = 4;
+const TREND: usize = 12;
+
+/// Columns left out, in this order, while the table is wider than the terminal (a figure cut
+/// to fit would read as another figure).
+const DROPPED_FIRST: [usize; 9] = [TREND, 2, 9, 11, 8, 7, 10, 1, 3];
+
+/// The columns shown in `width`, in order.
+fn shown_columns(width: u16) -> Vec<usize> {
+    let mut shown: Vec<usize> = (0..WIDTHS.len()).collect();
+    // One space between columns.
+    let needed = |shown: &[usize]| shown.iter().map(|&column| WIDTHS[column] + 1).sum::<u16>() - 1;
+    for column in DROPPED_FIRST {
+        if needed(&shown) <= width {
+            break;
+        }
+        shown.retain(|&kept| kept != column);
+    }
+    shown
+}
 
 /// Columns whose text is left-aligned (the others are figures).
 const TEXT_COLUMNS: [SortKey; 5] = [SortKey::Comm, SortKey::Container, SortKey::Direction, SortKey::CallSite, SortKey::Verdict];
@@ -42,6 +48,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &mut State) {
     // The header row takes one line.
     state.page = usize::from(area.height.saturating_sub(1)).max(1);
     let Some(report) = &state.report else { return };
+    let columns = shown_columns(area.width);
     let mut headings: Vec<Cell> = SortKey::ALL
         .iter()
         .map(|key| {
@@ -52,20 +59,29 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &mut State) {
             align(*key, text)
         })
         .collect();
-    headings.insert(SortKey::Verdict.index(), Cell::from("TREND"));
+    headings.insert(TREND, Cell::from("TREND"));
+    let headings = pick(headings, &columns);
     let rows = state.rows.iter().map(|&index| {
         let site = &report.call_sites[index];
         let mut cells: Vec<Cell> = row(site).into_iter().zip(SortKey::ALL).map(|(text, key)| align(key, text)).collect();
         let trend = state.history.trend(state.identity_of(index)).map(|trend| trend.sparkline(usize::from(TREND_WIDTH)));
         cells.push(Cell::from(trend.unwrap_or_default()));
         cells.push(Cell::from(site.verdict.name().to_uppercase()).style(verdict_style(site.verdict)));
-        Row::new(cells)
+        Row::new(pick(cells, &columns))
     });
-    let table = Table::new(rows, WIDTHS)
+    let widths = columns.iter().map(|&column| {
+        if column == CALL_SITE { Constraint::Min(WIDTHS[column]) } else { Constraint::Length(WIDTHS[column]) }
+    });
+    let table = Table::new(rows, widths)
         .header(Row::new(headings).style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut table_state = TableState::default().with_selected(state.selected_row());
     frame.render_stateful_widget(table, area, &mut table_state);
+}
+
+/// The cells of the shown columns.
+fn pick(cells: Vec<Cell<'static>>, columns: &[usize]) -> Vec<Cell<'static>> {
+    cells.into_iter().enumerate().filter(|(column, _)| columns.contains(column)).map(|(_, cell)| cell).collect()
 }
 
 fn align(key: SortKey, text: String) -> Cell<'static> {

@@ -145,3 +145,18 @@ fn a_terminal_too_small_gets_one_line() {
     let screen = lines(&render(&mut state, super::MIN_WIDTH, super::MIN_HEIGHT));
     assert!(screen[0].starts_with("leaktrace"));
 }
+
+#[test]
+fn a_narrow_terminal_leaves_columns_out_rather_than_cutting_figures() {
+    let mut state = state();
+    let screen = lines(&render(&mut state, 100, 14));
+    let heading = line_with(&screen, "CALL SITE");
+    assert!(!heading.contains("TREND") && !heading.contains("CONTAINER"), "{heading}");
+    let leak = line_with(&screen, "grpcleak");
+    assert!(leak.contains("main.dialGRPC main.go:227") && leak.contains(" 100 ") && leak.contains("15.0s"), "{leak}");
+    let screen = lines(&render(&mut state, 80, 24));
+    let heading = line_with(&screen, "CALL SITE");
+    assert!(heading.contains("LIVE▼") && heading.contains("GROWTH/s") && heading.contains("VERDICT"), "{heading}");
+    let leak = line_with(&screen, "main.dialGRPC");
+    assert!(leak.contains(" 100 ") && leak.contains("+0.0") && leak.ends_with("LEAK"), "{leak}");
+}
