@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::MutexGuard,
     thread,
     time::{Duration, Instant},
 };
@@ -84,18 +85,20 @@ impl Drop for Pane {
     }
 }
 
-fn tmux_missing() -> bool {
-    Command::new("tmux").arg("-V").output().is_err()
+/// Privileges (the tests take turns) and tmux, or why the test is skipped.
+fn ready(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let guard = require_privileges(test)?;
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipped {test}: tmux is not installed (cargo xtask setup --test-deps installs it)");
+        return None;
+    }
+    Some(guard)
 }
 
 #[test]
 fn the_leaking_call_site_opens_to_its_stack_and_reason_and_q_prints_the_final_report() {
     let test = "the_leaking_call_site_opens_to_its_stack_and_reason_and_q_prints_the_final_report";
-    let Some(_guard) = require_privileges(test) else { return };
-    if tmux_missing() {
-        eprintln!("skipped {test}: tmux is not installed (cargo xtask setup --test-deps installs it)");
-        return;
-    }
+    let Some(_guard) = ready(test) else { return };
     let mut server = Puppet::spawn();
     let (listener, port) = server.listen("127.0.0.1");
     let mut client = Puppet::spawn();
@@ -154,11 +157,7 @@ fn the_leaking_call_site_opens_to_its_stack_and_reason_and_q_prints_the_final_re
 #[test]
 fn plain_keeps_the_redrawing_table_on_a_terminal() {
     let test = "plain_keeps_the_redrawing_table_on_a_terminal";
-    let Some(_guard) = require_privileges(test) else { return };
-    if tmux_missing() {
-        eprintln!("skipped {test}: tmux is not installed (cargo xtask setup --test-deps installs it)");
-        return;
-    }
+    let Some(_guard) = ready(test) else { return };
     let mut server = Puppet::spawn();
     let (listener, port) = server.listen("127.0.0.1");
     let mut client = Puppet::spawn();
@@ -181,4 +180,23 @@ fn plain_keeps_the_redrawing_table_on_a_terminal() {
     let text = last.join("\n");
     assert!(text.contains("leaktrace exited with status 0"), "no leak: exit 0\n{text}");
     assert!(last.iter().any(|line| line.contains(&pid) && line.contains("connect")), "the final report:\n{text}");
+}
+
+#[test]
+fn duration_ends_the_interactive_view_with_the_terminal_given_back() {
+    let Some(_guard) = ready("duration_ends_the_interactive_view_with_the_terminal_given_back") else { return };
+    let mut client = Puppet::spawn();
+    let mut server = Puppet::spawn();
+    let (listener, port) = server.listen("127.0.0.1");
+    let pid = client.pid().to_string();
+    let pane = Pane::run(&leaktrace_binary(), &["--pid", &pid, "--interval", "0.5", "--duration", "4"]);
+    pane.wait_for("the interactive table", |screen| screen.iter().any(|line| line.contains("TREND")));
+    client.connect("127.0.0.1", port);
+    server.accept(listener);
+    let last = pane.wait_for("leaktrace's exit", |screen| screen.iter().any(|line| line.starts_with("leaktrace exited")));
+    let text = last.join("\n");
+    assert!(text.contains("leaktrace exited with status 0"), "no leak: exit 0\n{text}");
+    assert!(last[0].starts_with("leaktrace "), "the final report from the top of the screen:\n{text}");
+    assert!(last.iter().any(|line| line.contains(&pid) && line.contains("connect")), "the final report:\n{text}");
+    assert!(!text.contains("TREND") && !text.contains("kernel: "), "the view is gone:\n{text}");
 }
