@@ -3,7 +3,7 @@
 //! goroutine hops marked), its peers, its closed connections' lifetimes and its live trend.
 use ratatui::{
     Frame,
-    layout::{Constraint, Direction, Layout, Rect},
+    layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::Line,
     widgets::{Bar, BarChart, BarGroup, Block, Paragraph, Sparkline},
@@ -12,7 +12,7 @@ use ratatui::{
 use super::verdict_style;
 use crate::{
     report::{AncestryStatus, CallSite, table},
-    tracker::verdict::duration,
+    tracker::{LIFETIME_BOUNDS_S, verdict::duration},
     tui::state::State,
 };
 
@@ -42,7 +42,7 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &mut State) {
     let [stack_area, side] = Layout::horizontal([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(rest);
     draw_stack(frame, stack_area, state, &site);
     let [peers_area, lifetimes_area, trend_area] =
-        Layout::vertical([Constraint::Percentage(40), Constraint::Length(7), Constraint::Min(4)]).areas(side);
+        Layout::vertical([Constraint::Percentage(30), Constraint::Length(9), Constraint::Min(4)]).areas(side);
     draw_peers(frame, peers_area, &site);
     draw_lifetimes(frame, lifetimes_area, &site);
     let live: Vec<u64> = state
@@ -89,28 +89,44 @@ fn draw_peers(frame: &mut Frame, area: Rect, site: &CallSite) {
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)), area);
 }
 
-/// The closed connections' lifetime percentiles as bars (the tracker keeps them in a
-/// histogram; the report carries these points of it).
+/// The closed connections' lifetimes: their histogram as bars (one per bucket, named by its
+/// upper bound), the percentiles in the title.
 fn draw_lifetimes(frame: &mut Frame, area: Rect, site: &CallSite) {
     let block = Block::bordered();
     let Some(lifetimes) = &site.lifetime_s else {
         frame.render_widget(Paragraph::new("none closed yet").block(block.title("lifetimes of closed connections")), area);
         return;
     };
-    let bar = |label: &'static str, seconds: f64| {
-        Bar::with_label(label, (seconds * 1e6) as u64).text_value(duration(seconds))
-    };
-    let bars = [
-        bar("p50", lifetimes.p50_s),
-        bar("p90", lifetimes.p90_s),
-        bar("p99", lifetimes.p99_s),
-        bar("max", lifetimes.max_s),
-    ];
+    let bars: Vec<Bar> = LIFETIME_BOUNDS_S
+        .iter()
+        .zip(lifetimes.histogram)
+        .map(|(bound, count)| Bar::with_label(bound_label(*bound), count))
+        .collect();
+    let buckets = LIFETIME_BOUNDS_S.len() as u16;
+    let bar_width = (area.width.saturating_sub(2) + 1) / buckets;
+    let title = format!(
+        "lifetimes of {} closed: p50 {}, p90 {}, p99 {}, max {}",
+        lifetimes.count,
+        duration(lifetimes.p50_s),
+        duration(lifetimes.p90_s),
+        duration(lifetimes.p99_s),
+        duration(lifetimes.max_s)
+    );
     let chart = BarChart::default()
-        .direction(Direction::Horizontal)
-        .block(block.title(format!("lifetimes of {} closed connections", lifetimes.count)))
-        .bar_width(1)
-        .bar_gap(0)
+        .block(block.title(title))
+        .bar_width(bar_width.saturating_sub(1).max(1))
+        .bar_gap(1)
         .data(BarGroup::default().bars(&bars));
     frame.render_widget(chart, area);
+}
+
+/// `1ms`, `10s`, `1m`, `1h`, `1d`: a bucket's bound, short enough for a bar's width.
+fn bound_label(seconds: f64) -> String {
+    match seconds {
+        s if s < 1.0 => format!("{}ms", (s * 1000.0).round()),
+        s if s < 60.0 => format!("{s}s"),
+        s if s < 3600.0 => format!("{}m", s / 60.0),
+        s if s < 86_400.0 => format!("{}h", s / 3600.0),
+        s => format!("{}d", s / 86_400.0),
+    }
 }

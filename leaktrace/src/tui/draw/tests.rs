@@ -117,10 +117,17 @@ fn the_detail_of_a_churning_call_site_charts_its_lifetimes() {
     let screen = lines(&render(&mut state, 160, 30));
     line_with(&screen, "CHURN · pid 200 fixed");
     line_with(&screen, "why: 20.2 connections/s, median lifetime 3ms");
-    line_with(&screen, "lifetimes of 100 closed connections");
-    for percentile in ["p50", "p90", "p99", "max"] {
-        assert!(line_with(&screen, percentile).contains("3ms"), "{percentile}");
+    line_with(&screen, "lifetimes of 100 closed: p50 3ms, p90 3ms, p99 3ms, max 3ms");
+    // The histogram: every lifetime in the bucket up to 10ms, the others empty.
+    let labels = line_with(&screen, "100ms");
+    for bucket in ["1ms", "10ms", "100ms", "1s", "10s", "1m", "10m", "1h", "1d"] {
+        assert!(labels.contains(bucket), "{bucket} missing from {labels}");
     }
+    let row = screen.iter().position(|line| line.as_str() == labels).unwrap();
+    let values = &screen[row - 1];
+    let column = |line: &str, text: &str| line[..line.find(text).unwrap()].chars().count();
+    let (label_at, value_at) = (column(labels, "10ms"), column(values, "100"));
+    assert!(value_at.abs_diff(label_at) <= 2, "the count stands on its bucket:\n{}", screen[row - 6..=row].join("\n"));
 }
 
 #[test]
