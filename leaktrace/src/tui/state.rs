@@ -129,6 +129,9 @@ pub struct State {
     pub page: usize,
     /// Lines of the detail's stack scrolled past.
     pub detail_scroll: u16,
+    /// Whether the detail's stack is scrolled to its telling frame (when it opens, until a key
+    /// scrolls it).
+    pub detail_at_telling_frame: bool,
 }
 
 impl Default for State {
@@ -146,6 +149,7 @@ impl Default for State {
             history: History::default(),
             page: 10,
             detail_scroll: 0,
+            detail_at_telling_frame: false,
         }
     }
 }
@@ -218,15 +222,16 @@ impl State {
                 self.screen = Screen::Table;
                 self.sort_rows();
             }
-            (Screen::Detail, Key::Up | Key::Char('k')) => self.detail_scroll = self.detail_scroll.saturating_sub(1),
-            (Screen::Detail, Key::Down | Key::Char('j')) => self.detail_scroll = self.detail_scroll.saturating_add(1),
-            (Screen::Detail, Key::PageUp) => self.detail_scroll = self.detail_scroll.saturating_sub(self.page as u16),
-            (Screen::Detail, Key::PageDown) => self.detail_scroll = self.detail_scroll.saturating_add(self.page as u16),
-            (Screen::Detail, Key::Home | Key::Char('g')) => self.detail_scroll = 0,
+            (Screen::Detail, Key::Up | Key::Char('k')) => self.scroll_detail(|scroll, _| scroll.saturating_sub(1)),
+            (Screen::Detail, Key::Down | Key::Char('j')) => self.scroll_detail(|scroll, _| scroll.saturating_add(1)),
+            (Screen::Detail, Key::PageUp) => self.scroll_detail(|scroll, page| scroll.saturating_sub(page)),
+            (Screen::Detail, Key::PageDown) => self.scroll_detail(|scroll, page| scroll.saturating_add(page)),
+            (Screen::Detail, Key::Home | Key::Char('g')) => self.scroll_detail(|_, _| 0),
             (Screen::Detail, _) => {}
             (Screen::Table, Key::Enter) if self.selected.is_some() => {
                 self.screen = Screen::Detail;
                 self.detail_scroll = 0;
+                self.detail_at_telling_frame = true;
             }
             (Screen::Table, Key::Up | Key::Char('k')) => self.move_by(-1),
             (Screen::Table, Key::Down | Key::Char('j')) => self.move_by(1),
@@ -248,6 +253,12 @@ impl State {
             (Screen::Table, _) => {}
         }
         Action::Redraw
+    }
+
+    /// Scrolls the detail's stack by `scroll(current, page)`.
+    fn scroll_detail(&mut self, scroll: impl Fn(u16, u16) -> u16) {
+        self.detail_at_telling_frame = false;
+        self.detail_scroll = scroll(self.detail_scroll, self.page as u16);
     }
 
     fn move_by(&mut self, delta: isize) {

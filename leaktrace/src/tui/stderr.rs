@@ -55,9 +55,42 @@ impl StderrCapture {
         Ok(Some(Self { saved, captured, reader: Some(reader) }))
     }
 
-    /// The last line written, for the view's status.
+    /// The last line written, for the view's status, without its colours.
     pub fn last_line(&self) -> Option<String> {
-        self.captured.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).lines.back().cloned()
+        self.captured.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).lines.back().map(|line| plain(line))
+    }
+}
+
+/// `line` without its terminal escape sequences (the log's colours: `ESC [ ... m`), which the
+/// view would otherwise show as text.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        // CSI: parameters and intermediates up to a final byte in '@'..='~'.
+        if chars.clone().next() == Some('[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colours_are_left_out_of_the_status_line() {
+        let logged = "\x1b[90m[\x1b[0m\x1b[32mINFO \x1b[0m\x1b[90m]\x1b[0m goroutine ancestry attached to pid 5002";
+        assert_eq!(super::plain(logged), "[INFO ] goroutine ancestry attached to pid 5002");
+        assert_eq!(super::plain("no colour"), "no colour");
     }
 }
 

@@ -74,6 +74,13 @@ fn draw_stack(frame: &mut Frame, area: Rect, state: &mut State, site: &CallSite)
         lines.push(Line::styled(text, style));
     }
     let visible = area.height.saturating_sub(2);
+    state.page = usize::from(visible).max(1);
+    if state.detail_at_telling_frame
+        && let Some(telling) = lines.iter().position(|line| line.spans.first().is_some_and(|span| span.content.starts_with("=>")))
+    {
+        // The telling frame in the middle, with the frames around it.
+        state.detail_scroll = (telling as u16).saturating_sub(visible / 2);
+    }
     state.detail_scroll = state.detail_scroll.min((lines.len() as u16).saturating_sub(visible));
     let title = format!("stack ({} frames{})", site.frames.len(), if site.stack_truncated { ", truncated" } else { "" });
     frame.render_widget(Paragraph::new(lines).block(Block::bordered().title(title)).scroll((state.detail_scroll, 0)), area);

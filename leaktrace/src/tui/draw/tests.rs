@@ -167,3 +167,27 @@ fn a_narrow_terminal_leaves_columns_out_rather_than_cutting_figures() {
     let leak = line_with(&screen, "main.dialGRPC");
     assert!(leak.contains(" 100 ") && leak.contains("+0.0") && leak.ends_with("LEAK"), "{leak}");
 }
+
+#[test]
+fn a_long_stack_opens_at_its_telling_frame_and_scrolls() {
+    let mut state = state();
+    let mut report = state.report.clone().unwrap();
+    let leak = &mut report.call_sites[0];
+    leak.frames = (0..40u64).map(|i| frame(&format!("runtime.frame{i}"), "/src/x.go", 1, "/usr/bin/grpcleak", 0x1000 + i, None)).collect();
+    leak.frames[35].function = Some("main.dialBackend".into());
+    leak.telling_frame = Some(35);
+    state.update(report);
+    state.key(Key::Enter);
+    let screen = lines(&render(&mut state, 120, 24));
+    line_with(&screen, "=> 0x1023 main.dialBackend x.go:1");
+    assert!(!screen.iter().any(|line| line.contains("runtime.frame0 ")), "scrolled to the telling frame");
+    state.key(Key::Home);
+    let screen = lines(&render(&mut state, 120, 24));
+    line_with(&screen, "runtime.frame0 ");
+    assert!(!screen.iter().any(|line| line.contains("main.dialBackend")));
+    state.key(Key::PageDown);
+    state.key(Key::PageDown);
+    state.key(Key::PageDown);
+    let screen = lines(&render(&mut state, 120, 24));
+    line_with(&screen, "runtime.frame39 ");
+}
