@@ -84,16 +84,6 @@ fn plain(line: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn colours_are_left_out_of_the_status_line() {
-        let logged = "\x1b[90m[\x1b[0m\x1b[32mINFO \x1b[0m\x1b[90m]\x1b[0m goroutine ancestry attached to pid 5002";
-        assert_eq!(super::plain(logged), "[INFO ] goroutine ancestry attached to pid 5002");
-        assert_eq!(super::plain("no colour"), "no colour");
-    }
-}
-
 impl Drop for StderrCapture {
     /// Puts stderr back and writes there what was captured.
     fn drop(&mut self) {
@@ -111,5 +101,15 @@ impl Drop for StderrCapture {
         for line in captured.lines {
             let _ = writeln!(stderr, "{line}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colours_are_left_out_of_the_status_line() {
+        let logged = "\x1b[90m[\x1b[0m\x1b[32mINFO \x1b[0m\x1b[90m]\x1b[0m goroutine ancestry attached to pid 5002";
+        assert_eq!(super::plain(logged), "[INFO ] goroutine ancestry attached to pid 5002");
+        assert_eq!(super::plain("no colour"), "no colour");
     }
 }
