@@ -9,6 +9,7 @@ use crate::{
     container::{PodNames, WorkloadFilter, cgroup::is_id_prefix},
     goruntime::policy::AncestryMode,
     kernel::{StateHook, TracerOptions, Transitions},
+    span::Span,
     tracker::Thresholds,
 };
 
@@ -73,8 +74,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub no_seed: bool,
     /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub inventory_interval: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(2))]
+    pub inventory_interval: Span,
     #[command(flatten)]
     pub go: GoAncestryArgs,
     #[command(flatten)]
@@ -92,10 +93,10 @@ pub struct WatchArgs {
     pub view: ViewArgs,
     #[command(flatten)]
     pub containers: ContainerArgs,
-    /// Stop after this many seconds and print the final report (default: until Ctrl-C or
-    /// SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Stop after this long (`30s`, `5m`, `1h`, or seconds) and print the final report
+    /// (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<Span>,
     /// Also write everything traced (events, socket inventories, counters) to FILE as JSON
     /// lines, for `leaktrace replay FILE`.
     #[arg(long, value_name = "FILE")]
@@ -104,8 +105,8 @@ pub struct WatchArgs {
     #[arg(long)]
     pub no_seed: bool,
     /// How often the socket inventory (idle times, connections closed unseen) is refreshed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub inventory_interval: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(2))]
+    pub inventory_interval: Span,
     #[command(flatten)]
     pub go: GoAncestryArgs,
     /// With `--format table` on a terminal: the plain table redrawn every --interval, instead of
@@ -167,8 +168,8 @@ pub struct ViewArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// Refresh period of the table and of JSON lines (in a replay, of the recording's time).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    pub interval: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(1))]
+    pub interval: Span,
     /// Most call sites shown in the table.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
@@ -181,27 +182,27 @@ pub struct JudgeArgs {
     #[arg(long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
     /// A live connection younger than this is not counted as unclosed.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
-    pub min_age: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(2))]
+    pub min_age: Span,
     /// Sliding window over which growth and churn are judged.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
-    pub window: u64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(10))]
+    pub window: Span,
     /// `leak`: at least this many more live connections, rising in 3+ distinct seconds, with
     /// at most 10% closed.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub leak_growth: u64,
     /// `leak`: a connection left in CLOSE_WAIT (peer gone, never closed) for this long.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
-    pub close_wait_after: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(10))]
+    pub close_wait_after: Span,
     /// `suspect`: a live connection without data for this long counts as idle.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub idle_after: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(60))]
+    pub idle_after: Span,
     /// `churn`: at least this many connections opened per second...
     #[arg(long, value_name = "PER_SECOND", default_value_t = 1.0)]
     pub churn_rate: f64,
     /// ... with a median lifetime at most this.
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
-    pub churn_lifetime: f64,
+    #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(1))]
+    pub churn_lifetime: Span,
 }
 
 /// Which containers to show, and where their names come from.
@@ -231,9 +232,9 @@ pub struct EventsArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub containers: ContainerArgs,
-    /// Stop after this many seconds (default: until Ctrl-C or SIGTERM).
-    #[arg(long, value_name = "SECONDS")]
-    pub duration: Option<f64>,
+    /// Stop after this long (`30s`, `5m`, `1h`, or seconds; default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<Span>,
 }
 
 /// What to trace and how: shared by every tracing command.
@@ -275,12 +276,12 @@ pub enum ArgsError {
     Cgroup { arg: String, reason: String },
     #[error("--ring-buffer-kib {0}: must be a power of two of at least 4")]
     RingBuffer(u32),
-    #[error("--duration {0}: must be a positive number of seconds")]
-    Duration(f64),
     #[error("--drain-interval-ms must be at least 1")]
     DrainInterval,
-    #[error("--{flag} {value}: must be a positive number of seconds")]
-    Seconds { flag: &'static str, value: f64 },
+    #[error("--{flag} {value}: must be longer than zero")]
+    Zero { flag: &'static str, value: Span },
+    #[error("--{flag} {value}: must be a whole number of seconds")]
+    WholeSeconds { flag: &'static str, value: Span },
     #[error("--{flag} {value}: must be a positive number")]
     Positive { flag: &'static str, value: String },
     #[error("--{flag} {value:?}: not a valid {what}")]
@@ -296,8 +297,9 @@ pub enum ArgsError {
 
 impl JudgeArgs {
     pub fn thresholds(&self) -> Result<Thresholds, ArgsError> {
-        if self.window == 0 {
-            return Err(ArgsError::Positive { flag: "window", value: "0".into() });
+        let window = positive("window", self.window)?;
+        if window.subsec_nanos() != 0 {
+            return Err(ArgsError::WholeSeconds { flag: "window", value: self.window });
         }
         if self.leak_growth == 0 {
             return Err(ArgsError::Positive { flag: "leak-growth", value: "0".into() });
@@ -307,13 +309,13 @@ impl JudgeArgs {
         }
         let defaults = Thresholds::default();
         Ok(Thresholds {
-            window: Duration::from_secs(self.window),
-            min_age: non_negative_seconds("min-age", self.min_age)?,
+            window,
+            min_age: self.min_age.get(),
             leak_growth: self.leak_growth,
-            close_wait_after: seconds("close-wait-after", self.close_wait_after)?,
-            idle_after: seconds("idle-after", self.idle_after)?,
+            close_wait_after: positive("close-wait-after", self.close_wait_after)?,
+            idle_after: positive("idle-after", self.idle_after)?,
             churn_min_rate: self.churn_rate,
-            churn_max_lifetime: seconds("churn-lifetime", self.churn_lifetime)?,
+            churn_max_lifetime: positive("churn-lifetime", self.churn_lifetime)?,
             ..defaults
         })
     }
@@ -406,21 +408,13 @@ fn is_dns_subdomain(name: &str) -> bool {
 
 impl ViewArgs {
     pub fn interval(&self) -> Result<Duration, ArgsError> {
-        seconds("interval", self.interval)
+        positive("interval", self.interval)
     }
 }
 
-/// A flag's value in seconds, which must be positive.
-pub fn seconds(flag: &'static str, value: f64) -> Result<Duration, ArgsError> {
-    if value.is_finite() && value > 0.0 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(ArgsError::Seconds { flag, value })
-    }
-}
-
-fn non_negative_seconds(flag: &'static str, value: f64) -> Result<Duration, ArgsError> {
-    if value == 0.0 { Ok(Duration::ZERO) } else { seconds(flag, value) }
+/// A flag's duration, which must be longer than zero.
+pub fn positive(flag: &'static str, value: Span) -> Result<Duration, ArgsError> {
+    if value.get().is_zero() { Err(ArgsError::Zero { flag, value }) } else { Ok(value.get()) }
 }
 
 impl TraceArgs {
@@ -466,12 +460,9 @@ fn cgroup_id(arg: &str) -> Result<u64, ArgsError> {
     Ok(metadata.ino())
 }
 
-pub fn parse_duration(seconds: Option<f64>) -> Result<Option<Duration>, ArgsError> {
-    match seconds {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(ArgsError::Duration(s)),
-    }
+/// `--duration`, when given: longer than zero.
+pub fn run_duration(value: Option<Span>) -> Result<Option<Duration>, ArgsError> {
+    value.map(|span| positive("duration", span)).transpose()
 }
 
 #[cfg(test)]
@@ -516,7 +507,23 @@ mod tests {
         assert!(err.contains("power of two"), "{err}");
         let err = trace_args(&["--port", "70000"]).unwrap_err();
         assert!(err.contains("70000"), "{err}");
-        assert_eq!(parse_duration(Some(-1.0)).unwrap_err().to_string(), "--duration -1: must be a positive number of seconds");
+        assert_eq!(run_duration(Some(Span::from_secs(0))).unwrap_err().to_string(), "--duration 0s: must be longer than zero");
+    }
+
+    #[test]
+    fn durations_take_units_as_well_as_bare_seconds() {
+        let args = watch(&["--duration", "30s", "--interval", "500ms", "--idle-after", "5m", "--window", "1m"]).unwrap();
+        assert_eq!(run_duration(args.duration).unwrap(), Some(Duration::from_secs(30)));
+        assert_eq!(args.view.interval().unwrap(), Duration::from_millis(500));
+        let thresholds = args.judge.thresholds().unwrap();
+        assert_eq!((thresholds.idle_after, thresholds.window), (Duration::from_secs(300), Duration::from_secs(60)));
+        let args = watch(&["--duration", "2.5", "--min-age", "0"]).unwrap();
+        assert_eq!(run_duration(args.duration).unwrap(), Some(Duration::from_millis(2500)));
+        assert_eq!(args.judge.thresholds().unwrap().min_age, Duration::ZERO);
+        let err = watch(&["--duration", "5 parsecs"]).unwrap_err();
+        assert!(err.contains("--duration") && err.contains("30s, 5m"), "{err}");
+        let err = watch(&["--window", "1.5s"]).unwrap().judge.thresholds().unwrap_err().to_string();
+        assert_eq!(err, "--window 1s 500ms: must be a whole number of seconds");
     }
 
     fn watch(extra: &[&str]) -> Result<WatchArgs, String> {
@@ -543,9 +550,9 @@ mod tests {
         // Watch flags do not mix with a subcommand.
         assert!(watch(&["--format", "json", "events"]).is_err());
         let err = watch(&["--interval", "0"]).unwrap().view.interval().unwrap_err().to_string();
-        assert_eq!(err, "--interval 0: must be a positive number of seconds");
+        assert_eq!(err, "--interval 0s: must be longer than zero");
         let err = watch(&["--window", "0"]).unwrap().judge.thresholds().unwrap_err().to_string();
-        assert_eq!(err, "--window 0: must be a positive number");
+        assert_eq!(err, "--window 0s: must be longer than zero");
         assert!(watch(&["--format", "xml"]).unwrap_err().contains("possible values: table, json, jsonl"));
     }
 

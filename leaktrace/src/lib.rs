@@ -21,5 +21,6 @@ pub mod tcp;
 pub mod tracker;
 pub mod report;
 pub mod recording;
+pub mod span;
 pub mod symbolize;
 pub mod tui;

@@ -27,7 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{AgentArgs, seconds},
+    cli::{AgentArgs, positive},
     commands::{
         events::report_counters,
         live::{Live, LiveOptions, Stepped},
@@ -72,7 +72,7 @@ type ScrapeRequest = oneshot::Sender<Result<Arc<Scrape>, String>>;
 
 pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
     let metrics = MetricsConfig::new(args.metrics_top, &args.metrics_drop_labels)?;
-    let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
+    let inventory_interval = positive("inventory-interval", args.inventory_interval)?;
     // Listen first: a port in use is a plain error, before any probe is loaded.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -8,7 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::clock::{monotonic_ns, sleep_until};
 use crate::{
-    cli::{EventsArgs, parse_duration},
+    cli::{EventsArgs, run_duration},
     container::{self, events::EventFilter},
     event::Event,
     kernel::{KernelCounters, Tracer, Transitions},
@@ -17,7 +17,7 @@ use crate::{
 
 pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let options = args.trace.to_options(Transitions::All)?;
-    let duration = parse_duration(args.duration)?;
+    let duration = run_duration(args.duration)?;
     let (pod_names, workload_filter) = args.containers.from_environment()?;
     let max_sockets = options.max_sockets as usize;
     let mut tracer = Tracer::start(options)?;

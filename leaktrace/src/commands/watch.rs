@@ -14,14 +14,14 @@ use super::{
     view::View,
 };
 use crate::{
-    cli::{Format, WatchArgs, parse_duration, seconds},
+    cli::{Format, WatchArgs, positive, run_duration},
     tui::Tui,
 };
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let interval = args.view.interval()?;
-    let inventory_interval = seconds("inventory-interval", args.inventory_interval)?;
-    let duration = parse_duration(args.duration)?;
+    let inventory_interval = positive("inventory-interval", args.inventory_interval)?;
+    let duration = run_duration(args.duration)?;
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
