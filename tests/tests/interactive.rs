@@ -117,11 +117,15 @@ fn the_leaking_call_site_opens_to_its_stack_and_reason_and_q_prints_the_final_re
         thread::sleep(Duration::from_millis(1000));
     }
     let is_leak_row = |line: &str| line.contains(&pid) && line.contains("connect") && line.contains("LEAK");
-    let screen = pane.wait_for("the client's connect call site as a leak", |screen| screen.iter().any(|line| is_leak_row(line)));
+    pane.wait_for("the client's connect call site as a leak", |screen| screen.iter().any(|line| is_leak_row(line)));
+    // Sorted by pid, the rows keep their order (by live, the client's and the server's tie).
+    pane.keys(&["p"]);
+    let screen = pane.wait_for("the rows sorted by pid", |screen| screen.iter().any(|line| line.contains("PID▼")));
     let heading = screen.iter().position(|line| line.contains("CALL SITE")).unwrap();
     let row = screen.iter().position(|line| is_leak_row(line)).unwrap() - heading - 1;
-    let downs = vec!["Down"; row];
-    pane.keys(&downs);
+    // The selection follows its call site through the sort: from the first row, down to the leak.
+    pane.keys(&["Home"]);
+    pane.keys(&vec!["Down"; row]);
     pane.keys(&["Enter"]);
     let summary = format!("LEAK · pid {pid} sockpuppet");
     let detail = pane.wait_for("the call site's detail", |screen| {
