@@ -7,8 +7,9 @@ use crate::report::{Report, identity::SiteIdentity};
 
 /// How far back a trend reaches, in seconds of the report's clock.
 pub const SPAN_S: f64 = 300.0;
-/// Most samples kept per call site (a refresh every 0.5 s fills five minutes).
-pub const MAX_SAMPLES: usize = 600;
+/// Most samples kept per call site: five minutes at the default refresh of a second, 2.4 KB (the
+/// tracker keeps at most 20,000 call sites).
+pub const MAX_SAMPLES: usize = 300;
 /// A call site absent from the reports this long is forgotten.
 pub const FORGET_AFTER_S: f64 = 300.0;
 
@@ -17,10 +18,11 @@ pub struct History {
     sites: HashMap<SiteIdentity, Trend>,
 }
 
-/// One call site's samples, oldest first.
+/// One call site's samples, oldest first: the report's time in seconds and the live count, in
+/// 8 bytes.
 #[derive(Default)]
 pub struct Trend {
-    samples: VecDeque<(f64, u64)>,
+    samples: VecDeque<(f32, u32)>,
     last_seen_s: f64,
 }
 
@@ -34,11 +36,11 @@ impl History {
             if trend.samples.len() == MAX_SAMPLES {
                 trend.samples.pop_front();
             }
-            trend.samples.push_back((now, site.live));
+            trend.samples.push_back((now as f32, u32::try_from(site.live).unwrap_or(u32::MAX)));
             trend.last_seen_s = now;
         }
         self.sites.retain(|_, trend| {
-            while trend.samples.front().is_some_and(|(time, _)| now - time > SPAN_S) {
+            while trend.samples.front().is_some_and(|(time, _)| now - f64::from(*time) > SPAN_S) {
                 trend.samples.pop_front();
             }
             now - trend.last_seen_s <= FORGET_AFTER_S
@@ -62,7 +64,7 @@ impl History {
 impl Trend {
     /// The live counts, oldest first.
     pub fn live(&self) -> impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + '_ {
-        self.samples.iter().map(|(_, live)| *live)
+        self.samples.iter().map(|(_, live)| u64::from(*live))
     }
 
     /// The last `width` live counts as block characters, scaled to their own maximum.

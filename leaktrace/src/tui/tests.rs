@@ -123,15 +123,22 @@ fn help_opens_over_a_screen_and_any_key_closes_it() {
 fn history_keeps_the_last_minutes_and_forgets_call_sites_gone_for_long() {
     let mut state = State::default();
     let leak = SiteIdentity::exact(&fixture().call_sites[0]);
-    // Twice the span at two reports a second: the ring holds at most MAX_SAMPLES, within SPAN_S.
+    // Twice the span at two reports a second: the ring holds the last MAX_SAMPLES.
     let steps = (SPAN_S * 4.0) as u64;
     for step in 0..steps {
         state.update(later(step as f64 / 2.0, &[(100, step)]));
     }
     let trend = state.history.trend(&leak).expect("the leak's trend");
     let live: Vec<u64> = trend.live().collect();
-    assert!(live.len() <= MAX_SAMPLES && live.len() >= (SPAN_S * 2.0) as usize - 1, "{} samples", live.len());
-    assert_eq!(live.last(), Some(&(steps - 1)));
+    assert_eq!(live.len(), MAX_SAMPLES);
+    assert_eq!((live[0], live.last().copied()), (steps - MAX_SAMPLES as u64, Some(steps - 1)));
+    // At a report every 2 s, samples older than SPAN_S go first.
+    let mut slow = State::default();
+    for step in 0..steps {
+        slow.update(later(step as f64 * 2.0, &[(100, step)]));
+    }
+    let live = slow.history.trend(&leak).unwrap().live().count();
+    assert_eq!(live, (SPAN_S / 2.0) as usize + 1, "one sample every 2 s within {SPAN_S} s");
     assert_eq!(trend.sparkline(4).chars().count(), 4);
     assert_eq!(state.history.len(), 4);
     // The leak leaves the reports; it is forgotten once gone for FORGET_AFTER_S.
