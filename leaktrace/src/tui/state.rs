@@ -127,6 +127,8 @@ pub struct State {
     pub history: History,
     /// Rows that fit the table, set by the drawing (page keys move by it).
     pub page: usize,
+    /// The first row on screen, kept by the drawing.
+    pub table_offset: usize,
     /// Lines of the detail's stack scrolled past.
     pub detail_scroll: u16,
     /// Whether the detail's stack is scrolled to its telling frame (when it opens, until a key
@@ -148,6 +150,7 @@ impl Default for State {
             screen: Screen::Table,
             history: History::default(),
             page: 10,
+            table_offset: 0,
             detail_scroll: 0,
             detail_at_telling_frame: false,
         }

@@ -61,7 +61,11 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &mut State) {
         .collect();
     headings.insert(TREND, Cell::from("TREND"));
     let headings = pick(headings, &columns);
-    let rows = state.rows.iter().map(|&index| {
+    // Only the rows on screen are built: a report may hold thousands of call sites.
+    let selected = state.selected_row().unwrap_or(0);
+    let offset = visible_from(state.table_offset, selected, state.page);
+    state.table_offset = offset;
+    let rows = state.rows.iter().skip(offset).take(state.page).map(|&index| {
         let site = &report.call_sites[index];
         let mut cells: Vec<Cell> = row(site).into_iter().zip(SortKey::ALL).map(|(text, key)| align(key, text)).collect();
         let trend = state.history.trend(state.identity_of(index)).map(|trend| trend.sparkline(usize::from(TREND_WIDTH)));
@@ -75,8 +79,19 @@ pub fn draw(frame: &mut Frame, area: Rect, state: &mut State) {
     let table = Table::new(rows, widths)
         .header(Row::new(headings).style(Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)))
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut table_state = TableState::default().with_selected(state.selected_row());
+    let mut table_state = TableState::default().with_selected(state.selected_row().map(|row| row - offset));
     frame.render_stateful_widget(table, area, &mut table_state);
+}
+
+/// The first row shown: the one shown before, moved as little as keeps `selected` on screen.
+fn visible_from(offset: usize, selected: usize, page: usize) -> usize {
+    if selected < offset {
+        selected
+    } else if selected >= offset + page {
+        selected + 1 - page
+    } else {
+        offset
+    }
 }
 
 /// The cells of the shown columns.

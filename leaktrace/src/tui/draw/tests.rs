@@ -191,3 +191,33 @@ fn a_long_stack_opens_at_its_telling_frame_and_scrolls() {
     let screen = lines(&render(&mut state, 120, 24));
     line_with(&screen, "runtime.frame39 ");
 }
+
+#[test]
+fn many_call_sites_scroll_with_the_selection() {
+    let mut state = state();
+    let mut report = state.report.clone().unwrap();
+    let template = report.call_sites[3].clone();
+    report.call_sites = (0..50u32)
+        .map(|i| {
+            let mut site = template.clone();
+            site.pid = 1000 + i;
+            site.live = u64::from(50 - i);
+            site
+        })
+        .collect();
+    state.update(report);
+    // 20 lines: 3 of header, the table's heading, 15 rows, the keys.
+    let screen = lines(&render(&mut state, 200, 20));
+    line_with(&screen, "   1000 fixed");
+    line_with(&screen, "   1014 fixed");
+    assert!(!screen.iter().any(|line| line.contains("1015 fixed")));
+    state.key(Key::End);
+    let screen = lines(&render(&mut state, 200, 20));
+    line_with(&screen, "   1049 fixed");
+    line_with(&screen, "   1035 fixed");
+    assert!(!screen.iter().any(|line| line.contains("1034 fixed")));
+    state.key(Key::PageUp);
+    let screen = lines(&render(&mut state, 200, 20));
+    line_with(&screen, "   1034 fixed");
+    assert!(!screen.iter().any(|line| line.contains("1049 fixed")), "{}", screen.join("\n"));
+}
