@@ -7,6 +7,7 @@
  *   accept FD               -> "fd N"
  *   close FD                -> "ok"
  *   linger0 FD              -> "ok"             (the next close sends RST)
+ *   write FD                -> "ok" | "err ERRNO" (sends one byte)
  *   fork-hold FD            -> "pid C"          (child keeps FD until "release C", then closes it)
  *   release C               -> "ok"             (after the child has closed FD and exited)
  *   unix-listen PATH        -> "ok"
@@ -229,6 +230,11 @@ __attribute__((noinline)) static void run_command(char *line) {
     } else if (sscanf(line, "close %d", &a) == 1) {
         close(a);
         reply("ok");
+    } else if (sscanf(line, "write %d", &a) == 1) {
+        if (send(a, "x", 1, MSG_NOSIGNAL) < 0)
+            reply("err %d", errno);
+        else
+            reply("ok");
     } else if (sscanf(line, "linger0 %d", &a) == 1) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         setsockopt(a, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));

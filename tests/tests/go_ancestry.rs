@@ -136,7 +136,7 @@ fn the_table_reads_leak_and_the_application_function_with_its_file_and_line() {
     client.wait_handled(1);
     // The table as a user reads it, piped (the final report is printed at the end).
     let output = std::process::Command::new(leaktrace_binary())
-        .args(["--port", &port, "--duration", "6", "--comm", "grpcleak"])
+        .args(["--port", &port, "--duration", "6s", "--comm", "grpcleak"])
         .output()
         .expect("running leaktrace");
     let table = String::from_utf8_lossy(&output.stdout);
@@ -161,6 +161,28 @@ fn a_net_http_leak_names_the_caller_of_http_get() {
     for site in sites_of(&report, client.pid()).into_iter().filter(|site| ancestry(site) == "not_recorded") {
         assert!(function(site).starts_with("net/http."), "{site:#}");
     }
+}
+
+#[test]
+fn a_net_http_leak_never_reads_no_stack_even_without_ancestry() {
+    let Some(_guard) = require_privileges("a_net_http_leak_never_reads_no_stack_even_without_ancestry") else { return };
+    let program = go_program("httpleak", GoBuild::Normal);
+    let server = GoServer::start(&program);
+    let port = server.port().to_string();
+    let mut client = GoClient::start_binary(&program, ClientMode::HttpLeak, server.addr, Messages { per_second: 20, count: None });
+    client.wait_handled(1);
+    // Without ancestry the dialing goroutine's stack is all standard library, as before it.
+    let output = std::process::Command::new(leaktrace_binary())
+        .args(["--port", &port, "--duration", "6s", "--go-ancestry", "off", "--pid", &client.pid().to_string()])
+        .output()
+        .expect("running leaktrace");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(!table.contains("(no stack"), "{table}");
+    let row = table
+        .lines()
+        .find(|line| line.contains(" connect ") && !line.contains("(born before start)"))
+        .unwrap_or_else(|| panic!("no connect row:\n{table}\n{}", String::from_utf8_lossy(&output.stderr)));
+    assert!(row.contains(" net/http."), "named by the frame where net/http started the dial: {row}\n{table}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The leak tracker end to end, as a user runs it: the real `leaktrace` binary tracing real
 //! programs on the real kernel, read through its JSON reports. The flagship incident (a Go
 //! gRPC client dialing per message and never closing) must come out `leak` within seconds,
-//! its fix `churn`, the right design and a small pool `ok`; a server that never closes after
+//! its fix `churn`, the right design and a small pool `ok`; a burst of connections held open
+//! without data `suspect`, the same burst used as a pool `ok`; a server that never closes after
 //! the peer hangs up leaks in CLOSE_WAIT; connections older than leaktrace are seeded; and a
 //! replay of the recording gives the live run's report.
 use std::time::Duration;
@@ -113,6 +114,70 @@ fn a_pool_of_five_long_lived_connections_is_ok() {
     for site in sites_of(&report, pool.pid()).into_iter().chain(sites_of(&report, server.pid())) {
         assert_eq!(site["verdict"], "ok", "{site:#}");
     }
+    let (_, status, _) = trace.interrupt();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A client opening `count` connections to a puppet server at once; both hold them.
+fn burst(count: usize) -> (Puppet, Puppet, Vec<u32>, LiveTrace) {
+    let mut server = Puppet::spawn();
+    let (listener, port) = server.listen("127.0.0.1");
+    let mut client = Puppet::spawn();
+    let trace = LiveTrace::start(&["--pid", &client.pid().to_string(), "--pid", &server.pid().to_string()]);
+    let fds = (0..count)
+        .map(|_| {
+            let fd = client.connect("127.0.0.1", port);
+            server.accept(listener);
+            fd
+        })
+        .collect();
+    (server, client, fds, trace)
+}
+
+#[test]
+fn a_burst_held_open_is_suspect() {
+    let Some(_guard) = require_privileges("a_burst_held_open_is_suspect") else { return };
+    let (_server, client, _fds, mut trace) = burst(30);
+    let report = trace.wait_for("the burst's call site suspect", PATIENCE, |report| {
+        verdict(site_of(report, client.pid(), "connect")) == "suspect"
+    });
+    let site = site_of(&report, client.pid(), "connect").unwrap();
+    assert_eq!(site["findings"][0]["rule"], "burst_held_open", "{site:#}");
+    let why = site["findings"][0]["why"].as_str().unwrap();
+    assert!(why.starts_with("30 connections opened within ") && why.contains("a burst held open"), "{why}");
+    let (_, status, _) = trace.interrupt();
+    assert_eq!(status.code(), Some(0), "suspect is not a leak");
+}
+
+#[test]
+fn a_pool_opened_at_once_and_in_use_stays_ok() {
+    let Some(_guard) = require_privileges("a_pool_opened_at_once_and_in_use_stays_ok") else { return };
+    let (_server, client, fds, mut trace) = burst(30);
+    let pid = client.pid();
+    let client = std::sync::Mutex::new(client);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // The pool in use: every connection carries a request every quarter second.
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for &fd in &fds {
+                    client.lock().unwrap().cmd(&format!("write {fd}"));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            trace.wait_for("the pool's 30 connections older than 6 s", PATIENCE, |report| {
+                let Some(site) = site_of(report, pid, "connect") else { return false };
+                assert_eq!(verdict(Some(site)), "ok", "a pool in use is not a burst held open: {site:#}");
+                site["live"] == 30 && site["oldest_age_s"].as_f64() > Some(6.0)
+            })
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(panic) = waited {
+            std::panic::resume_unwind(panic);
+        }
+    });
     let (_, status, _) = trace.interrupt();
     assert_eq!(status.code(), Some(0));
 }

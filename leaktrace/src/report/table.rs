@@ -11,31 +11,35 @@ use crate::tracker::{Verdict, verdict::duration};
 const FRAME_WIDTH: usize = 44;
 /// Widest a container is shown: its id's first 12 digits, or `pod/container` cut to fit.
 const CONTAINER_WIDTH: usize = 20;
+/// Widest a peer is shown: an IPv4 `address:port` and a `+N` for the others fit.
+const PEER_WIDTH: usize = 25;
 
 /// The table's columns, in order; the interactive view shows the same ones.
-pub const COLUMNS: [&str; 12] =
-    ["PID", "COMM", "CONTAINER", "DIR", "CALL SITE", "LIVE", "GROWTH/s", "OPENED", "CLOSED", "CLOSE_WAIT", "OLDEST", "IDLE"];
+pub const COLUMNS: [&str; 13] =
+    ["PID", "COMM", "CONTAINER", "DIR", "CALL SITE", "PEER", "LIVE", "GROWTH/s", "OPENED", "CLOSED", "CLOSE_WAIT", "OLDEST", "IDLE"];
 
 /// The table: a header line, one row per call site (at most `max_rows`), then the deciding
 /// reason of every leak and suspect shown.
 pub fn render_table(report: &Report, max_rows: usize) -> String {
     let mut out = header(report);
     out.push('\n');
-    let [pid, comm, container, dir, frame, live, growth, opened, closed, close_wait, oldest, idle] = COLUMNS;
+    let [pid, comm, container, dir, frame, peer, live, growth, opened, closed, close_wait, oldest, idle] = COLUMNS;
     let _ = writeln!(
         out,
-        "{pid:>7} {comm:<15} {container:<c$} {dir:<7} {frame:<w$} {live:>6} {growth:>8} {opened:>7} {closed:>7} {close_wait:>10} {oldest:>7} {idle:>7}  VERDICT",
+        "{pid:>7} {comm:<15} {container:<c$} {dir:<7} {frame:<w$} {peer:<p$} {live:>6} {growth:>8} {opened:>7} {closed:>7} {close_wait:>10} {oldest:>7} {idle:>7}  VERDICT",
         c = CONTAINER_WIDTH,
-        w = FRAME_WIDTH
+        w = FRAME_WIDTH,
+        p = PEER_WIDTH
     );
     for site in report.call_sites.iter().take(max_rows) {
-        let [pid, comm, container, dir, frame, live, growth, opened, closed, close_wait, oldest, idle] = row(site);
+        let [pid, comm, container, dir, frame, peer, live, growth, opened, closed, close_wait, oldest, idle] = row(site);
         let _ = writeln!(
             out,
-            "{pid:>7} {comm:<15} {container:<c$} {dir:<7} {frame:<w$} {live:>6} {growth:>8} {opened:>7} {closed:>7} {close_wait:>10} {oldest:>7} {idle:>7}  {}",
+            "{pid:>7} {comm:<15} {container:<c$} {dir:<7} {frame:<w$} {peer:<p$} {live:>6} {growth:>8} {opened:>7} {closed:>7} {close_wait:>10} {oldest:>7} {idle:>7}  {}",
             site.verdict.name().to_uppercase(),
             c = CONTAINER_WIDTH,
-            w = FRAME_WIDTH
+            w = FRAME_WIDTH,
+            p = PEER_WIDTH
         );
     }
     let hidden = report.call_sites.len().saturating_sub(max_rows);
@@ -98,13 +102,14 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
 }
 
 /// A call site's cells under [`COLUMNS`], cut to the table's widths.
-pub fn row(site: &CallSite) -> [String; 12] {
+pub fn row(site: &CallSite) -> [String; 13] {
     [
         site.pid.to_string(),
         clip(&site.comm, 15),
         clip(&site.container.as_ref().map_or_else(|| "-".into(), |container| container.short()), CONTAINER_WIDTH),
         direction(site).to_string(),
         clip(&site.telling_frame_text(), FRAME_WIDTH),
+        peer(site, PEER_WIDTH),
         site.live.to_string(),
         format!("{:+.1}", site.growth_per_s),
         site.opened.to_string(),
@@ -183,6 +188,18 @@ pub fn direction(site: &CallSite) -> &'static str {
         crate::tracker::Direction::Connect => "connect",
         crate::tracker::Direction::Accept => "accept",
     }
+}
+
+/// The peer holding most live connections (then most opened), and how many others there are:
+/// the destination that tells two dial sites in one function apart. `-` for none known.
+pub fn peer(site: &CallSite, width: usize) -> String {
+    let Some(top) = site.destinations.iter().max_by_key(|dest| (dest.address != "other", dest.live, dest.opened)) else {
+        return "-".to_string();
+    };
+    let others = site.destinations.len() - 1;
+    let more = if others > 0 { format!(" +{others}") } else { String::new() };
+    let address = clip(&top.address, width.saturating_sub(more.chars().count()));
+    format!("{address}{more}")
 }
 
 /// Cuts text to `width` characters, marking the cut with `…`.

@@ -223,3 +223,24 @@ fn exact_identities_tell_every_call_site_apart_and_portable_ones_survive_a_resta
     let other_function = report.call_sites.iter().find(|site| site.comm != restarted.comm).unwrap();
     assert_ne!(SiteIdentity::portable(other_function), SiteIdentity::portable(&restarted));
 }
+
+#[test]
+fn the_table_shows_the_peer_that_tells_two_dial_sites_apart() {
+    let report = scenario();
+    let table = table::render_table(&report, 20);
+    let row = |comm: &str| table.lines().find(|line| line.contains(comm)).unwrap().to_string();
+    assert!(row("grpcleak").contains("127.0.0.1:9000"), "{table}");
+    assert!(row("server").contains(" 10.1.0.9 "), "accepts name the client's address, not its port: {table}");
+
+    // The peer holding most live connections leads, the others are counted, `other` never leads.
+    let mut site = report.call_sites[0].clone();
+    site.destinations = vec![
+        DestinationCount { address: "other".into(), live: 90, opened: 90 },
+        DestinationCount { address: "10.0.0.1:5432".into(), live: 1, opened: 40 },
+        DestinationCount { address: "10.0.0.2:5432".into(), live: 7, opened: 8 },
+    ];
+    assert_eq!(table::peer(&site, 25), "10.0.0.2:5432 +2");
+    assert_eq!(table::peer(&site, 10), "10.0.0… +2");
+    site.destinations.clear();
+    assert_eq!(table::peer(&site, 25), "-");
+}

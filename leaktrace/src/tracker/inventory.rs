@@ -62,6 +62,7 @@ impl Tracker {
     /// after the probes are attached and their first events applied). Sockets already traced
     /// are skipped; sockets without an owning process (orphans the kernel is closing) too.
     pub fn seed(&mut self, inventory: &Inventory) {
+        self.inventory_ns = self.inventory_ns.max(Some(inventory.ts_ns));
         for socket in &inventory.sockets {
             if !is_connection(socket.state) || self.cookies.contains_key(&socket.cookie) || self.seeded.contains_key(&socket.cookie)
             {
@@ -104,6 +105,7 @@ impl Tracker {
     /// event read before the inventory was taken, so a CLOSE in flight is not mistaken for an
     /// absence.
     pub fn observe(&mut self, inventory: &Inventory) {
+        self.inventory_ns = self.inventory_ns.max(Some(inventory.ts_ns));
         let mut listed = HashSet::with_capacity(inventory.sockets.len());
         for socket in &inventory.sockets {
             listed.insert(socket.cookie);

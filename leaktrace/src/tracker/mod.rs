@@ -92,6 +92,8 @@ pub struct Tracker {
     filter: Filter,
     started_ns: u64,
     latest_ns: u64,
+    /// When the latest socket inventory was taken: the time its idle times were true.
+    inventory_ns: Option<u64>,
     /// Traced connections by `struct sock` address.
     connections: FastMap<u64, Connection>,
     /// Sockets (address, birth) the filters dropped: their transitions are not orphans.
@@ -118,6 +120,7 @@ impl Tracker {
             filter,
             started_ns,
             latest_ns: started_ns,
+            inventory_ns: None,
             connections: FastMap::default(),
             ignored: FastSet::default(),
             cookies: FastMap::default(),

@@ -65,6 +65,7 @@ struct LiveFacts {
     oldest_close_wait_ns: Option<u64>,
     idle_known: u64,
     idle_live: u64,
+    quiet_live: u64,
     max_idle_ns: Option<u64>,
 }
 
@@ -74,16 +75,21 @@ impl Tracker {
     /// The picture at `now_ns` (CLOCK_MONOTONIC; in a replay, the recording's end).
     pub fn snapshot(&self, now_ns: u64) -> Snapshot {
         let t = &self.thresholds;
-        let min_age = t.min_age.as_nanos() as u64;
-        let close_wait_after = t.close_wait_after.as_nanos() as u64;
-        let idle_after = t.idle_after.as_nanos() as u64;
+        let clock = Clock {
+            now_ns,
+            started_ns: self.started_ns,
+            inventory_ns: self.inventory_ns.unwrap_or(now_ns),
+            min_age: t.min_age.as_nanos() as u64,
+            close_wait_after: t.close_wait_after.as_nanos() as u64,
+            idle_after: t.idle_after.as_nanos() as u64,
+        };
         // Indexed by site id: one slot per site beats a hash lookup per connection.
         let mut live: Vec<LiveFacts> = Vec::new();
         live.resize_with(self.sites.len(), LiveFacts::default);
         let all = self.connections.values().chain(self.seeded.values());
         for connection in all {
             let facts = &mut live[connection.site as usize];
-            walk(facts, connection, now_ns, self.started_ns, min_age, close_wait_after, idle_after);
+            walk(facts, connection, &clock);
         }
 
         let mut sites: Vec<SiteView> = self
@@ -104,6 +110,7 @@ impl Tracker {
                     oldest_age_s: walked.oldest_open_ns.map(|opened| now_ns.saturating_sub(opened) as f64 / NS),
                     idle_known: walked.idle_known,
                     idle_live: walked.idle_live,
+                    quiet_live: walked.quiet_live,
                     window: site.window.facts(now_ns, site.first_seen_ns),
                     open_seconds: site.open_seconds,
                     active_span_s: site.last_open_ns.saturating_sub(site.first_seen_ns) as f64 / NS,
@@ -144,15 +151,20 @@ impl Tracker {
     }
 }
 
-fn walk(
-    facts: &mut LiveFacts,
-    connection: &Connection,
+/// The times a snapshot judges connections by (ns).
+#[derive(Clone, Copy)]
+struct Clock {
     now_ns: u64,
     started_ns: u64,
+    /// When the idle times were measured: a connection busy then may look idle by now.
+    inventory_ns: u64,
     min_age: u64,
     close_wait_after: u64,
     idle_after: u64,
-) {
+}
+
+fn walk(facts: &mut LiveFacts, connection: &Connection, clock: &Clock) {
+    let Clock { now_ns, started_ns, inventory_ns, min_age, close_wait_after, idle_after } = *clock;
     // A connection born before start is at least as old as the tracing.
     let opened = connection.opened_ns.get().unwrap_or(started_ns);
     if now_ns.saturating_sub(opened) >= min_age {
@@ -172,6 +184,9 @@ fn walk(
         facts.idle_known += 1;
         if idle >= idle_after {
             facts.idle_live += 1;
+        }
+        if inventory_ns.saturating_sub(last) >= min_age {
+            facts.quiet_live += 1;
         }
         facts.max_idle_ns = Some(facts.max_idle_ns.map_or(idle, |max| max.max(idle)));
     }

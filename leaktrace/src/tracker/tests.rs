@@ -442,3 +442,20 @@ fn quiet_sites_age_out_and_memory_stays_bounded() {
     // A slot freed by expiry is reused.
     assert!(t.sites.len() <= 10);
 }
+
+#[test]
+fn a_burst_is_quiet_by_the_idle_times_its_inventory_measured_not_by_the_time_since() {
+    let judged = |idle_ms: u64| {
+        let mut t = tracker();
+        let mut stream = Stream::new();
+        client(&mut t, &mut stream, 42, 30, 1, None);
+        let sockets = (101..=130).map(|cookie| observed(cookie, TcpState::Established, 42, Some(idle_ms))).collect();
+        t.observe(&Inventory { ts_ns: START + 4 * S, complete: true, unlisted_pids: vec![], sockets });
+        // Judged 1.9 s after the inventory: busy connections then are not quiet now.
+        let snapshot = t.snapshot(START + 5 * S + 900 * MS);
+        let site = only_site(&snapshot);
+        (site.verdict, site.facts.quiet_live, site.findings.first().map(|finding| finding.rule.to_string()))
+    };
+    assert_eq!(judged(100), (Verdict::Ok, 0, None));
+    assert_eq!(judged(3000), (Verdict::Suspect, 30, Some("burst_held_open".to_string())));
+}

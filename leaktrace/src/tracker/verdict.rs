@@ -46,6 +46,8 @@ pub struct SiteFacts {
     /// Live connections whose idle time is known, and those idle longer than `idle_after`.
     pub idle_known: u64,
     pub idle_live: u64,
+    /// Live connections without data for longer than `min_age`: not in use lately.
+    pub quiet_live: u64,
     pub window: WindowFacts,
     /// Distinct seconds with opens, over the call site's whole life.
     pub open_seconds: u32,
@@ -177,6 +179,35 @@ impl Rule for MostlyIdle {
     }
 }
 
+/// `suspect`: many connections opened at once (too few seconds for a trend), almost none
+/// closed, and quiet since: a pool in use carries data on its connections, connections opened
+/// and left open do not.
+pub struct HeldBurst;
+
+impl Rule for HeldBurst {
+    fn check(&self, facts: &SiteFacts, t: &Thresholds) -> Option<Finding> {
+        if facts.born_before_start || Growing.check(facts, t).is_some() || NeverClosed.check(facts, t).is_some() {
+            return None;
+        }
+        let ended = facts.closed + facts.failed;
+        let few_closes = (ended as f64) <= t.leak_max_close_ratio * facts.opened as f64;
+        let quiet = facts.quiet_live >= t.leak_growth && facts.quiet_live * 2 >= facts.live;
+        (facts.unclosed >= t.leak_growth && few_closes && quiet).then(|| Finding {
+            verdict: Verdict::Suspect,
+            rule: Cow::Borrowed("burst_held_open"),
+            why: format!(
+                "{} connections opened within {} are still open ({} closed), {} of them without data for over {}: \
+                 a burst held open (a pool in use would carry data)",
+                facts.opened,
+                duration(facts.active_span_s.max(0.001)),
+                ended,
+                facts.quiet_live,
+                duration(t.min_age.as_secs_f64())
+            ),
+        })
+    }
+}
+
 /// `churn`: a connection per request, closed right after: not a leak, but a pooling hint.
 pub struct Churn;
 
@@ -206,8 +237,8 @@ impl Rule for Churn {
 
 /// The rules in the order they are tried; every matching rule is reported, the most severe
 /// decides.
-pub fn rules() -> [&'static dyn Rule; 6] {
-    [&Growing, &NeverClosed, &StuckInCloseWait, &GrowingInconclusive, &MostlyIdle, &Churn]
+pub fn rules() -> [&'static dyn Rule; 7] {
+    [&Growing, &NeverClosed, &StuckInCloseWait, &GrowingInconclusive, &HeldBurst, &MostlyIdle, &Churn]
 }
 
 /// The verdict for `facts` and every finding behind it (most severe first).
@@ -258,6 +289,44 @@ mod tests {
             active_span_s: 5.0,
             ..SiteFacts::default()
         }
+    }
+
+    fn burst(quiet_live: u64, idle_known: u64) -> SiteFacts {
+        SiteFacts {
+            opened: 100,
+            live: 100,
+            unclosed: 100,
+            idle_known,
+            quiet_live,
+            oldest_age_s: Some(4.0),
+            window: window(10.0, 100, 0, 1),
+            open_seconds: 1,
+            active_span_s: 0.25,
+            ..SiteFacts::default()
+        }
+    }
+
+    #[test]
+    fn a_burst_held_open_is_suspect_and_says_why() {
+        let (verdict, findings) = judge(&burst(100, 100), &Thresholds::default());
+        assert_eq!(verdict, Verdict::Suspect);
+        assert_eq!(findings[0].rule, "burst_held_open");
+        assert_eq!(
+            findings[0].why,
+            "100 connections opened within 250ms are still open (0 closed), 100 of them without data for over 2.0s: \
+             a burst held open (a pool in use would carry data)"
+        );
+    }
+
+    #[test]
+    fn a_pool_opened_at_once_and_in_use_stays_ok() {
+        assert_eq!(judge(&burst(3, 100), &Thresholds::default()).0, Verdict::Ok);
+        // Without idle times (no inventory yet), a burst cannot be told from a pool.
+        assert_eq!(judge(&burst(0, 0), &Thresholds::default()).0, Verdict::Ok);
+        // A burst that keeps coming back is the leak rules' business.
+        let (verdict, findings) = judge(&SiteFacts { open_seconds: 5, ..burst(100, 100) }, &Thresholds::default());
+        assert_eq!(verdict, Verdict::Leak);
+        assert!(findings.iter().all(|finding| finding.rule != "burst_held_open"), "{findings:?}");
     }
 
     #[test]

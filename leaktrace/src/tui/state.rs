@@ -4,7 +4,11 @@
 use std::cmp::Ordering;
 
 use super::history::History;
-use crate::report::{CallSite, Report, identity::SiteIdentity, table::COLUMNS};
+use crate::report::{
+    CallSite, Report,
+    identity::SiteIdentity,
+    table::{self, COLUMNS},
+};
 
 /// The columns rows can be sorted by: the table's columns, then the verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +18,7 @@ pub enum SortKey {
     Container,
     Direction,
     CallSite,
+    Peer,
     Live,
     Growth,
     Opened,
@@ -25,12 +30,13 @@ pub enum SortKey {
 }
 
 impl SortKey {
-    pub const ALL: [SortKey; 13] = [
+    pub const ALL: [SortKey; 14] = [
         SortKey::Pid,
         SortKey::Comm,
         SortKey::Container,
         SortKey::Direction,
         SortKey::CallSite,
+        SortKey::Peer,
         SortKey::Live,
         SortKey::Growth,
         SortKey::Opened,
@@ -53,7 +59,7 @@ impl SortKey {
 
     /// Figures sort largest first, text in alphabetical order.
     fn descending_first(self) -> bool {
-        !matches!(self, SortKey::Comm | SortKey::Container | SortKey::Direction | SortKey::CallSite)
+        !matches!(self, SortKey::Comm | SortKey::Container | SortKey::Direction | SortKey::CallSite | SortKey::Peer)
     }
 
     fn compare(self, a: &CallSite, b: &CallSite) -> Ordering {
@@ -65,8 +71,9 @@ impl SortKey {
                 let short = |site: &CallSite| site.container.as_ref().map(|container| container.short());
                 short(a).cmp(&short(b))
             }
-            SortKey::Direction => crate::report::table::direction(a).cmp(crate::report::table::direction(b)),
+            SortKey::Direction => table::direction(a).cmp(table::direction(b)),
             SortKey::CallSite => a.telling_frame_text().cmp(&b.telling_frame_text()),
+            SortKey::Peer => table::peer(a, usize::MAX).cmp(&table::peer(b, usize::MAX)),
             SortKey::Live => a.live.cmp(&b.live),
             SortKey::Growth => float(a.growth_per_s, b.growth_per_s),
             SortKey::Opened => a.opened.cmp(&b.opened),

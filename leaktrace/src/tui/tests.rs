@@ -64,7 +64,7 @@ fn s_and_capital_s_walk_the_columns_both_ways() {
     assert_eq!(state.sort, SortKey::Growth);
     state.key(Key::Char('S'));
     state.key(Key::Char('S'));
-    assert_eq!(state.sort, SortKey::CallSite);
+    assert_eq!(state.sort, SortKey::Peer);
     state.sort_by(SortKey::Pid);
     state.key(Key::Char('S'));
     assert_eq!(state.sort, SortKey::Verdict, "wraps around");

@@ -19,13 +19,13 @@ pub const TREND_WIDTH: u16 = 20;
 
 /// Width of each column: the plain table's (the call site's is its least), then the trend's
 /// and the verdict's.
-const WIDTHS: [u16; 14] = [7, 15, 20, 7, 24, 6, 8, 7, 7, 10, 7, 7, TREND_WIDTH, 7];
+const WIDTHS: [u16; 15] = [7, 15, 20, 7, 24, 25, 6, 8, 7, 7, 10, 7, 7, TREND_WIDTH, 7];
 const CALL_SITE: usize = 4;
-const TREND: usize = 12;
+const TREND: usize = 13;
 
 /// Columns left out, in this order, while the table is wider than the terminal (a figure cut
 /// to fit would read as another figure).
-const DROPPED_FIRST: [usize; 9] = [TREND, 2, 9, 11, 8, 7, 10, 1, 3];
+const DROPPED_FIRST: [usize; 10] = [TREND, 2, 10, 12, 9, 8, 5, 11, 1, 3];
 
 /// The columns shown in `width`, in order.
 fn shown_columns(width: u16) -> Vec<usize> {
@@ -42,7 +42,8 @@ fn shown_columns(width: u16) -> Vec<usize> {
 }
 
 /// Columns whose text is left-aligned (the others are figures).
-const TEXT_COLUMNS: [SortKey; 5] = [SortKey::Comm, SortKey::Container, SortKey::Direction, SortKey::CallSite, SortKey::Verdict];
+const TEXT_COLUMNS: [SortKey; 6] =
+    [SortKey::Comm, SortKey::Container, SortKey::Direction, SortKey::CallSite, SortKey::Peer, SortKey::Verdict];
 
 pub fn draw(frame: &mut Frame, area: Rect, state: &mut State) {
     // The header row takes one line.

@@ -69,11 +69,11 @@ fn the_table_shows_the_plain_tables_cells_counters_and_the_sorted_column() {
     line_with(&screen, "kernel: 1206 produced, 1206 received, 0 lost");
     line_with(&screen, "tracker: 704 events, 202 opened, 100 closed, 0 failed, 1 seeded");
     let heading = line_with(&screen, "CALL SITE");
-    for column in ["PID", "COMM", "CONTAINER", "DIR", "LIVE▼", "GROWTH/s", "OPENED", "CLOSED", "CLOSE_WAIT", "OLDEST", "IDLE", "TREND", "VERDICT"] {
+    for column in ["PID", "COMM", "CONTAINER", "DIR", "PEER", "LIVE▼", "GROWTH/s", "OPENED", "CLOSED", "CLOSE_WAIT", "OLDEST", "IDLE", "TREND", "VERDICT"] {
         assert!(heading.contains(column), "{column} missing from {heading}");
     }
     let leak = line_with(&screen, "grpcleak");
-    for cell in ["100", "orders-7d9f8b6c4-x2…", "connect", "main.dialGRPC main.go:227", "+0.0", "15.0s", "█", "LEAK"] {
+    for cell in ["100", "orders-7d9f8b6c4-x2…", "connect", "main.dialGRPC main.go:227", "127.0.0.1:9000", "+0.0", "15.0s", "█", "LEAK"] {
         assert!(leak.contains(cell), "{cell} missing from {leak}");
     }
     line_with(&screen, "(born before start)");
