@@ -160,6 +160,10 @@ pub struct WatchArgs {
     pub inventory_interval: Span,
     #[command(flatten)]
     pub go: GoAncestryArgs,
+    /// With `--format table` on a terminal: the plain table redrawn every --interval, instead of
+    /// the interactive view.
+    #[arg(long)]
+    pub plain: bool,
 }
 
 /// Goroutine ancestry: shared by the live view and the agent.

@@ -7,6 +7,7 @@
 //! - [`host_access`]: what a container running leaktrace must be granted, and why.
 //! - [`diff`]: `leaktrace diff`, two reports compared call site by call site.
 //! - [`agent`]: `leaktrace agent`, the long-running mode serving metrics and the report over HTTP.
+//! - [`tui`]: the interactive live view on a terminal.
 pub mod agent;
 pub mod cli;
 pub mod commands;
@@ -25,3 +26,4 @@ pub mod report;
 pub mod recording;
 pub mod span;
 pub mod symbolize;
+pub mod tui;

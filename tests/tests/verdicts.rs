@@ -68,6 +68,10 @@ fn the_same_client_closing_each_connection_is_churn() {
     let site = site_of(&report, pid, "connect").unwrap();
     assert_eq!((site["opened"].as_u64(), site["live"].as_u64()), (Some(60), Some(0)), "{site:#}");
     assert!(site["lifetime_s"]["p50_s"].as_f64().unwrap() < 1.0, "{site:#}");
+    // The lifetime histogram: every closed connection counted once, most under a second.
+    let histogram: Vec<u64> = site["lifetime_s"]["histogram"].as_array().unwrap().iter().map(|count| count.as_u64().unwrap()).collect();
+    assert_eq!((histogram.len(), histogram.iter().sum::<u64>()), (9, 60), "{site:#}");
+    assert!(histogram[..4].iter().sum::<u64>() >= 30, "the median is under a second: {site:#}");
     let (last, status, _) = trace.interrupt();
     assert_eq!(verdict(site_of(&last, pid, "connect")), "churn");
     // The server's accepted side closes as the client does: no leak anywhere.

@@ -36,6 +36,8 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("runc", "runc"),
     ("buildah", "buildah"),
+    // The interactive view's test drives leaktrace in a tmux pane by keys and reads the screen.
+    ("tmux", "tmux"),
 ];
 
 /// Newer Go toolchains the goroutine-ancestry tests build with besides Debian's 1.19 (runtime

@@ -1,6 +1,10 @@
 //! The live view (leaktrace's default command): trace, track, and show per call site the
 //! connections opened and never closed, refreshed every `--interval`; at Ctrl-C, SIGTERM or
 //! `--duration`, detach, drain, and print the final report. Returns whether leaks were found.
+//! With `--format table` on a terminal the refreshes go to the interactive view ([`crate::tui`]),
+//! which `q` also stops.
+use std::io::IsTerminal;
+
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
@@ -10,8 +14,9 @@ use super::{
     view::View,
 };
 use crate::{
-    cli::{WatchArgs, positive, run_duration},
+    cli::{Format, WatchArgs, positive, run_duration},
     export::BackgroundExports,
+    tui::Tui,
 };
 
 pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
@@ -30,6 +35,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     })
     .await?;
     let mut view = View::new(args.view.format, args.view.top);
+    let interactive = args.view.format == Format::Table && !args.plain && std::io::stdout().is_terminal();
+    let mut tui = if interactive { Some(Tui::start()?) } else { None };
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -45,8 +52,16 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
             }
             _ = refresh.tick() => {
                 let report = live.report()?;
-                view.refresh(&report)?;
-                exports.refresh(report);
+                exports.refresh(&report);
+                match &mut tui {
+                    Some(tui) => tui.refresh(report)?,
+                    None => view.refresh(&report)?,
+                }
+            }
+            input = Tui::next(tui.as_mut()) => {
+                if let Some(tui) = &mut tui && tui.input(input)? {
+                    break;
+                }
             }
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
@@ -54,6 +69,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
         }
     }
 
+    // The terminal as it was, before the final report is printed on it.
+    drop(tui);
     let (report, counters) = live.finish()?;
     view.finish(&report)?;
     exports.finish(&report).await?;

@@ -90,11 +90,12 @@ impl BackgroundExports {
     }
 
     /// A refresh's write. A failure (a full disk) is said and the session goes on.
-    pub fn refresh(&mut self, report: Report) {
+    pub fn refresh(&mut self, report: &Report) {
         if self.exports.files().next().is_none() || self.writing.as_ref().is_some_and(|writing| !writing.is_finished()) {
             return;
         }
         let exports = Arc::clone(&self.exports);
+        let report = report.clone();
         self.writing = Some(tokio::task::spawn_blocking(move || {
             if let Err(err) = exports.write(&report) {
                 log::warn!("{err:#}");

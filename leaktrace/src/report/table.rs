@@ -14,48 +14,28 @@ const CONTAINER_WIDTH: usize = 20;
 /// Widest a peer is shown: an IPv4 `address:port` and a `+N` for the others fit.
 const PEER_WIDTH: usize = 25;
 
+/// The table's columns, in order; the interactive view shows the same ones.
+pub const COLUMNS: [&str; 13] =
+    ["PID", "COMM", "CONTAINER", "DIR", "CALL SITE", "PEER", "LIVE", "GROWTH/s", "OPENED", "CLOSED", "CLOSE_WAIT", "OLDEST", "IDLE"];
+
 /// The table: a header line, one row per call site (at most `max_rows`), then the deciding
 /// reason of every leak and suspect shown.
 pub fn render_table(report: &Report, max_rows: usize) -> String {
-    let mut out = String::new();
-    header(&mut out, report);
+    let mut out = header(report);
+    out.push('\n');
+    let [pid, comm, container, dir, frame, peer, live, growth, opened, closed, close_wait, oldest, idle] = COLUMNS;
     let _ = writeln!(
         out,
-        "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:<p$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  VERDICT",
-        "PID",
-        "COMM",
-        "CONTAINER",
-        "DIR",
-        "CALL SITE",
-        "PEER",
-        "LIVE",
-        "GROWTH/s",
-        "OPENED",
-        "CLOSED",
-        "CLOSE_WAIT",
-        "OLDEST",
-        "IDLE",
+        "{pid:>7} {comm:<15} {container:<c$} {dir:<7} {frame:<w$} {peer:<p$} {live:>6} {growth:>8} {opened:>7} {closed:>7} {close_wait:>10} {oldest:>7} {idle:>7}  VERDICT",
         c = CONTAINER_WIDTH,
         w = FRAME_WIDTH,
         p = PEER_WIDTH
     );
     for site in report.call_sites.iter().take(max_rows) {
+        let [pid, comm, container, dir, frame, peer, live, growth, opened, closed, close_wait, oldest, idle] = row(site);
         let _ = writeln!(
             out,
-            "{:>7} {:<15} {:<c$} {:<7} {:<w$} {:<p$} {:>6} {:>8} {:>7} {:>7} {:>10} {:>7} {:>7}  {}",
-            site.pid,
-            clip(&site.comm, 15),
-            clip(&site.container.as_ref().map_or_else(|| "-".into(), |container| container.short()), CONTAINER_WIDTH),
-            direction(site),
-            clip(&site.telling_frame_text(), FRAME_WIDTH),
-            peer(site, PEER_WIDTH),
-            site.live,
-            format!("{:+.1}", site.growth_per_s),
-            site.opened,
-            site.closed,
-            site.close_wait,
-            if site.live > 0 { duration(site.oldest_age_s) } else { "-".into() },
-            site.max_idle_s.map_or_else(|| "-".into(), duration),
+            "{pid:>7} {comm:<15} {container:<c$} {dir:<7} {frame:<w$} {peer:<p$} {live:>6} {growth:>8} {opened:>7} {closed:>7} {close_wait:>10} {oldest:>7} {idle:>7}  {}",
             site.verdict.name().to_uppercase(),
             c = CONTAINER_WIDTH,
             w = FRAME_WIDTH,
@@ -94,19 +74,7 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
     let mut out = render_table(report, max_rows);
     for site in report.call_sites.iter().filter(|site| site.verdict >= Verdict::Suspect) {
         out.push('\n');
-        let _ = writeln!(
-            out,
-            "{} · pid {} {}{} · {} · {} live, {} opened, {} closed, {:+.1}/s",
-            site.verdict.name().to_uppercase(),
-            site.pid,
-            site.comm,
-            site.exe.as_deref().map(|exe| format!(" ({exe})")).unwrap_or_default(),
-            direction(site),
-            site.live,
-            site.opened,
-            site.closed,
-            site.growth_per_s
-        );
+        let _ = writeln!(out, "{}", summary(site));
         if let Some(container) = &site.container {
             let _ = writeln!(out, "  container: {}", container_line(container));
         }
@@ -116,8 +84,7 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
         let peers: Vec<String> =
             site.destinations.iter().map(|d| format!("{} ({} live / {} opened)", d.address, d.live, d.opened)).collect();
         if !peers.is_empty() {
-            let label = if site.direction == crate::tracker::Direction::Connect { "to" } else { "from" };
-            let _ = writeln!(out, "  {label}: {}", peers.join(", "));
+            let _ = writeln!(out, "  {}: {}", peers_label(site), peers.join(", "));
         }
         if let Some(note) = &site.go_ancestry
             && note.status != super::AncestryStatus::Joined
@@ -134,7 +101,29 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
     out
 }
 
-fn header(out: &mut String, report: &Report) {
+/// A call site's cells under [`COLUMNS`], cut to the table's widths.
+pub fn row(site: &CallSite) -> [String; 13] {
+    [
+        site.pid.to_string(),
+        clip(&site.comm, 15),
+        clip(&site.container.as_ref().map_or_else(|| "-".into(), |container| container.short()), CONTAINER_WIDTH),
+        direction(site).to_string(),
+        clip(&site.telling_frame_text(), FRAME_WIDTH),
+        peer(site, PEER_WIDTH),
+        site.live.to_string(),
+        format!("{:+.1}", site.growth_per_s),
+        site.opened.to_string(),
+        site.closed.to_string(),
+        site.close_wait.to_string(),
+        if site.live > 0 { duration(site.oldest_age_s) } else { "-".into() },
+        site.max_idle_s.map_or_else(|| "-".into(), duration),
+    ]
+}
+
+/// The table's first line: duration, processes, call sites, live, events received and lost,
+/// verdict counts.
+pub fn header(report: &Report) -> String {
+    let mut out = String::new();
     let leaks = report.leaks();
     let suspects = report.call_sites.iter().filter(|site| site.verdict == Verdict::Suspect).count();
     let _ = write!(
@@ -151,11 +140,36 @@ fn header(out: &mut String, report: &Report) {
             let _ = write!(out, ", {} untracked (socket map full)", events.socket_map_full);
         }
     }
-    let _ = writeln!(out, " · {leaks} leak(s), {suspects} suspect");
+    let _ = write!(out, " · {leaks} leak(s), {suspects} suspect");
+    out
+}
+
+/// A call site in one line: verdict, process, direction and figures.
+pub fn summary(site: &CallSite) -> String {
+    format!(
+        "{} · pid {} {}{} · {} · {} live, {} opened, {} closed, {:+.1}/s",
+        site.verdict.name().to_uppercase(),
+        site.pid,
+        site.comm,
+        site.exe.as_deref().map(|exe| format!(" ({exe})")).unwrap_or_default(),
+        direction(site),
+        site.live,
+        site.opened,
+        site.closed,
+        site.growth_per_s
+    )
+}
+
+/// What a call site's peers are: where it connects `to`, or whom it accepts `from`.
+pub fn peers_label(site: &CallSite) -> &'static str {
+    match site.direction {
+        crate::tracker::Direction::Connect => "to",
+        crate::tracker::Direction::Accept => "from",
+    }
 }
 
 /// `<id> (<runtime>)`, then the pod, container name and image where known.
-fn container_line(container: &Workload) -> String {
+pub fn container_line(container: &Workload) -> String {
     let mut line = format!("{} ({})", container.id, container.runtime.name());
     if let (Some(namespace), Some(pod)) = (&container.namespace, &container.pod) {
         let _ = write!(line, ", pod {namespace}/{pod}");
@@ -169,7 +183,7 @@ fn container_line(container: &Workload) -> String {
     line
 }
 
-fn direction(site: &CallSite) -> &'static str {
+pub fn direction(site: &CallSite) -> &'static str {
     match site.direction {
         crate::tracker::Direction::Connect => "connect",
         crate::tracker::Direction::Accept => "accept",
@@ -189,7 +203,7 @@ pub fn peer(site: &CallSite, width: usize) -> String {
 }
 
 /// Cuts text to `width` characters, marking the cut with `…`.
-pub(crate) fn clip(text: &str, width: usize) -> String {
+pub fn clip(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
     }

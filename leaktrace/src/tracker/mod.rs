@@ -33,7 +33,7 @@ use hash::{FastMap, FastSet};
 pub use inventory::{Inventory, ObservedOwner, ObservedSocket};
 pub use process::{Filter, ProcessKey};
 use process::Processes;
-pub use site::{Destination, Direction, Lifetimes, SiteKey};
+pub use site::{Destination, Direction, LIFETIME_BOUNDS_S, Lifetimes, SiteKey};
 use site::{Site, SiteKeyParts, SiteKeyRef};
 pub use snapshot::{ProcessView, SiteView, Snapshot};
 pub use thresholds::Thresholds;

@@ -146,7 +146,7 @@ pub struct Destination {
     pub live: u64,
 }
 
-/// Percentiles of a call site's closed connections' lifetimes, in seconds.
+/// Percentiles of a call site's closed connections' lifetimes, in seconds, and their histogram.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Lifetimes {
     pub count: u64,
@@ -154,7 +154,15 @@ pub struct Lifetimes {
     pub p90_s: f64,
     pub p99_s: f64,
     pub max_s: f64,
+    /// Connections closed after at most each of [`LIFETIME_BOUNDS_S`], and more than the
+    /// bound before it.
+    #[serde(default)]
+    pub histogram: [u64; LIFETIME_BOUNDS_S.len()],
 }
+
+/// The upper bounds of the lifetime histogram's buckets, in seconds: decades from 1 ms, then a
+/// minute, ten minutes, an hour and a day (the longest lifetime recorded).
+pub const LIFETIME_BOUNDS_S: [f64; 9] = [0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86_400.0];
 
 impl Site {
     pub fn new(key: SiteKey, stack_error: Option<i32>, now_ns: u64, window_secs: u64) -> Self {
@@ -258,7 +266,15 @@ impl Site {
         // One pass over the counts for the three (every snapshot asks, for every site).
         let mut quantiles = histogram.value_at_quantiles([0.5, 0.9, 0.99]).map(seconds);
         let mut next = || quantiles.next().expect("one value per quantile asked");
-        Some(Lifetimes { count: histogram.len(), p50_s: next(), p90_s: next(), p99_s: next(), max_s: seconds(histogram.max()) })
+        let (p50_s, p90_s, p99_s) = (next(), next(), next());
+        let mut buckets = [0; LIFETIME_BOUNDS_S.len()];
+        for value in histogram.iter_recorded() {
+            // Within the histogram's precision (2 digits): a value on a bound counts under it.
+            let lifetime_s = seconds(histogram.lowest_equivalent(value.value_iterated_to()));
+            let bucket = LIFETIME_BOUNDS_S.iter().position(|bound| lifetime_s <= *bound).unwrap_or(buckets.len() - 1);
+            buckets[bucket] += u64::from(value.count_at_value());
+        }
+        Some(Lifetimes { count: histogram.len(), p50_s, p90_s, p99_s, max_s: seconds(histogram.max()), histogram: buckets })
     }
 
     /// The busiest peers: most live first, then most opened.
@@ -271,5 +287,33 @@ impl Site {
         all.sort_by(|a, b| (b.1.live, b.1.opened, a.0).cmp(&(a.1.live, a.1.opened, b.0)));
         all.truncate(n);
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_fall_in_the_bucket_of_the_first_bound_they_do_not_exceed() {
+        let key = SiteKey {
+            process: ProcessKey { pid: 1, start_ns: 0 },
+            direction: Direction::Connect,
+            stack: Arc::from([0x1000u64].as_slice()),
+            born_before_start: false,
+        };
+        let mut site = Site::new(key, None, 0, 10);
+        let peer = site.open(0, "127.0.0.1:80".parse().unwrap(), true);
+        assert!(site.lifetimes().is_none(), "no histogram before the first close");
+        const MS: u64 = 1_000_000;
+        for lifetime_ns in [200_000, MS, 5 * MS, 2_000 * MS, 61_000 * MS, 7_200_000 * MS] {
+            site.close(0, peer, true, Some(lifetime_ns));
+        }
+        // A failed connect has no lifetime.
+        site.close(0, peer, false, Some(MS));
+        let lifetimes = site.lifetimes().unwrap();
+        assert_eq!(lifetimes.count, 6);
+        assert_eq!(lifetimes.histogram, [2, 1, 0, 0, 1, 0, 1, 0, 1]);
+        assert_eq!(lifetimes.histogram.iter().sum::<u64>(), lifetimes.count);
     }
 }

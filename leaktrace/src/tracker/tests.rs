@@ -116,6 +116,7 @@ fn the_same_client_closing_after_use_is_churn() {
     let lifetimes = site.lifetimes.unwrap();
     assert_eq!(lifetimes.count, 100);
     assert!((lifetimes.p50_s - 0.00207).abs() < 0.0001, "{lifetimes:?}");
+    assert_eq!(lifetimes.histogram, [0, 100, 0, 0, 0, 0, 0, 0, 0], "all between 1 and 10 ms");
 }
 
 #[test]
