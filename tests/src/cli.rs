@@ -27,6 +27,9 @@ pub fn leaktrace_binary() -> PathBuf {
     binary
 }
 
+/// The arguments a [`LiveTrace`] reads leaktrace's reports through.
+pub const JSONL_ARGS: [&str; 4] = ["--format", "jsonl", "--interval", "0.5"];
+
 /// A running `leaktrace --format jsonl`.
 pub struct LiveTrace {
     child: Child,
@@ -41,9 +44,16 @@ impl LiveTrace {
     /// arrived (the probes are attached by then).
     #[track_caller]
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(leaktrace_binary())
-            .args(["--format", "jsonl", "--interval", "0.5"])
-            .args(args)
+        let mut command = Command::new(leaktrace_binary());
+        command.args(JSONL_ARGS).args(args);
+        Self::start_command(command)
+    }
+
+    /// [`LiveTrace::start`] with a command of the caller's making: a wrapper running leaktrace
+    /// with [`JSONL_ARGS`] among its arguments (as another user, say).
+    #[track_caller]
+    pub fn start_command(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -73,7 +83,7 @@ impl LiveTrace {
     /// Waits for a report that satisfies `check`; panics after `timeout` with the last report
     /// and leaktrace's stderr.
     #[track_caller]
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut check: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

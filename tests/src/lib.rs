@@ -47,7 +47,7 @@ pub fn require_privileges(test: &str) -> Option<MutexGuard<'static, ()>> {
         if std::env::var("LEAKTRACE_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1") {
             panic!("{test}: LEAKTRACE_REQUIRE_PRIVILEGED=1 but this process cannot trace: {err}");
         }
-        eprintln!("skipped {test}: needs root or CAP_BPF+CAP_PERFMON+CAP_SYS_ADMIN");
+        eprintln!("skipped {test}: needs root or CAP_BPF+CAP_PERFMON+CAP_DAC_READ_SEARCH");
         return None;
     }
     Some(SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))

@@ -39,7 +39,14 @@ pub fn sockpuppet_binary() -> PathBuf {
 impl Puppet {
     #[track_caller]
     pub fn spawn() -> Self {
-        let mut child = Command::new(sockpuppet_binary())
+        Self::spawn_command(Command::new(sockpuppet_binary()))
+    }
+
+    /// A puppet run by a command of the caller's making (a wrapper that runs it as another
+    /// user, say, and then executes it in its own process).
+    #[track_caller]
+    pub fn spawn_command(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

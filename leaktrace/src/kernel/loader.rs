@@ -163,6 +163,9 @@ impl Tracer {
             return Err(LoadError::NotEmbedded);
         }
         privileges::check()?;
+        for limitation in privileges::limitations() {
+            log::warn!("{limitation}");
+        }
         privileges::raise_memlock_rlimit().map_err(LoadError::Memlock)?;
         let page = 4096;
         if !options.ring_buffer_bytes.is_power_of_two() || options.ring_buffer_bytes < page {

@@ -19,6 +19,16 @@ pub enum TracefsError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "tracefs at {root} is not readable by this process ({source}): it is usually root's only (mode 0700)\n\
+         hint: grant CAP_DAC_READ_SEARCH as well (`setcap {least}+ep leaktrace`), or run leaktrace as root",
+        least = super::privileges::LEAST
+    )]
+    Unreadable {
+        root: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read the tracepoint format {path}: {source} (is the tracepoint in this kernel?)")]
     ReadFormat {
         path: PathBuf,
@@ -34,6 +44,15 @@ pub enum TracefsError {
 pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     if let Some(root) = mounted_root() {
         return Ok((root, false));
+    }
+    // A mount point that may not even be searched is a tracefs mounted for root only: mounting
+    // another one over it would only fail with EBUSY.
+    for root in [TRACEFS, DEBUGFS_TRACING].map(Path::new) {
+        if let Err(source) = root.join("events").metadata()
+            && source.kind() == io::ErrorKind::PermissionDenied
+        {
+            return Err(TracefsError::Unreadable { root: root.to_path_buf(), source });
+        }
     }
     let target = std::ffi::CString::new(TRACEFS).expect("no NUL in a constant");
     let fstype = c"tracefs";
