@@ -70,13 +70,36 @@ impl Record {
 }
 
 /// Reads a recording line by line.
-pub fn read(input: impl BufRead) -> impl Iterator<Item = Result<Record, RecordingError>> {
-    input.lines().enumerate().filter_map(|(index, line)| {
-        let number = index as u64 + 1;
-        match line {
-            Err(err) => Some(Err(RecordingError::Io(err))),
-            Ok(text) => Record::parse(&text, number).transpose(),
+///
+/// A last line without its newline that does not parse is the one a killed run was writing: the
+/// recording is read up to the line before it, and a warning says so.
+pub fn read(mut input: impl BufRead) -> impl Iterator<Item = Result<Record, RecordingError>> {
+    let mut number = 0;
+    let mut ended = false;
+    std::iter::from_fn(move || {
+        while !ended {
+            let mut line = String::new();
+            match input.read_line(&mut line) {
+                Err(err) => {
+                    ended = true;
+                    return Some(Err(RecordingError::Io(err)));
+                }
+                Ok(0) => ended = true,
+                Ok(_) => {
+                    number += 1;
+                    let complete = line.ends_with('\n');
+                    match Record::parse(line.trim_end_matches(['\n', '\r']), number) {
+                        Ok(None) => {}
+                        Err(err) if !complete => {
+                            log::warn!("the recording's last line ({number}) is cut short, as a run killed while writing leaves it ({err}): read up to the line before");
+                            ended = true;
+                        }
+                        parsed => return parsed.transpose(),
+                    }
+                }
+            }
         }
+        None
     })
 }
 
@@ -93,6 +116,22 @@ mod tests {
         event::{EventBody, SocketId, StateChange},
         tcp::TcpState,
     };
+
+    #[test]
+    fn a_last_line_cut_short_is_left_out_and_one_cut_in_the_middle_is_an_error() {
+        let start = r#"{"type":"start","ts_ns":1,"version":1}"#;
+        let end = r#"{"type":"end","ts_ns":9}"#;
+        let cut = &end[..end.len() - 4];
+        let records = |text: String| read(text.as_bytes()).collect::<Vec<_>>();
+        let read_back = records(format!("{start}\n{cut}"));
+        assert_eq!(read_back.len(), 1);
+        assert!(read_back[0].is_ok());
+        // A complete last line without its newline is still a line.
+        assert_eq!(records(format!("{start}\n{end}")).iter().filter(|record| record.is_ok()).count(), 2);
+        // Cut short anywhere else, it is damage: an error naming the line.
+        let damaged = records(format!("{start}\n{cut}\n{end}\n"));
+        assert!(damaged[1].as_ref().is_err_and(|err| err.to_string().contains("line 2")), "{damaged:?}");
+    }
 
     #[test]
     fn every_kind_of_line_round_trips() {

@@ -213,7 +213,17 @@ impl Live {
         Ok(())
     }
 
+    /// Applies an inventory; the recording is flushed with it, so a run killed mid-way leaves a
+    /// recording complete up to its last inventory.
     fn inventory(&mut self, taken: Taken) -> anyhow::Result<()> {
+        self.apply_inventory(taken)?;
+        if let Some(recorder) = &mut self.recorder {
+            std::io::Write::flush(recorder).context("--record: writing the recording")?;
+        }
+        Ok(())
+    }
+
+    fn apply_inventory(&mut self, taken: Taken) -> anyhow::Result<()> {
         match taken {
             Taken::Seed(inventory) => {
                 for owner in inventory.sockets.iter().filter_map(|socket| socket.owner.as_ref()) {
