@@ -188,44 +188,105 @@ fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
 /// accept() returned `fd` in the current task: the passive socket behind it now has an owner.
 #[inline(always)]
 pub fn on_accept(ctx: *mut c_void, fd: u32) {
-    let Ok(sk) = kernel::current_fd_sock(fd) else {
-        count(Counter::AcceptUnresolved);
-        return;
-    };
-    let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
-        if Probed::sock_protocol(sk) == Ok(IPPROTO_TCP) {
-            count(Counter::AcceptUntracked);
-        }
-        return;
-    };
-    let mut entry = unsafe { *entry_ptr };
-    if entry.flags & SOCKET_PASSIVE == 0 || entry.flags & SOCKET_ACCEPTED != 0 {
-        return;
-    }
+    let Some((sk, entry_ptr)) = unaccepted_socket(fd) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !owner_wanted((pid_tgid >> 32) as u32, cgroup_id) {
-        let _ = SOCKETS.remove(sk);
+    let Some(entry) = mark_accepted(sk, entry_ptr, owner_wanted((pid_tgid >> 32) as u32, cgroup_id)) else {
         return;
-    }
-    entry.flags |= SOCKET_ACCEPTED;
-    unsafe { (*entry_ptr).flags = entry.flags };
+    };
     let Some(open) = OPEN_SCRATCH.get_ptr_mut(SCRATCH_ACCEPT) else {
         let _ = SOCKETS.remove(sk);
         return;
     };
     let open = unsafe { &mut *open };
-    let now = unsafe { bpf_ktime_get_ns() };
-    open.header = header(EventKind::Accept, now, sk, &entry);
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
-    open.tuple = Tuple::default();
-    let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
-    open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
+    fill_accept(open, sk, &entry);
     // The accept slot never carries a goroutine trail (only connects take one): it stays zero.
     take_user_stack(ctx, open);
     if !emit_open(open) {
         let _ = SOCKETS.remove(sk);
     }
+}
+
+/// An io_uring accept completed with `fd` in the current task's file table (shared by every
+/// thread of the ring's process, io_uring's workers included). `open` was filled at submission
+/// ([`take_submitter`]) with the submitter as owner and its stack: only the socket is added.
+#[inline(always)]
+pub fn on_submitted_accept(fd: u32, open: &mut ConnOpenRecord) {
+    let Some((sk, entry_ptr)) = unaccepted_socket(fd) else { return };
+    let Some(entry) = mark_accepted(sk, entry_ptr, owner_wanted(open.owner.tgid, open.owner.cgroup_id)) else {
+        return;
+    };
+    fill_accept(open, sk, &entry);
+    if !emit_open(open) {
+        let _ = SOCKETS.remove(sk);
+    }
+}
+
+/// An io_uring accept is being submitted in the current task: the owner and the user stack
+/// (the application's call into io_uring_enter) go into `open`, for its completion. `false`
+/// when the process is filtered out. The submitting thread may be the ring's SQPOLL thread
+/// (`sq_thread`), which runs no user code: no stack then.
+#[inline(always)]
+pub fn take_submitter(ctx: *mut c_void, open: &mut ConnOpenRecord, sq_thread: bool) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !owner_wanted((pid_tgid >> 32) as u32, cgroup_id) {
+        return false;
+    }
+    fill_owner(&mut open.owner, pid_tgid, cgroup_id);
+    if sq_thread {
+        open._pad = 0;
+        open.stack_depth = 0;
+        open.stack_error = -ENOENT;
+    } else {
+        take_user_stack(ctx, open);
+    }
+    true
+}
+
+/// The passive socket behind the current task's `fd`, if it is tracked and nobody accepted it
+/// yet (a socket is in a file table only once accepted, so this is its accept).
+#[inline(always)]
+fn unaccepted_socket(fd: u32) -> Option<(u64, *mut SocketEntry)> {
+    let Ok(sk) = kernel::current_fd_sock(fd) else {
+        count(Counter::AcceptUnresolved);
+        return None;
+    };
+    let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
+        if Probed::sock_protocol(sk) == Ok(IPPROTO_TCP) {
+            count(Counter::AcceptUntracked);
+        }
+        return None;
+    };
+    let flags = unsafe { (*entry_ptr).flags };
+    if flags & SOCKET_PASSIVE == 0 || flags & SOCKET_ACCEPTED != 0 {
+        return None;
+    }
+    Some((sk, entry_ptr))
+}
+
+/// Marks the socket accepted, or stops tracking it when its owner is filtered out.
+#[inline(always)]
+fn mark_accepted(sk: u64, entry_ptr: *mut SocketEntry, wanted: bool) -> Option<SocketEntry> {
+    if !wanted {
+        let _ = SOCKETS.remove(sk);
+        return None;
+    }
+    let mut entry = unsafe { *entry_ptr };
+    entry.flags |= SOCKET_ACCEPTED;
+    unsafe { (*entry_ptr).flags = entry.flags };
+    Some(entry)
+}
+
+/// An accept record's socket part: header, addresses and state as they are now.
+#[inline(always)]
+fn fill_accept(open: &mut ConnOpenRecord, sk: u64, entry: &SocketEntry) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    open.header = header(EventKind::Accept, now, sk, entry);
+    open.tuple = Tuple::default();
+    let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
+    open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
 }
 
 #[inline(always)]

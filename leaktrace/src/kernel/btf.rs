@@ -73,6 +73,8 @@ impl KernelBtf {
             // Only x86_64 keeps the TLS base there (arm64 has thread.uw.tp_value and Go keeps
             // g in a register): without it, goroutine ancestry is unavailable, nothing else.
             task_thread_fsbase: self.byte_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0),
+            // A kernel without io_uring has no io_kiocb: its probes are not attached there.
+            io_kiocb_opcode: self.byte_offset("io_kiocb", &["opcode"]).unwrap_or(0),
         })
     }
 
@@ -186,6 +188,9 @@ mod tests {
         assert_eq!(offsets.sock_state, 18);
         assert!(offsets.sock_protocol_bits == 16 || offsets.sock_protocol_bits == 8);
         assert!(offsets.task_files > 0 && offsets.socket_sk > 0 && offsets.fdtable_fd > 0);
+        if Path::new("/sys/kernel/tracing/events/io_uring").is_dir() {
+            assert!(offsets.io_kiocb_opcode > 0, "a kernel with io_uring has io_kiocb.opcode");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use leaktrace_common::{ClassicStateFormat, Config, filter, reported_states};
+use leaktrace_common::{ClassicStateFormat, Config, IouringFormat, filter, reported_states};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
@@ -154,6 +154,8 @@ const STATE_BTF_TWIN: &str = "inet_sock_set_state_btf_twin";
 const STATE_CLASSIC: &str = "inet_sock_set_state_classic";
 const ACCEPT4: &str = "sys_exit_accept4";
 const ACCEPT: &str = "sys_exit_accept";
+const IOURING_SUBMIT: &str = "io_uring_submit_req";
+const IOURING_COMPLETE: &str = "io_uring_complete";
 
 impl Tracer {
     /// Loads and attaches the probes. Must run inside a tokio runtime (the reader registers
@@ -175,9 +177,14 @@ impl Tracer {
             log::info!("mounted tracefs at {}", tracefs_root.display());
         }
         let classic = classic_state_format(&tracefs_root)?;
+        let iouring = iouring_format(&tracefs_root, &offsets);
+        if let Err(reason) = &iouring {
+            log::info!("io_uring accepts not traced: {reason}");
+        }
         let config = Config {
             offsets,
             classic,
+            iouring: iouring.as_ref().map(|(format, _)| *format).unwrap_or_default(),
             filters: filter_bits(&options),
             // Wake the reader once an eighth of the buffer is pending; below that, the timed
             // drain collects records in batches.
@@ -196,6 +203,12 @@ impl Tracer {
 
         let mut hooks = attach_state_probes(&mut ebpf, options.state_hook)?;
         hooks.extend(attach_accept_probes(&mut ebpf)?);
+        if let Ok((_, submit)) = &iouring {
+            match attach_iouring_probes(&mut ebpf, submit) {
+                Ok(attached) => hooks.extend(attached),
+                Err(err) => log::warn!("io_uring accepts not traced: {err}"),
+            }
+        }
         for hook in &hooks {
             log::info!("probe {} attached to {}", hook.program, hook.hook);
         }
@@ -265,6 +278,38 @@ fn classic_state_format(root: &std::path::Path) -> Result<ClassicStateFormat, Tr
         &["skaddr", "oldstate", "newstate", "protocol"],
     )?;
     Ok(ClassicStateFormat { skaddr: offsets[0], oldstate: offsets[1], newstate: offsets[2], protocol: offsets[3] })
+}
+
+/// Where the io_uring tracepoints keep what the probes read, and the submission tracepoint's
+/// name (`io_uring_submit_sqe` before 5.19). `Err` says why io_uring is not traced: a kernel
+/// without io_uring, or record layouts from before the completion named its request (5.19).
+fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffsets) -> Result<(IouringFormat, &'static str), String> {
+    if offsets.io_kiocb_opcode == 0 {
+        return Err("this kernel's BTF has no struct io_kiocb (no io_uring)".into());
+    }
+    let submit_fields = ["ctx", "req", "user_data", "opcode", "sq_thread"];
+    let (submit, name) = match tracefs::field_offsets(root, "io_uring", IOURING_SUBMIT, &submit_fields) {
+        Ok(found) => (found, IOURING_SUBMIT),
+        Err(newer) => match tracefs::field_offsets(root, "io_uring", "io_uring_submit_sqe", &submit_fields) {
+            Ok(found) => (found, "io_uring_submit_sqe"),
+            Err(_) => return Err(newer.to_string()),
+        },
+    };
+    let complete = tracefs::field_offsets(root, "io_uring", IOURING_COMPLETE, &["ctx", "req", "user_data", "res", "cflags"])
+        .map_err(|err| err.to_string())?;
+    let format = IouringFormat {
+        submit_ctx: submit[0],
+        submit_req: submit[1],
+        submit_user_data: submit[2],
+        submit_opcode: submit[3],
+        submit_sq_thread: submit[4],
+        complete_ctx: complete[0],
+        complete_req: complete[1],
+        complete_user_data: complete[2],
+        complete_res: complete[3],
+        complete_cflags: complete[4],
+    };
+    Ok((format, name))
 }
 
 fn filter_bits(options: &TracerOptions) -> u32 {
@@ -352,6 +397,22 @@ fn attach_tracepoint(
     let hook = format!("tracepoint/{category}/{tracepoint}");
     program.attach(category, tracepoint).map_err(|source| LoadError::Attach { program: name, hook: hook.clone(), source })?;
     Ok(AttachedHook { program: name, hook })
+}
+
+/// The io_uring pair: the submission (named `submit`) records an accept's submitter, the
+/// completion attributes its socket. Both or neither.
+fn attach_iouring_probes(ebpf: &mut Ebpf, submit: &str) -> Result<Vec<AttachedHook>, LoadError> {
+    let complete = attach_tracepoint(ebpf, IOURING_COMPLETE, "io_uring", IOURING_COMPLETE)?;
+    let submitted = attach_tracepoint(ebpf, IOURING_SUBMIT, "io_uring", submit);
+    match submitted {
+        Ok(submitted) => Ok(vec![submitted, complete]),
+        Err(err) => {
+            if let Some(aya::programs::Program::TracePoint(program)) = ebpf.program_mut(IOURING_COMPLETE) {
+                let _ = program.unload();
+            }
+            Err(err)
+        }
+    }
 }
 
 /// accept4(2) everywhere; accept(2) where the architecture has it (not on arm64).

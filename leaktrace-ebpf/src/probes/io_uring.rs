@@ -1,0 +1,99 @@
+//! `io_uring:io_uring_submit_req` and `io_uring:io_uring_complete`: accepts done through
+//! io_uring (`IORING_OP_ACCEPT`) never return from accept(2), so `probes::accept` never sees
+//! them. Classic tracepoints (tracefs), at the offsets their `format` files give (they changed
+//! across kernels); they fire only for io_uring requests, so other traffic pays nothing.
+//!
+//! - At submission (in the task that called io_uring_enter, or the ring's SQPOLL thread) an
+//!   accept's submitter and user stack are kept in `PENDING_ACCEPTS`, keyed by ring and
+//!   `user_data`: that stack holds the application's function that submitted the accept; the
+//!   completion's does not (it runs in task work or in an io-wq worker).
+//! - At completion the result is the new fd, installed in the file table the ring's tasks share:
+//!   it is followed to its socket as `probes::accept` does, and the kept record is sent. A
+//!   multishot accept keeps its entry while its completions say more follow.
+//! - An accept submitted before the probes were attached has no entry: a single-shot one is
+//!   recognised by its request's opcode and attributed to the completing task, with that task's
+//!   stack (the application's wait for completions, or none in an io-wq worker).
+//!
+//! io_uring connects need nothing here: CLOSE -> SYN_SENT runs where the request is issued, in
+//! the submitting task as for connect(2) (see `lifecycle`).
+use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
+use leaktrace_common::{IORING_CQE_F_MORE, IORING_OP_ACCEPT, IouringRequestKey};
+
+use crate::{
+    kernel, lifecycle,
+    maps::{PENDING_ACCEPTS, PENDING_SCRATCH, config, paused},
+};
+
+#[tracepoint(category = "io_uring", name = "io_uring_submit_req")]
+pub fn io_uring_submit_req(ctx: TracePointContext) -> i32 {
+    if !paused() {
+        let _ = try_submit(&ctx);
+    }
+    0
+}
+
+#[tracepoint(category = "io_uring", name = "io_uring_complete")]
+pub fn io_uring_complete(ctx: TracePointContext) -> i32 {
+    if !paused() {
+        let _ = try_complete(&ctx);
+    }
+    0
+}
+
+#[inline(always)]
+fn try_submit(ctx: &TracePointContext) -> Result<(), i32> {
+    let opcode: u8 = unsafe { ctx.read_at(config!(iouring.submit_opcode) as usize)? };
+    if opcode != IORING_OP_ACCEPT {
+        return Ok(());
+    }
+    let key = IouringRequestKey {
+        ring: unsafe { ctx.read_at(config!(iouring.submit_ctx) as usize)? },
+        user_data: unsafe { ctx.read_at(config!(iouring.submit_user_data) as usize)? },
+    };
+    let sq_thread: u8 = unsafe { ctx.read_at(config!(iouring.submit_sq_thread) as usize)? };
+    let pending = PENDING_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let pending = unsafe { &mut *pending };
+    pending.req = unsafe { ctx.read_at(config!(iouring.submit_req) as usize)? };
+    if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, sq_thread != 0) {
+        // A full LRU map evicts its oldest entry: that accept is then attributed at its
+        // completion, to the completing task.
+        PENDING_ACCEPTS.insert(&key, pending, 0)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
+    let key = IouringRequestKey {
+        ring: unsafe { ctx.read_at(config!(iouring.complete_ctx) as usize)? },
+        user_data: unsafe { ctx.read_at(config!(iouring.complete_user_data) as usize)? },
+    };
+    // The request is NULL in a multishot request's completions before its last.
+    let req: u64 = unsafe { ctx.read_at(config!(iouring.complete_req) as usize)? };
+    // Where the request is named, its opcode says whether it is an accept: other requests'
+    // completions (the bulk of an io_uring server's) stop at this one read.
+    let opcode_offset = config!(offsets.io_kiocb_opcode);
+    let known_accept = req != 0 && opcode_offset != 0;
+    if known_accept && kernel::read::<u8>(req, opcode_offset)? != IORING_OP_ACCEPT {
+        return Ok(());
+    }
+    let res: i32 = unsafe { ctx.read_at(config!(iouring.complete_res) as usize)? };
+    if let Some(pending) = PENDING_ACCEPTS.get_ptr_mut(&key) {
+        let pending = unsafe { &mut *pending };
+        // An entry left by an earlier request with the same `user_data` names another request.
+        if req == 0 || pending.req == req {
+            if res >= 0 {
+                lifecycle::on_submitted_accept(res as u32, &mut pending.open);
+            }
+            let cflags: u32 = unsafe { ctx.read_at(config!(iouring.complete_cflags) as usize)? };
+            if cflags & IORING_CQE_F_MORE == 0 {
+                let _ = PENDING_ACCEPTS.remove(&key);
+            }
+            return Ok(());
+        }
+    }
+    if known_accept && res >= 0 {
+        lifecycle::on_accept(ctx.as_ptr(), res as u32);
+    }
+    Ok(())
+}
