@@ -57,7 +57,7 @@ fn try_submit(ctx: &TracePointContext) -> Result<(), i32> {
     if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, sq_thread != 0) {
         // A full LRU map evicts its oldest entry: that accept is then attributed at its
         // completion, to the completing task.
-        PENDING_ACCEPTS.insert(&key, pending, 0)?;
+        PENDING_ACCEPTS.insert(key, pending, 0)?;
     }
     Ok(())
 }
@@ -78,7 +78,7 @@ fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let res: i32 = unsafe { ctx.read_at(config!(iouring.complete_res) as usize)? };
-    if let Some(pending) = PENDING_ACCEPTS.get_ptr_mut(&key) {
+    if let Some(pending) = PENDING_ACCEPTS.get_ptr_mut(key) {
         let pending = unsafe { &mut *pending };
         // An entry left by an earlier request with the same `user_data` names another request.
         if req == 0 || pending.req == req {
@@ -87,7 +87,7 @@ fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
             }
             let cflags: u32 = unsafe { ctx.read_at(config!(iouring.complete_cflags) as usize)? };
             if cflags & IORING_CQE_F_MORE == 0 {
-                let _ = PENDING_ACCEPTS.remove(&key);
+                let _ = PENDING_ACCEPTS.remove(key);
             }
             return Ok(());
         }
