@@ -273,6 +273,9 @@ pub struct KernelOffsets {
     /// `task_struct.thread.fsbase` (x86_64: the Go runtime keeps the current g at fsbase - 8);
     /// 0 where this architecture or kernel has none.
     pub task_thread_fsbase: u32,
+    /// `task_struct.comm`: the process's name, read from its group leader where the current
+    /// thread is one of io_uring's own (SQPOLL: `iou-sqp-PID`).
+    pub task_comm: u32,
     /// `io_kiocb.opcode` (an io_uring request's `IORING_OP_*`); 0 where this kernel has no
     /// io_uring (the field is never first: the request's file is).
     pub io_kiocb_opcode: u32,

@@ -226,7 +226,7 @@ pub fn on_submitted_accept(fd: u32, open: &mut ConnOpenRecord) {
 /// An io_uring accept is being submitted in the current task: the owner and the user stack
 /// (the application's call into io_uring_enter) go into `open`, for its completion. `false`
 /// when the process is filtered out. The submitting thread may be the ring's SQPOLL thread
-/// (`sq_thread`), which runs no user code: no stack then.
+/// (`sq_thread`), which runs no user code: no stack then, and the process's name.
 #[inline(always)]
 pub fn take_submitter(ctx: *mut c_void, open: &mut ConnOpenRecord, sq_thread: bool) -> bool {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -236,6 +236,8 @@ pub fn take_submitter(ctx: *mut c_void, open: &mut ConnOpenRecord, sq_thread: bo
     }
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
     if sq_thread {
+        // The thread is named `iou-sqp-PID`: the process's name is what a user filters on.
+        let _ = kernel::current_process_comm(&mut open.owner.comm);
         open._pad = 0;
         open.stack_depth = 0;
         open.stack_error = -ENOENT;

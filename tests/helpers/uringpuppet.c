@@ -1,11 +1,12 @@
 /* uringpuppet: a TCP server and client that do their accepts and connects through io_uring
  * (liburing), never through accept(2) or connect(2), for leaktrace's io_uring tests.
  *
- *   uringpuppet serve leak|close single|multishot N
+ *   uringpuppet serve leak|close single|multishot|async N
  *       listens on 127.0.0.1 (an ephemeral port, printed as `port P`), waits for a line on stdin
  *       (so a test can attach its probes between the listen and the first accept), submits its
- *       first accept (printing `accepting`), accepts N connections
- *       with IORING_OP_ACCEPT (one single-shot request at a time, or one multishot request),
+ *       first accept (printing `accepting`), accepts N connections with IORING_OP_ACCEPT: one
+ *       single-shot request at a time, one multishot request, or single-shot requests forced
+ *       to an io-wq worker (IOSQE_ASYNC, so the accept completes in that worker thread),
  *       printing `accepted K FD` for each; `leak` keeps every accepted socket open, `close`
  *       closes each at once. Then prints `done N` and waits for stdin to close.
  *   uringpuppet connect PORT N INTERVAL_MS
@@ -41,13 +42,16 @@ static void wait_for_stdin_to_close(void) {
 }
 
 /* The call site a test expects leaktrace to name for the server's connections. */
-NOINLINE static void submit_accept(struct io_uring *ring, int listener, int multishot) {
+enum requests { SINGLE, MULTISHOT, ASYNC };
+
+NOINLINE static void submit_accept(struct io_uring *ring, int listener, enum requests requests) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) die("io_uring_get_sqe", EBUSY);
-    if (multishot)
+    if (requests == MULTISHOT)
         io_uring_prep_multishot_accept(sqe, listener, NULL, NULL, 0);
     else
         io_uring_prep_accept(sqe, listener, NULL, NULL, 0);
+    if (requests == ASYNC) sqe->flags |= IOSQE_ASYNC;
     io_uring_sqe_set_data64(sqe, 0xacce97);
     int ret = io_uring_submit(ring);
     if (ret < 0) die("io_uring_submit", -ret);
@@ -65,7 +69,7 @@ NOINLINE static int listen_loopback(void) {
     return fd;
 }
 
-NOINLINE static void serve(int leak, int multishot, int n) {
+NOINLINE static void serve(int leak, enum requests requests, int n) {
     struct io_uring ring;
     int ret = io_uring_queue_init(64, &ring, 0);
     if (ret < 0) die("io_uring_queue_init", -ret);
@@ -76,7 +80,7 @@ NOINLINE static void serve(int leak, int multishot, int n) {
     int in_flight = 0;
     for (int accepted = 0; accepted < n;) {
         if (!in_flight) {
-            submit_accept(&ring, listener, multishot);
+            submit_accept(&ring, listener, requests);
             if (accepted == 0) printf("accepting\n");
             in_flight = 1;
         }
@@ -90,7 +94,7 @@ NOINLINE static void serve(int leak, int multishot, int n) {
         accepted++;
         printf("accepted %d %d\n", accepted, fd);
         if (!leak) close(fd);
-        if (!(multishot && more)) in_flight = 0;
+        if (!(requests == MULTISHOT && more)) in_flight = 0;
     }
     printf("done %d\n", n);
     wait_for_stdin_to_close();
@@ -134,13 +138,15 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); /* a line per event, read by the test as it comes */
     if (argc == 5 && strcmp(argv[1], "serve") == 0) {
         int leak = strcmp(argv[2], "leak") == 0;
-        int multishot = strcmp(argv[3], "multishot") == 0;
-        serve(leak, multishot, atoi(argv[4]));
+        enum requests requests = strcmp(argv[3], "multishot") == 0 ? MULTISHOT
+                                 : strcmp(argv[3], "async") == 0   ? ASYNC
+                                                                   : SINGLE;
+        serve(leak, requests, atoi(argv[4]));
     } else if (argc == 5 && strcmp(argv[1], "connect") == 0) {
         connect_many(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
     } else {
         fprintf(stderr,
-                "usage: uringpuppet serve leak|close single|multishot N\n"
+                "usage: uringpuppet serve leak|close single|multishot|async N\n"
                 "       uringpuppet connect PORT N INTERVAL_MS\n");
         return 2;
     }

@@ -28,6 +28,8 @@ pub enum AcceptRequests {
     Single,
     /// One multishot accept for every connection.
     Multishot,
+    /// Single-shot accepts forced to an io-wq worker (`IOSQE_ASYNC`): each completes there.
+    Async,
 }
 
 /// A running `uringpuppet`, killed on drop.
@@ -48,6 +50,7 @@ impl UringPuppet {
         let requests = match requests {
             AcceptRequests::Single => "single",
             AcceptRequests::Multishot => "multishot",
+            AcceptRequests::Async => "async",
         };
         let mut server = Self::spawn(&["serve", keep, requests, &connections.to_string()]);
         let line = server.line();

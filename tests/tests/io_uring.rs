@@ -1,10 +1,11 @@
 //! Servers and clients that accept and connect through io_uring (`IORING_OP_ACCEPT`,
 //! `IORING_OP_CONNECT`), never through accept(2) or connect(2), traced by the real `leaktrace`
 //! binary: a server leaking its accepted sockets is a `leak` named by the function that
-//! submitted its accepts, with single-shot and multishot accept requests, and so is a client
-//! leaking its io_uring connects; a server closing what it accepts is `churn`; an accept
-//! submitted before leaktrace started is attributed too; and the kernel's accounting stays
-//! exact, with nothing taken for a connection that closed before anybody accepted it.
+//! submitted its accepts (single-shot and multishot requests, and accepts done by io-wq
+//! workers), and so is a client leaking its io_uring connects; a server closing what it
+//! accepts is `churn`; an accept submitted before leaktrace started is attributed too; and the
+//! kernel's accounting stays exact, with nothing taken for a connection that closed before
+//! anybody accepted it.
 use std::{
     io::Read,
     net::TcpStream,
@@ -87,6 +88,14 @@ fn an_io_uring_server_leaking_single_shot_accepts_is_a_leak() {
 fn an_io_uring_server_leaking_multishot_accepts_is_a_leak() {
     let Some(_guard) = require_privileges("an_io_uring_server_leaking_multishot_accepts_is_a_leak") else { return };
     leaking_server_and_client(AcceptRequests::Multishot);
+}
+
+/// Each accept runs, and completes, in an io-wq worker thread of the server: the connection is
+/// still the server's, at the function that submitted the accept.
+#[test]
+fn an_io_uring_server_leaking_accepts_done_by_io_wq_workers_is_a_leak() {
+    let Some(_guard) = require_privileges("an_io_uring_server_leaking_accepts_done_by_io_wq_workers_is_a_leak") else { return };
+    leaking_server_and_client(AcceptRequests::Async);
 }
 
 #[test]

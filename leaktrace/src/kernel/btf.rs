@@ -73,6 +73,7 @@ impl KernelBtf {
             // Only x86_64 keeps the TLS base there (arm64 has thread.uw.tp_value and Go keeps
             // g in a register): without it, goroutine ancestry is unavailable, nothing else.
             task_thread_fsbase: self.byte_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0),
+            task_comm: self.byte_offset("task_struct", &["comm"])?,
             // A kernel without io_uring has no io_kiocb: its probes are not attached there.
             io_kiocb_opcode: self.byte_offset("io_kiocb", &["opcode"]).unwrap_or(0),
         })
