@@ -279,6 +279,9 @@ pub struct KernelOffsets {
     /// `io_kiocb.opcode` (an io_uring request's `IORING_OP_*`); 0 where this kernel has no
     /// io_uring (the field is never first: the request's file is).
     pub io_kiocb_opcode: u32,
+    /// `io_kiocb.cqe.fd`: the fd an io_uring request names, set before its submission is
+    /// traced; 0 where this kernel has no such field.
+    pub io_kiocb_cqe_fd: u32,
 }
 
 /// Field offsets of the classic `sock:inet_sock_set_state` tracepoint record, read from its
@@ -303,6 +306,7 @@ pub struct IouringFormat {
     pub submit_req: u32,
     pub submit_user_data: u32,
     pub submit_opcode: u32,
+    pub submit_flags: u32,
     pub submit_sq_thread: u32,
     pub complete_ctx: u32,
     pub complete_req: u32,
@@ -313,6 +317,14 @@ pub struct IouringFormat {
 
 /// `IORING_OP_ACCEPT`, from the kernel's `enum io_uring_op` (stable ABI since 5.5).
 pub const IORING_OP_ACCEPT: u8 = 13;
+/// `IORING_OP_CONNECT`.
+pub const IORING_OP_CONNECT: u8 = 16;
+/// `REQ_F_FIXED_FILE` in an io_uring request's flags (the submission's `IOSQE_FIXED_FILE`): its
+/// fd is an index into the ring's registered files.
+pub const REQ_F_FIXED_FILE: u64 = 1 << 0;
+/// `REQ_F_FORCE_ASYNC` (`IOSQE_ASYNC`, also set for drained requests): the request is issued
+/// by an io-wq worker thread, never by the submitting task.
+pub const REQ_F_FORCE_ASYNC: u64 = 1 << 4;
 /// `IORING_CQE_F_MORE`: a multishot request will post more completions.
 pub const IORING_CQE_F_MORE: u32 = 1 << 1;
 

@@ -19,7 +19,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
     },
 };
 use core::ffi::c_void;
@@ -35,7 +35,7 @@ use crate::{
     emit, goroutines,
     kernel::{self, Probed, SockAccess},
     maps::{
-        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, SCRATCH_ACCEPT, SCRATCH_CONNECT, SOCKET_ACCEPTED, SOCKET_ACTIVE,
+        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, PENDING_CONNECTS, SCRATCH_ACCEPT, SCRATCH_CONNECT, SOCKET_ACCEPTED, SOCKET_ACTIVE,
         SOCKET_PASSIVE, SOCKETS, SocketEntry, config, count,
     },
 };
@@ -105,6 +105,11 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
     open.tuple = tuple;
     open.state = tcp_state::SYN_SENT;
     take_user_stack(ctx, open);
+    // No user stack at all (not even an error): a kernel thread, or an io_uring worker issuing
+    // a connect whose submitter's stack was kept. Never true for a process's own connect.
+    if open.stack_depth == 0 && open.stack_error == 0 {
+        adopt_submitter(sk, open);
+    }
     goroutines::add_trail(open, tgid, open.owner.process_start_ns);
     if !emit_open(open) {
         // The open is lost (and counted): stop tracking so no orphan transitions follow.
@@ -221,6 +226,23 @@ pub fn on_submitted_accept(fd: u32, open: &mut ConnOpenRecord) {
     if !emit_open(open) {
         let _ = SOCKETS.remove(sk);
     }
+}
+
+/// An io_uring connect an io-wq worker is issuing: its submitter (owner and stack) was kept at
+/// submission (`probes::io_uring`); the connect is theirs.
+#[inline(always)]
+fn adopt_submitter(sk: u64, open: &mut ConnOpenRecord) {
+    let Some(pending) = PENDING_CONNECTS.get_ptr(sk) else { return };
+    let submitted = unsafe { &(*pending).open };
+    open.owner = submitted.owner;
+    open.stack_depth = submitted.stack_depth;
+    open.stack_error = submitted.stack_error;
+    // SAFETY: both are the whole array; a map value is readable kernel memory.
+    let stack = unsafe { core::slice::from_raw_parts_mut(open.stack.as_mut_ptr().cast::<u8>(), MAX_STACK_DEPTH * 8) };
+    if unsafe { bpf_probe_read_kernel_buf(submitted.stack.as_ptr().cast::<u8>(), stack) }.is_err() {
+        open.stack_depth = 0;
+    }
+    let _ = PENDING_CONNECTS.remove(sk);
 }
 
 /// An io_uring accept is being submitted in the current task: the owner and the user stack

@@ -75,18 +75,24 @@ pub const SCRATCH_ACCEPT: u32 = 1;
 /// (a CQE the application asked to skip) age out rather than fill it; a server keeps a few
 /// accepts in flight per listener.
 #[map]
-pub static PENDING_ACCEPTS: LruHashMap<IouringRequestKey, PendingAccept> = LruHashMap::with_max_entries(1024, 0);
+pub static PENDING_ACCEPTS: LruHashMap<IouringRequestKey, PendingOpen> = LruHashMap::with_max_entries(1024, 0);
 
-/// Where a [`PendingAccept`] is assembled before it is copied into [`PENDING_ACCEPTS`] (too big
+/// io_uring connects an io-wq worker will issue (`IOSQE_ASYNC`), keyed by their socket: the
+/// submitter and its stack, for the CLOSE -> SYN_SENT the worker runs (a worker has no user
+/// stack of its own). Connects issued by the submitting task itself are not kept.
+#[map]
+pub static PENDING_CONNECTS: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(256, 0);
+
+/// Where a [`PendingOpen`] is assembled before it is copied into a pending map (too big
 /// for the BPF stack). Per CPU.
 #[map]
-pub static PENDING_SCRATCH: PerCpuArray<PendingAccept> = PerCpuArray::with_max_entries(1, 0);
+pub static PENDING_SCRATCH: PerCpuArray<PendingOpen> = PerCpuArray::with_max_entries(1, 0);
 
-/// An io_uring accept in flight: its request (to tell it from a later request with the same
-/// `user_data`) and the open record its completion sends, owner and stack already filled.
+/// An io_uring accept or connect in flight: its request (to tell an accept from a later request
+/// with the same `user_data`) and its open record, owner and stack filled at submission.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct PendingAccept {
+pub struct PendingOpen {
     pub req: u64,
     pub open: ConnOpenRecord,
 }

@@ -9,9 +9,10 @@
  *       to an io-wq worker (IOSQE_ASYNC, so the accept completes in that worker thread),
  *       printing `accepted K FD` for each; `leak` keeps every accepted socket open, `close`
  *       closes each at once. Then prints `done N` and waits for stdin to close.
- *   uringpuppet connect PORT N INTERVAL_MS
- *       connects to 127.0.0.1:PORT N times with IORING_OP_CONNECT, INTERVAL_MS apart, and
- *       never closes a socket (`connected K FD`); then `done N`, and waits for stdin to close.
+ *   uringpuppet connect PORT N INTERVAL_MS [async]
+ *       connects to 127.0.0.1:PORT N times with IORING_OP_CONNECT, INTERVAL_MS apart (`async`:
+ *       forced to an io-wq worker with IOSQE_ASYNC), and never closes a socket
+ *       (`connected K FD`); then `done N`, and waits for stdin to close.
  *
  * The functions a test looks for in a stack (submit_accept, dial_backend) are kept out of
  * line so that they are frames of their own.
@@ -101,7 +102,7 @@ NOINLINE static void serve(int leak, enum requests requests, int n) {
 }
 
 /* The call site a test expects leaktrace to name for the client's connections. */
-NOINLINE static int dial_backend(struct io_uring *ring, int port) {
+NOINLINE static int dial_backend(struct io_uring *ring, int port, int async) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) die("socket", errno);
     struct sockaddr_in addr = {
@@ -109,6 +110,7 @@ NOINLINE static int dial_backend(struct io_uring *ring, int port) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
     if (!sqe) die("io_uring_get_sqe", EBUSY);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&addr, sizeof addr);
+    if (async) sqe->flags |= IOSQE_ASYNC;
     int ret = io_uring_submit(ring);
     if (ret < 0) die("io_uring_submit", -ret);
     struct io_uring_cqe *cqe;
@@ -120,13 +122,13 @@ NOINLINE static int dial_backend(struct io_uring *ring, int port) {
     return fd;
 }
 
-NOINLINE static void connect_many(int port, int n, int interval_ms) {
+NOINLINE static void connect_many(int port, int n, int interval_ms, int async) {
     struct io_uring ring;
     int ret = io_uring_queue_init(8, &ring, 0);
     if (ret < 0) die("io_uring_queue_init", -ret);
     struct timespec pause = {.tv_sec = interval_ms / 1000, .tv_nsec = (long)(interval_ms % 1000) * 1000000};
     for (int i = 1; i <= n; i++) {
-        int fd = dial_backend(&ring, port);
+        int fd = dial_backend(&ring, port, async);
         printf("connected %d %d\n", i, fd);
         if (i < n) nanosleep(&pause, NULL);
     }
@@ -142,12 +144,12 @@ int main(int argc, char **argv) {
                                  : strcmp(argv[3], "async") == 0   ? ASYNC
                                                                    : SINGLE;
         serve(leak, requests, atoi(argv[4]));
-    } else if (argc == 5 && strcmp(argv[1], "connect") == 0) {
-        connect_many(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
+    } else if ((argc == 5 || argc == 6) && strcmp(argv[1], "connect") == 0) {
+        connect_many(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), argc == 6 && strcmp(argv[5], "async") == 0);
     } else {
         fprintf(stderr,
                 "usage: uringpuppet serve leak|close single|multishot|async N\n"
-                "       uringpuppet connect PORT N INTERVAL_MS\n");
+                "       uringpuppet connect PORT N INTERVAL_MS [async]\n");
         return 2;
     }
     return 0;

@@ -58,10 +58,16 @@ impl UringPuppet {
         (server, port.unwrap_or_else(|| panic!("uringpuppet serve said {line:?}, not its port")))
     }
 
-    /// `uringpuppet connect`: dials `port` `connections` times, `interval_ms` apart, holding each.
+    /// `uringpuppet connect`: dials `port` `connections` times, `interval_ms` apart, holding each;
+    /// `in_worker`: each connect forced to an io-wq worker (`IOSQE_ASYNC`).
     #[track_caller]
-    pub fn connect(port: u16, connections: u32, interval_ms: u32) -> Self {
-        Self::spawn(&["connect", &port.to_string(), &connections.to_string(), &interval_ms.to_string()])
+    pub fn connect(port: u16, connections: u32, interval_ms: u32, in_worker: bool) -> Self {
+        let (port, connections, interval_ms) = (port.to_string(), connections.to_string(), interval_ms.to_string());
+        let mut args = vec!["connect", &port, &connections, &interval_ms];
+        if in_worker {
+            args.push("async");
+        }
+        Self::spawn(&args)
     }
 
     #[track_caller]

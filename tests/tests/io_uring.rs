@@ -2,10 +2,10 @@
 //! `IORING_OP_CONNECT`), never through accept(2) or connect(2), traced by the real `leaktrace`
 //! binary: a server leaking its accepted sockets is a `leak` named by the function that
 //! submitted its accepts (single-shot and multishot requests, and accepts done by io-wq
-//! workers), and so is a client leaking its io_uring connects; a server closing what it
-//! accepts is `churn`; an accept submitted before leaktrace started is attributed too; and the
-//! kernel's accounting stays exact, with nothing taken for a connection that closed before
-//! anybody accepted it.
+//! workers), and so is a client leaking its io_uring connects (done by io-wq workers too); a
+//! server closing what it accepts is `churn`; an accept submitted before leaktrace started is
+//! attributed too; and the kernel's accounting stays exact, with nothing taken for a connection
+//! that closed before anybody accepted it.
 use std::{
     io::Read,
     net::TcpStream,
@@ -47,12 +47,13 @@ fn assert_exact_accounting(report: &Value) {
 }
 
 /// A server leaking what it accepts (through `requests`) and a client leaking what it connects,
-/// both through io_uring, traced from before the server's first accept.
+/// both through io_uring (the client's connects in io-wq workers too where the accepts are),
+/// traced from before the server's first accept.
 fn leaking_server_and_client(requests: AcceptRequests) {
     let (mut server, port) = UringPuppet::serve(Keep::Leak, requests, CONNECTIONS);
     let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
     server.start();
-    let mut client = UringPuppet::connect(port, CONNECTIONS, INTERVAL_MS);
+    let mut client = UringPuppet::connect(port, CONNECTIONS, INTERVAL_MS, matches!(requests, AcceptRequests::Async));
     let (server_pid, client_pid) = (server.pid(), client.pid());
     client.wait_done();
     server.wait_done();
@@ -71,6 +72,7 @@ fn leaking_server_and_client(requests: AcceptRequests) {
     let connected = site_of(&report, client_pid, "connect").unwrap();
     assert_eq!(connected["live"], tcp_table::established_to(client_pid, port) as u64, "{connected:#}");
     assert!(functions(connected).contains(&"dial_backend"), "named by the function that submitted the connects: {connected:#}");
+    assert_eq!(connected["comm"], "uringpuppet", "the process's name, not an io-wq worker's: {connected:#}");
 
     let (last, status, stderr) = trace.interrupt();
     assert_eq!(status.code(), Some(1), "leaks found: exit 1; stderr:\n{stderr}");
@@ -90,11 +92,12 @@ fn an_io_uring_server_leaking_multishot_accepts_is_a_leak() {
     leaking_server_and_client(AcceptRequests::Multishot);
 }
 
-/// Each accept runs, and completes, in an io-wq worker thread of the server: the connection is
-/// still the server's, at the function that submitted the accept.
+/// Each accept runs, and completes, in an io-wq worker thread of the server, and each connect
+/// in one of the client's: the connections are still the processes', at the functions that
+/// submitted the requests.
 #[test]
-fn an_io_uring_server_leaking_accepts_done_by_io_wq_workers_is_a_leak() {
-    let Some(_guard) = require_privileges("an_io_uring_server_leaking_accepts_done_by_io_wq_workers_is_a_leak") else { return };
+fn io_uring_accepts_and_connects_done_by_io_wq_workers_are_leaks() {
+    let Some(_guard) = require_privileges("io_uring_accepts_and_connects_done_by_io_wq_workers_are_leaks") else { return };
     leaking_server_and_client(AcceptRequests::Async);
 }
 
@@ -132,7 +135,7 @@ fn an_io_uring_accept_submitted_before_leaktrace_started_is_attributed() {
     let (mut server, port) = UringPuppet::serve(Keep::Leak, AcceptRequests::Single, CONNECTIONS);
     server.start();
     let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
-    let mut client = UringPuppet::connect(port, CONNECTIONS, INTERVAL_MS);
+    let mut client = UringPuppet::connect(port, CONNECTIONS, INTERVAL_MS, false);
     let server_pid = server.pid();
     client.wait_done();
     server.wait_done();

@@ -14,14 +14,18 @@
 //!   recognised by its request's opcode and attributed to the completing task, with that task's
 //!   stack (the application's wait for completions, or none in an io-wq worker).
 //!
-//! io_uring connects need nothing here: CLOSE -> SYN_SENT runs where the request is issued, in
-//! the submitting task as for connect(2) (see `lifecycle`).
+//! io_uring connects mostly need nothing here: CLOSE -> SYN_SENT runs where the request is
+//! issued, in the submitting task as for connect(2) (see `lifecycle`). Only a connect forced to
+//! an io-wq worker (`IOSQE_ASYNC`, or drained) runs in a thread without a user stack: its
+//! submitter's record is kept in `PENDING_CONNECTS` by socket, for `lifecycle` to adopt.
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
-use leaktrace_common::{IORING_CQE_F_MORE, IORING_OP_ACCEPT, IouringRequestKey};
+use leaktrace_common::{
+    IORING_CQE_F_MORE, IORING_OP_ACCEPT, IORING_OP_CONNECT, IouringRequestKey, REQ_F_FIXED_FILE, REQ_F_FORCE_ASYNC,
+};
 
 use crate::{
     kernel, lifecycle,
-    maps::{PENDING_ACCEPTS, PENDING_SCRATCH, config, paused},
+    maps::{PENDING_ACCEPTS, PENDING_CONNECTS, PENDING_SCRATCH, config, paused},
 };
 
 #[tracepoint(category = "io_uring", name = "io_uring_submit_req")]
@@ -43,23 +47,59 @@ pub fn io_uring_complete(ctx: TracePointContext) -> i32 {
 #[inline(always)]
 fn try_submit(ctx: &TracePointContext) -> Result<(), i32> {
     let opcode: u8 = unsafe { ctx.read_at(config!(iouring.submit_opcode) as usize)? };
-    if opcode != IORING_OP_ACCEPT {
-        return Ok(());
+    if opcode == IORING_OP_ACCEPT {
+        submit_accept(ctx)
+    } else if opcode == IORING_OP_CONNECT {
+        submit_connect(ctx)
+    } else {
+        Ok(())
     }
+}
+
+#[inline(always)]
+fn submit_accept(ctx: &TracePointContext) -> Result<(), i32> {
     let key = IouringRequestKey {
         ring: unsafe { ctx.read_at(config!(iouring.submit_ctx) as usize)? },
         user_data: unsafe { ctx.read_at(config!(iouring.submit_user_data) as usize)? },
     };
-    let sq_thread: u8 = unsafe { ctx.read_at(config!(iouring.submit_sq_thread) as usize)? };
     let pending = PENDING_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let pending = unsafe { &mut *pending };
     pending.req = unsafe { ctx.read_at(config!(iouring.submit_req) as usize)? };
-    if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, sq_thread != 0) {
+    if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, submitted_by_sqpoll(ctx)?) {
         // A full LRU map evicts its oldest entry: that accept is then attributed at its
         // completion, to the completing task.
         PENDING_ACCEPTS.insert(key, pending, 0)?;
     }
     Ok(())
+}
+
+/// A connect forced to an io-wq worker: its socket (the fd it names, in the submitter's file
+/// table) gets the submitter's record, which the worker's CLOSE -> SYN_SENT adopts. Connects
+/// issued by the submitting task (the usual case) take their owner and stack there, as
+/// connect(2) does, and are not kept.
+#[inline(always)]
+fn submit_connect(ctx: &TracePointContext) -> Result<(), i32> {
+    let flags: u64 = unsafe { ctx.read_at(config!(iouring.submit_flags) as usize)? };
+    let fd_offset = config!(offsets.io_kiocb_cqe_fd);
+    if flags & REQ_F_FORCE_ASYNC == 0 || flags & REQ_F_FIXED_FILE != 0 || fd_offset == 0 {
+        return Ok(());
+    }
+    let req: u64 = unsafe { ctx.read_at(config!(iouring.submit_req) as usize)? };
+    let fd = kernel::read::<i32>(req, fd_offset)?;
+    let sk = kernel::current_fd_sock(fd as u32)?;
+    let pending = PENDING_SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    let pending = unsafe { &mut *pending };
+    pending.req = req;
+    if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, submitted_by_sqpoll(ctx)?) {
+        PENDING_CONNECTS.insert(sk, pending, 0)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn submitted_by_sqpoll(ctx: &TracePointContext) -> Result<bool, i32> {
+    let sq_thread: u8 = unsafe { ctx.read_at(config!(iouring.submit_sq_thread) as usize)? };
+    Ok(sq_thread != 0)
 }
 
 #[inline(always)]

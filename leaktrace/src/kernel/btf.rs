@@ -76,6 +76,7 @@ impl KernelBtf {
             task_comm: self.byte_offset("task_struct", &["comm"])?,
             // A kernel without io_uring has no io_kiocb: its probes are not attached there.
             io_kiocb_opcode: self.byte_offset("io_kiocb", &["opcode"]).unwrap_or(0),
+            io_kiocb_cqe_fd: self.byte_offset("io_kiocb", &["cqe", "fd"]).unwrap_or(0),
         })
     }
 
@@ -191,6 +192,7 @@ mod tests {
         assert!(offsets.task_files > 0 && offsets.socket_sk > 0 && offsets.fdtable_fd > 0);
         if Path::new("/sys/kernel/tracing/events/io_uring").is_dir() {
             assert!(offsets.io_kiocb_opcode > 0, "a kernel with io_uring has io_kiocb.opcode");
+            assert!(offsets.io_kiocb_cqe_fd > 0, "and (since 5.18) io_kiocb.cqe.fd");
         }
     }
 

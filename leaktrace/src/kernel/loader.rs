@@ -287,7 +287,7 @@ fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffs
     if offsets.io_kiocb_opcode == 0 {
         return Err("this kernel's BTF has no struct io_kiocb (no io_uring)".into());
     }
-    let submit_fields = ["ctx", "req", "user_data", "opcode", "sq_thread"];
+    let submit_fields = ["ctx", "req", "user_data", "opcode", "flags", "sq_thread"];
     let (submit, name) = match tracefs::field_offsets(root, "io_uring", IOURING_SUBMIT, &submit_fields) {
         Ok(found) => (found, IOURING_SUBMIT),
         Err(newer) => match tracefs::field_offsets(root, "io_uring", "io_uring_submit_sqe", &submit_fields) {
@@ -302,7 +302,8 @@ fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffs
         submit_req: submit[1],
         submit_user_data: submit[2],
         submit_opcode: submit[3],
-        submit_sq_thread: submit[4],
+        submit_flags: submit[4],
+        submit_sq_thread: submit[5],
         complete_ctx: complete[0],
         complete_req: complete[1],
         complete_user_data: complete[2],
