@@ -77,9 +77,9 @@ pub const SCRATCH_ACCEPT: u32 = 1;
 #[map]
 pub static PENDING_ACCEPTS: LruHashMap<IouringRequestKey, PendingOpen> = LruHashMap::with_max_entries(1024, 0);
 
-/// io_uring connects an io-wq worker will issue (`IOSQE_ASYNC`), keyed by their socket: the
-/// submitter and its stack, for the CLOSE -> SYN_SENT the worker runs (a worker has no user
-/// stack of its own). Connects issued by the submitting task itself are not kept.
+/// io_uring connects an io-wq worker (`IOSQE_ASYNC`) or a SQPOLL thread will issue, keyed by
+/// their socket: the submitter and its stack, for the CLOSE -> SYN_SENT that io thread runs
+/// (it has no user stack of its own). Connects issued by the submitting task are not kept.
 #[map]
 pub static PENDING_CONNECTS: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(256, 0);
 

@@ -16,8 +16,9 @@
 //!
 //! io_uring connects mostly need nothing here: CLOSE -> SYN_SENT runs where the request is
 //! issued, in the submitting task as for connect(2) (see `lifecycle`). Only a connect forced to
-//! an io-wq worker (`IOSQE_ASYNC`, or drained) runs in a thread without a user stack: its
-//! submitter's record is kept in `PENDING_CONNECTS` by socket, for `lifecycle` to adopt.
+//! an io-wq worker (`IOSQE_ASYNC`, or drained), or issued by a SQPOLL thread, runs in a thread
+//! without a user stack: its submitter's record is kept in `PENDING_CONNECTS` by socket, for
+//! `lifecycle` to adopt.
 use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 use leaktrace_common::{
     IORING_CQE_F_MORE, IORING_OP_ACCEPT, IORING_OP_CONNECT, IouringRequestKey, REQ_F_FIXED_FILE, REQ_F_FORCE_ASYNC,
@@ -73,15 +74,17 @@ fn submit_accept(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// A connect forced to an io-wq worker: its socket (the fd it names, in the submitter's file
-/// table) gets the submitter's record, which the worker's CLOSE -> SYN_SENT adopts. Connects
-/// issued by the submitting task (the usual case) take their owner and stack there, as
-/// connect(2) does, and are not kept.
+/// A connect forced to an io-wq worker, or submitted by the ring's SQPOLL thread: its socket
+/// (the fd it names, in the file table the ring's threads share) gets the submitter's record,
+/// which the io thread's CLOSE -> SYN_SENT adopts (an SQPOLL submission has no stack, but the
+/// process's name). Connects issued by the submitting task (the usual case) take their owner
+/// and stack there, as connect(2) does, and are not kept.
 #[inline(always)]
 fn submit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     let flags: u64 = unsafe { ctx.read_at(config!(iouring.submit_flags) as usize)? };
     let fd_offset = config!(offsets.io_kiocb_cqe_fd);
-    if flags & REQ_F_FORCE_ASYNC == 0 || flags & REQ_F_FIXED_FILE != 0 || fd_offset == 0 {
+    let sq_thread = submitted_by_sqpoll(ctx)?;
+    if (flags & REQ_F_FORCE_ASYNC == 0 && !sq_thread) || flags & REQ_F_FIXED_FILE != 0 || fd_offset == 0 {
         return Ok(());
     }
     let req: u64 = unsafe { ctx.read_at(config!(iouring.submit_req) as usize)? };
@@ -90,7 +93,7 @@ fn submit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     let pending = PENDING_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let pending = unsafe { &mut *pending };
     pending.req = req;
-    if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, submitted_by_sqpoll(ctx)?) {
+    if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, sq_thread) {
         PENDING_CONNECTS.insert(sk, pending, 0)?;
     }
     Ok(())

@@ -192,7 +192,7 @@ mod tests {
         assert!(offsets.task_files > 0 && offsets.socket_sk > 0 && offsets.fdtable_fd > 0);
         if Path::new("/sys/kernel/tracing/events/io_uring").is_dir() {
             assert!(offsets.io_kiocb_opcode > 0, "a kernel with io_uring has io_kiocb.opcode");
-            assert!(offsets.io_kiocb_cqe_fd > 0, "and (since 5.18) io_kiocb.cqe.fd");
+            assert!(offsets.io_kiocb_cqe_fd > 0, "and io_kiocb.cqe.fd");
         }
     }
 

@@ -281,8 +281,9 @@ fn classic_state_format(root: &std::path::Path) -> Result<ClassicStateFormat, Tr
 }
 
 /// Where the io_uring tracepoints keep what the probes read, and the submission tracepoint's
-/// name (`io_uring_submit_sqe` before 5.19). `Err` says why io_uring is not traced: a kernel
-/// without io_uring, or record layouts from before the completion named its request (5.19).
+/// name (older kernels call it `io_uring_submit_sqe`). `Err` says why io_uring is not traced: a
+/// kernel without io_uring, or older record layouts that lack a field the probes need (the
+/// request in the completion record).
 fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffsets) -> Result<(IouringFormat, &'static str), String> {
     if offsets.io_kiocb_opcode == 0 {
         return Err("this kernel's BTF has no struct io_kiocb (no io_uring)".into());
