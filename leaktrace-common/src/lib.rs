@@ -298,7 +298,9 @@ pub struct ClassicStateFormat {
 
 /// Field offsets of the classic `io_uring:io_uring_submit_req` and `io_uring:io_uring_complete`
 /// tracepoint records, read from their tracefs `format` files (their layout changed across
-/// kernels). All zero where io_uring is not traced.
+/// kernels). All zero where io_uring is not traced; `submit_req`, `submit_flags` and
+/// `complete_req` are 0 where an older record lacks them (offset 0 is never a field's: the
+/// common header is there).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IouringFormat {

@@ -4,7 +4,8 @@
 //!   here, and the socket is tracked.
 //! - LISTEN -> SYN_RECV is a passive birth. It may run in softirq or in the *client's* task
 //!   (loopback), so no owner is taken: the socket is tracked silently until accept() returns
-//!   it in the acceptor ([`on_accept`]).
+//!   it in the acceptor ([`on_accept`]), or an io_uring accept completes with it
+//!   ([`on_submitted_accept`], owner and stack taken when the accept was submitted).
 //! - Every other transition of a reported socket becomes a `StateChangeRecord`; the transition
 //!   to CLOSE ends its life and its entry.
 //!

@@ -65,7 +65,8 @@ fn submit_accept(ctx: &TracePointContext) -> Result<(), i32> {
     };
     let pending = PENDING_SCRATCH.get_ptr_mut(0).ok_or(0)?;
     let pending = unsafe { &mut *pending };
-    pending.req = unsafe { ctx.read_at(config!(iouring.submit_req) as usize)? };
+    let req_at = config!(iouring.submit_req);
+    pending.req = if req_at == 0 { 0 } else { unsafe { ctx.read_at(req_at as usize)? } };
     if lifecycle::take_submitter(ctx.as_ptr(), &mut pending.open, submitted_by_sqpoll(ctx)?) {
         // A full LRU map evicts its oldest entry: that accept is then attributed at its
         // completion, to the completing task.
@@ -81,13 +82,18 @@ fn submit_accept(ctx: &TracePointContext) -> Result<(), i32> {
 /// and stack there, as connect(2) does, and are not kept.
 #[inline(always)]
 fn submit_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    let flags: u64 = unsafe { ctx.read_at(config!(iouring.submit_flags) as usize)? };
-    let fd_offset = config!(offsets.io_kiocb_cqe_fd);
-    let sq_thread = submitted_by_sqpoll(ctx)?;
-    if (flags & REQ_F_FORCE_ASYNC == 0 && !sq_thread) || flags & REQ_F_FIXED_FILE != 0 || fd_offset == 0 {
+    // Older records name no request or no flags (offset 0): nothing to resolve the socket by.
+    let (flags_at, req_at, fd_offset) = (config!(iouring.submit_flags), config!(iouring.submit_req), config!(offsets.io_kiocb_cqe_fd));
+    if flags_at == 0 || req_at == 0 || fd_offset == 0 {
         return Ok(());
     }
-    let req: u64 = unsafe { ctx.read_at(config!(iouring.submit_req) as usize)? };
+    // A u64 in current records (a u32 in some older ones: the bits read here are the low ones).
+    let flags: u64 = unsafe { ctx.read_at(flags_at as usize)? };
+    let sq_thread = submitted_by_sqpoll(ctx)?;
+    if (flags & REQ_F_FORCE_ASYNC == 0 && !sq_thread) || flags & REQ_F_FIXED_FILE != 0 {
+        return Ok(());
+    }
+    let req: u64 = unsafe { ctx.read_at(req_at as usize)? };
     let fd = kernel::read::<i32>(req, fd_offset)?;
     let sk = kernel::current_fd_sock(fd as u32)?;
     let pending = PENDING_SCRATCH.get_ptr_mut(0).ok_or(0)?;
@@ -111,8 +117,10 @@ fn try_complete(ctx: &TracePointContext) -> Result<(), i32> {
         ring: unsafe { ctx.read_at(config!(iouring.complete_ctx) as usize)? },
         user_data: unsafe { ctx.read_at(config!(iouring.complete_user_data) as usize)? },
     };
-    // The request is NULL in a multishot request's completions before its last.
-    let req: u64 = unsafe { ctx.read_at(config!(iouring.complete_req) as usize)? };
+    // The request is NULL in a multishot request's completions before its last, and unknown (0)
+    // where the record does not name it (older kernels).
+    let req_at = config!(iouring.complete_req);
+    let req: u64 = if req_at == 0 { 0 } else { unsafe { ctx.read_at(req_at as usize)? } };
     // Where the request is named, its opcode says whether it is an accept: other requests'
     // completions (the bulk of an io_uring server's) stop at this one read.
     let opcode_offset = config!(offsets.io_kiocb_opcode);

@@ -282,13 +282,14 @@ fn classic_state_format(root: &std::path::Path) -> Result<ClassicStateFormat, Tr
 
 /// Where the io_uring tracepoints keep what the probes read, and the submission tracepoint's
 /// name (older kernels call it `io_uring_submit_sqe`). `Err` says why io_uring is not traced: a
-/// kernel without io_uring, or older record layouts that lack a field the probes need (the
-/// request in the completion record).
+/// kernel without io_uring, or a record without a field the probes need. Older records name no
+/// request (`req`) or no request flags (`flags`): those are left 0, and the probes then do
+/// without what they give (telling a request by its opcode at completion; io-wq connects).
 fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffsets) -> Result<(IouringFormat, &'static str), String> {
     if offsets.io_kiocb_opcode == 0 {
         return Err("this kernel's BTF has no struct io_kiocb (no io_uring)".into());
     }
-    let submit_fields = ["ctx", "req", "user_data", "opcode", "flags", "sq_thread"];
+    let submit_fields = ["ctx", "user_data", "opcode", "sq_thread"];
     let (submit, name) = match tracefs::field_offsets(root, "io_uring", IOURING_SUBMIT, &submit_fields) {
         Ok(found) => (found, IOURING_SUBMIT),
         Err(newer) => match tracefs::field_offsets(root, "io_uring", "io_uring_submit_sqe", &submit_fields) {
@@ -296,20 +297,23 @@ fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffs
             Err(_) => return Err(newer.to_string()),
         },
     };
-    let complete = tracefs::field_offsets(root, "io_uring", IOURING_COMPLETE, &["ctx", "req", "user_data", "res", "cflags"])
+    let complete = tracefs::field_offsets(root, "io_uring", IOURING_COMPLETE, &["ctx", "user_data", "res", "cflags"])
         .map_err(|err| err.to_string())?;
+    let optional = |tracepoint: &str, field: &str| {
+        tracefs::field_offsets(root, "io_uring", tracepoint, &[field]).map_or(0, |found| found[0])
+    };
     let format = IouringFormat {
         submit_ctx: submit[0],
-        submit_req: submit[1],
-        submit_user_data: submit[2],
-        submit_opcode: submit[3],
-        submit_flags: submit[4],
-        submit_sq_thread: submit[5],
+        submit_req: optional(name, "req"),
+        submit_user_data: submit[1],
+        submit_opcode: submit[2],
+        submit_flags: optional(name, "flags"),
+        submit_sq_thread: submit[3],
         complete_ctx: complete[0],
-        complete_req: complete[1],
-        complete_user_data: complete[2],
-        complete_res: complete[3],
-        complete_cflags: complete[4],
+        complete_req: optional(IOURING_COMPLETE, "req"),
+        complete_user_data: complete[1],
+        complete_res: complete[2],
+        complete_cflags: complete[3],
     };
     Ok((format, name))
 }
@@ -425,4 +429,74 @@ fn attach_accept_probes(ebpf: &mut Ebpf) -> Result<Vec<AttachedHook>, LoadError>
         Err(err) => log::info!("accept(2) not traced (accept4 is): {err}"),
     }
     Ok(hooks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracefs tree holding `io_uring` format files, removed on drop.
+    struct FormatTree(std::path::PathBuf);
+
+    impl FormatTree {
+        fn new(test: &str, formats: &[(&str, &str)]) -> Self {
+            let root = std::env::temp_dir().join(format!("leaktrace-{test}-{}", std::process::id()));
+            for (tracepoint, fields) in formats {
+                let dir = root.join("events/io_uring").join(tracepoint);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("format"), fields).unwrap();
+            }
+            Self(root)
+        }
+    }
+
+    impl Drop for FormatTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn io_uring_kernel() -> leaktrace_common::KernelOffsets {
+        leaktrace_common::KernelOffsets { io_kiocb_opcode: 36, ..Default::default() }
+    }
+
+    /// The layout of a kernel whose submission tracepoint is still `io_uring_submit_sqe` and
+    /// whose records name no request: traced, with the request's offsets left 0.
+    #[test]
+    fn older_io_uring_records_are_read_without_the_request() {
+        let tree = FormatTree::new("old-io-uring", &[
+            ("io_uring_submit_sqe", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u8 opcode;\toffset:16;\tsize:1;\tsigned:0;\n\tfield:u64 user_data;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:bool force_nonblock;\toffset:32;\tsize:1;\tsigned:0;\n\tfield:bool sq_thread;\toffset:33;\tsize:1;\tsigned:0;\n"),
+            ("io_uring_complete", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u64 user_data;\toffset:16;\tsize:8;\tsigned:1;\n\tfield:int res;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:unsigned cflags;\toffset:28;\tsize:4;\tsigned:0;\n"),
+        ]);
+        let (format, name) = iouring_format(&tree.0, &io_uring_kernel()).unwrap();
+        assert_eq!(name, "io_uring_submit_sqe");
+        assert_eq!((format.submit_ctx, format.submit_opcode, format.submit_user_data, format.submit_sq_thread), (8, 16, 24, 33));
+        assert_eq!((format.submit_req, format.submit_flags, format.complete_req), (0, 0, 0), "absent: 0");
+        assert_eq!((format.complete_user_data, format.complete_res, format.complete_cflags), (16, 24, 28));
+    }
+
+    #[test]
+    fn io_uring_is_not_traced_without_a_field_the_probes_need_and_says_which() {
+        let tree = FormatTree::new("no-res", &[
+            ("io_uring_submit_req", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u8 opcode;\toffset:32;\tsize:1;\tsigned:0;\n\tfield:u64 user_data;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:bool sq_thread;\toffset:48;\tsize:1;\tsigned:0;\n"),
+            ("io_uring_complete", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u64 user_data;\toffset:24;\tsize:8;\tsigned:0;\n"),
+        ]);
+        let err = iouring_format(&tree.0, &io_uring_kernel()).unwrap_err();
+        assert!(err.contains("io_uring_complete") && err.contains("`res`"), "{err}");
+        let err = iouring_format(&tree.0, &leaktrace_common::KernelOffsets::default()).unwrap_err();
+        assert!(err.contains("no struct io_kiocb"), "{err}");
+    }
+
+    /// This kernel's own tracepoints, where it has io_uring: every field found.
+    #[test]
+    fn this_kernels_io_uring_records_have_every_field() {
+        let root = std::path::Path::new(super::tracefs::TRACEFS);
+        if !root.join("events/io_uring").is_dir() {
+            eprintln!("skipped: no io_uring tracepoints under {} (not mounted, or no io_uring)", root.display());
+            return;
+        }
+        let (format, name) = iouring_format(root, &io_uring_kernel()).unwrap();
+        assert_eq!(name, IOURING_SUBMIT);
+        assert!(format.submit_req > 0 && format.submit_flags > 0 && format.complete_req > 0, "{format:?}");
+    }
 }
