@@ -83,7 +83,9 @@ fn submit_accept(ctx: &TracePointContext) -> Result<(), i32> {
 #[inline(always)]
 fn submit_connect(ctx: &TracePointContext) -> Result<(), i32> {
     // Older records name no request or no flags (offset 0): nothing to resolve the socket by.
-    let (flags_at, req_at, fd_offset) = (config!(iouring.submit_flags), config!(iouring.submit_req), config!(offsets.io_kiocb_cqe_fd));
+    let flags_at = config!(iouring.submit_flags);
+    let req_at = config!(iouring.submit_req);
+    let fd_offset = config!(offsets.io_kiocb_cqe_fd);
     if flags_at == 0 || req_at == 0 || fd_offset == 0 {
         return Ok(());
     }

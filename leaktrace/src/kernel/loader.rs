@@ -285,7 +285,10 @@ fn classic_state_format(root: &std::path::Path) -> Result<ClassicStateFormat, Tr
 /// kernel without io_uring, or a record without a field the probes need. Older records name no
 /// request (`req`) or no request flags (`flags`): those are left 0, and the probes then do
 /// without what they give (telling a request by its opcode at completion; io-wq connects).
-fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffsets) -> Result<(IouringFormat, &'static str), String> {
+fn iouring_format(
+    root: &std::path::Path,
+    offsets: &leaktrace_common::KernelOffsets,
+) -> Result<(IouringFormat, &'static str), String> {
     if offsets.io_kiocb_opcode == 0 {
         return Err("this kernel's BTF has no struct io_kiocb (no io_uring)".into());
     }
@@ -297,8 +300,9 @@ fn iouring_format(root: &std::path::Path, offsets: &leaktrace_common::KernelOffs
             Err(_) => return Err(newer.to_string()),
         },
     };
-    let complete = tracefs::field_offsets(root, "io_uring", IOURING_COMPLETE, &["ctx", "user_data", "res", "cflags"])
-        .map_err(|err| err.to_string())?;
+    let complete_fields = ["ctx", "user_data", "res", "cflags"];
+    let complete =
+        tracefs::field_offsets(root, "io_uring", IOURING_COMPLETE, &complete_fields).map_err(|err| err.to_string())?;
     let optional = |tracepoint: &str, field: &str| {
         tracefs::field_offsets(root, "io_uring", tracepoint, &[field]).map_or(0, |found| found[0])
     };
@@ -439,7 +443,7 @@ mod tests {
     struct FormatTree(std::path::PathBuf);
 
     impl FormatTree {
-        fn new(test: &str, formats: &[(&str, &str)]) -> Self {
+        fn new(test: &str, formats: &[(&str, &String)]) -> Self {
             let root = std::env::temp_dir().join(format!("leaktrace-{test}-{}", std::process::id()));
             for (tracepoint, fields) in formats {
                 let dir = root.join("events/io_uring").join(tracepoint);
@@ -460,26 +464,44 @@ mod tests {
         leaktrace_common::KernelOffsets { io_kiocb_opcode: 36, ..Default::default() }
     }
 
+    /// A `format` file's field lines, from `(declaration, offset)` pairs.
+    fn format_file(fields: &[(&str, u32)]) -> String {
+        fields
+            .iter()
+            .map(|(declared, offset)| format!("\tfield:{declared};\toffset:{offset};\tsize:8;\tsigned:0;\n"))
+            .collect()
+    }
+
     /// The layout of a kernel whose submission tracepoint is still `io_uring_submit_sqe` and
     /// whose records name no request: traced, with the request's offsets left 0.
     #[test]
     fn older_io_uring_records_are_read_without_the_request() {
+        let submit = [
+            ("void * ctx", 8),
+            ("u8 opcode", 16),
+            ("u64 user_data", 24),
+            ("bool force_nonblock", 32),
+            ("bool sq_thread", 33),
+        ];
+        let complete = [("void * ctx", 8), ("u64 user_data", 16), ("int res", 24), ("unsigned cflags", 28)];
         let tree = FormatTree::new("old-io-uring", &[
-            ("io_uring_submit_sqe", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u8 opcode;\toffset:16;\tsize:1;\tsigned:0;\n\tfield:u64 user_data;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:bool force_nonblock;\toffset:32;\tsize:1;\tsigned:0;\n\tfield:bool sq_thread;\toffset:33;\tsize:1;\tsigned:0;\n"),
-            ("io_uring_complete", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u64 user_data;\toffset:16;\tsize:8;\tsigned:1;\n\tfield:int res;\toffset:24;\tsize:4;\tsigned:1;\n\tfield:unsigned cflags;\toffset:28;\tsize:4;\tsigned:0;\n"),
+            ("io_uring_submit_sqe", &format_file(&submit)),
+            ("io_uring_complete", &format_file(&complete)),
         ]);
         let (format, name) = iouring_format(&tree.0, &io_uring_kernel()).unwrap();
         assert_eq!(name, "io_uring_submit_sqe");
-        assert_eq!((format.submit_ctx, format.submit_opcode, format.submit_user_data, format.submit_sq_thread), (8, 16, 24, 33));
+        let submitted = (format.submit_ctx, format.submit_opcode, format.submit_user_data, format.submit_sq_thread);
+        assert_eq!(submitted, (8, 16, 24, 33));
         assert_eq!((format.submit_req, format.submit_flags, format.complete_req), (0, 0, 0), "absent: 0");
         assert_eq!((format.complete_user_data, format.complete_res, format.complete_cflags), (16, 24, 28));
     }
 
     #[test]
     fn io_uring_is_not_traced_without_a_field_the_probes_need_and_says_which() {
+        let submit = [("void * ctx", 8), ("u8 opcode", 32), ("u64 user_data", 24), ("bool sq_thread", 48)];
         let tree = FormatTree::new("no-res", &[
-            ("io_uring_submit_req", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u8 opcode;\toffset:32;\tsize:1;\tsigned:0;\n\tfield:u64 user_data;\toffset:24;\tsize:8;\tsigned:0;\n\tfield:bool sq_thread;\toffset:48;\tsize:1;\tsigned:0;\n"),
-            ("io_uring_complete", "\tfield:void * ctx;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:u64 user_data;\toffset:24;\tsize:8;\tsigned:0;\n"),
+            ("io_uring_submit_req", &format_file(&submit)),
+            ("io_uring_complete", &format_file(&[("void * ctx", 8), ("u64 user_data", 24)])),
         ]);
         let err = iouring_format(&tree.0, &io_uring_kernel()).unwrap_err();
         assert!(err.contains("io_uring_complete") && err.contains("`res`"), "{err}");
