@@ -1,12 +1,13 @@
 /* uringpuppet: a TCP server and client that do their accepts and connects through io_uring
  * (liburing), never through accept(2) or connect(2), for leaktrace's io_uring tests.
  *
- *   uringpuppet serve leak|close single|multishot|async N
+ *   uringpuppet serve leak|close single|multishot|async|sqpoll N
  *       listens on 127.0.0.1 (an ephemeral port, printed as `port P`), waits for a line on stdin
  *       (so a test can attach its probes between the listen and the first accept), submits its
  *       first accept (printing `accepting`), accepts N connections with IORING_OP_ACCEPT: one
  *       single-shot request at a time, one multishot request, or single-shot requests forced
- *       to an io-wq worker (IOSQE_ASYNC, so the accept completes in that worker thread),
+ *       to an io-wq worker (IOSQE_ASYNC, so the accept completes in that worker thread), or
+ *       single-shot requests on a ring whose SQPOLL thread submits them,
  *       printing `accepted K FD` for each; `leak` keeps every accepted socket open, `close`
  *       closes each at once. Then prints `done N` and waits for stdin to close.
  *   uringpuppet connect PORT N INTERVAL_MS [async]
@@ -43,7 +44,7 @@ static void wait_for_stdin_to_close(void) {
 }
 
 /* The call site a test expects leaktrace to name for the server's connections. */
-enum requests { SINGLE, MULTISHOT, ASYNC };
+enum requests { SINGLE, MULTISHOT, ASYNC, SQPOLL };
 
 NOINLINE static void submit_accept(struct io_uring *ring, int listener, enum requests requests) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
@@ -72,7 +73,7 @@ NOINLINE static int listen_loopback(void) {
 
 NOINLINE static void serve(int leak, enum requests requests, int n) {
     struct io_uring ring;
-    int ret = io_uring_queue_init(64, &ring, 0);
+    int ret = io_uring_queue_init(64, &ring, requests == SQPOLL ? IORING_SETUP_SQPOLL : 0);
     if (ret < 0) die("io_uring_queue_init", -ret);
     int listener = listen_loopback();
     char line[64];
@@ -142,13 +143,14 @@ int main(int argc, char **argv) {
         int leak = strcmp(argv[2], "leak") == 0;
         enum requests requests = strcmp(argv[3], "multishot") == 0 ? MULTISHOT
                                  : strcmp(argv[3], "async") == 0   ? ASYNC
+                                 : strcmp(argv[3], "sqpoll") == 0  ? SQPOLL
                                                                    : SINGLE;
         serve(leak, requests, atoi(argv[4]));
     } else if ((argc == 5 || argc == 6) && strcmp(argv[1], "connect") == 0) {
         connect_many(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), argc == 6 && strcmp(argv[5], "async") == 0);
     } else {
         fprintf(stderr,
-                "usage: uringpuppet serve leak|close single|multishot|async N\n"
+                "usage: uringpuppet serve leak|close single|multishot|async|sqpoll N\n"
                 "       uringpuppet connect PORT N INTERVAL_MS [async]\n");
         return 2;
     }

@@ -30,6 +30,8 @@ pub enum AcceptRequests {
     Multishot,
     /// Single-shot accepts forced to an io-wq worker (`IOSQE_ASYNC`): each completes there.
     Async,
+    /// Single-shot accepts on a ring whose kernel thread submits them (`IORING_SETUP_SQPOLL`).
+    Sqpoll,
 }
 
 /// A running `uringpuppet`, killed on drop.
@@ -51,6 +53,7 @@ impl UringPuppet {
             AcceptRequests::Single => "single",
             AcceptRequests::Multishot => "multishot",
             AcceptRequests::Async => "async",
+            AcceptRequests::Sqpoll => "sqpoll",
         };
         let mut server = Self::spawn(&["serve", keep, requests, &connections.to_string()]);
         let line = server.line();

@@ -2,10 +2,11 @@
 //! `IORING_OP_CONNECT`), never through accept(2) or connect(2), traced by the real `leaktrace`
 //! binary: a server leaking its accepted sockets is a `leak` named by the function that
 //! submitted its accepts (single-shot and multishot requests, and accepts done by io-wq
-//! workers), and so is a client leaking its io_uring connects (done by io-wq workers too); a
-//! server closing what it accepts is `churn`; an accept submitted before leaktrace started is
-//! attributed too; and the kernel's accounting stays exact, with nothing taken for a connection
-//! that closed before anybody accepted it.
+//! workers; a SQPOLL thread's have no stack but the server's name), and so is a client leaking
+//! its io_uring connects (done by io-wq workers too); a server closing what it accepts is
+//! `churn`; an accept submitted before leaktrace started is attributed too; and the kernel's
+//! accounting stays exact, with nothing taken for a connection that closed before anybody
+//! accepted it.
 use std::{
     io::Read,
     net::TcpStream,
@@ -99,6 +100,29 @@ fn an_io_uring_server_leaking_multishot_accepts_is_a_leak() {
 fn io_uring_accepts_and_connects_done_by_io_wq_workers_are_leaks() {
     let Some(_guard) = require_privileges("io_uring_accepts_and_connects_done_by_io_wq_workers_are_leaks") else { return };
     leaking_server_and_client(AcceptRequests::Async);
+}
+
+/// The ring's SQPOLL thread submits the accepts: no user code runs there, so there is no stack,
+/// but the connections are the server's, under its own name.
+#[test]
+fn accepts_submitted_by_a_sqpoll_thread_are_the_servers() {
+    let Some(_guard) = require_privileges("accepts_submitted_by_a_sqpoll_thread_are_the_servers") else { return };
+    let (mut server, port) = UringPuppet::serve(Keep::Leak, AcceptRequests::Sqpoll, CONNECTIONS);
+    let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
+    server.start();
+    let mut client = UringPuppet::connect(port, CONNECTIONS, INTERVAL_MS, false);
+    let server_pid = server.pid();
+    client.wait_done();
+    server.wait_done();
+    let report = trace.wait_for("the SQPOLL server's leak", PATIENCE, |report| {
+        is_leak_of(site_of(report, server_pid, "accept"), CONNECTIONS)
+    });
+    let site = site_of(&report, server_pid, "accept").unwrap();
+    assert_eq!(site["comm"], "uringpuppet", "the process's name, not its SQPOLL thread's: {site:#}");
+    assert_eq!(site["frames"], serde_json::json!([]), "no stack is made up: {site:#}");
+    assert_eq!(site["live"], tcp_table::established_on(server_pid, port) as u64, "{site:#}");
+    let (last, _, _) = trace.interrupt();
+    assert_exact_accounting(&last);
 }
 
 #[test]
