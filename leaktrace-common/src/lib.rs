@@ -273,6 +273,15 @@ pub struct KernelOffsets {
     /// `task_struct.thread.fsbase` (x86_64: the Go runtime keeps the current g at fsbase - 8);
     /// 0 where this architecture or kernel has none.
     pub task_thread_fsbase: u32,
+    /// `task_struct.comm`: the process's name, read from its group leader where the current
+    /// thread is one of io_uring's own (SQPOLL: `iou-sqp-PID`).
+    pub task_comm: u32,
+    /// `io_kiocb.opcode` (an io_uring request's `IORING_OP_*`); 0 where this kernel has no
+    /// io_uring (the field is never first: the request's file is).
+    pub io_kiocb_opcode: u32,
+    /// `io_kiocb.cqe.fd`: the fd an io_uring request names, set before its submission is
+    /// traced; 0 where this kernel has no such field.
+    pub io_kiocb_cqe_fd: u32,
 }
 
 /// Field offsets of the classic `sock:inet_sock_set_state` tracepoint record, read from its
@@ -287,12 +296,57 @@ pub struct ClassicStateFormat {
     pub protocol: u32,
 }
 
+/// Field offsets of the classic `io_uring:io_uring_submit_req` and `io_uring:io_uring_complete`
+/// tracepoint records, read from their tracefs `format` files (their layout changed across
+/// kernels). All zero where io_uring is not traced; `submit_req`, `submit_flags` and
+/// `complete_req` are 0 where an older record lacks them (offset 0 is never a field's: the
+/// common header is there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IouringFormat {
+    pub submit_ctx: u32,
+    pub submit_req: u32,
+    pub submit_user_data: u32,
+    pub submit_opcode: u32,
+    pub submit_flags: u32,
+    pub submit_sq_thread: u32,
+    pub complete_ctx: u32,
+    pub complete_req: u32,
+    pub complete_user_data: u32,
+    pub complete_res: u32,
+    pub complete_cflags: u32,
+}
+
+/// `IORING_OP_ACCEPT`, from the kernel's `enum io_uring_op` (stable ABI since 5.5).
+pub const IORING_OP_ACCEPT: u8 = 13;
+/// `IORING_OP_CONNECT`.
+pub const IORING_OP_CONNECT: u8 = 16;
+/// `REQ_F_FIXED_FILE` in an io_uring request's flags (the submission's `IOSQE_FIXED_FILE`): its
+/// fd is an index into the ring's registered files.
+pub const REQ_F_FIXED_FILE: u64 = 1 << 0;
+/// `REQ_F_FORCE_ASYNC` (`IOSQE_ASYNC`, also set for drained requests): the request is issued
+/// by an io-wq worker thread, never by the submitting task.
+pub const REQ_F_FORCE_ASYNC: u64 = 1 << 4;
+/// `IORING_CQE_F_MORE`: a multishot request will post more completions.
+pub const IORING_CQE_F_MORE: u32 = 1 << 1;
+
+/// Key of an io_uring accept between its submission and its completion: the ring and the
+/// request's `user_data`, both in the submission and every completion record (a multishot
+/// accept's later completions name no request).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IouringRequestKey {
+    pub ring: u64,
+    pub user_data: u64,
+}
+
 /// Load-time configuration, written into the programs' read-only `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub offsets: KernelOffsets,
     pub classic: ClassicStateFormat,
+    pub iouring: IouringFormat,
     /// [`filter`] bits.
     pub filters: u32,
     /// Wake the reader each time the pending records cross a multiple of this many bytes;
@@ -332,6 +386,8 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ClassicStateFormat {}
+    unsafe impl aya::Pod for IouringFormat {}
+    unsafe impl aya::Pod for IouringRequestKey {}
     unsafe impl aya::Pod for GoRuntimeOffsets {}
     unsafe impl aya::Pod for GoroutineKey {}
 }

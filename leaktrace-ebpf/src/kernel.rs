@@ -133,6 +133,14 @@ pub fn current_process_start_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// `current->group_leader->comm`: the process's name rather than the thread's.
+#[inline(always)]
+pub fn current_process_comm(comm: &mut [u8; 16]) -> Result<(), i32> {
+    let task = unsafe { bpf_get_current_task() };
+    let leader = read::<u64>(task, config!(offsets.task_group_leader))?;
+    unsafe { bpf_probe_read_kernel_buf((leader + config!(offsets.task_comm) as u64) as *const u8, comm) }
+}
+
 /// The `struct sock` behind file descriptor `fd` of the current task, following
 /// `current->files->fdt->fd[fd]->private_data->sk`. Only called on a socket fd returned by
 /// accept(), so `private_data` is a `struct socket`.

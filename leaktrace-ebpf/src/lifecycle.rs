@@ -4,7 +4,8 @@
 //!   here, and the socket is tracked.
 //! - LISTEN -> SYN_RECV is a passive birth. It may run in softirq or in the *client's* task
 //!   (loopback), so no owner is taken: the socket is tracked silently until accept() returns
-//!   it in the acceptor ([`on_accept`]).
+//!   it in the acceptor ([`on_accept`]), or an io_uring accept completes with it
+//!   ([`on_submitted_accept`], owner and stack taken when the accept was submitted).
 //! - Every other transition of a reported socket becomes a `StateChangeRecord`; the transition
 //!   to CLOSE ends its life and its entry.
 //!
@@ -19,7 +20,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
     },
 };
 use core::ffi::c_void;
@@ -35,8 +36,8 @@ use crate::{
     emit, goroutines,
     kernel::{self, Probed, SockAccess},
     maps::{
-        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, SCRATCH_ACCEPT, SCRATCH_CONNECT, SOCKET_ACCEPTED, SOCKET_ACTIVE,
-        SOCKET_PASSIVE, SOCKETS, SocketEntry, config, count,
+        FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, PENDING_CONNECTS, SCRATCH_ACCEPT, SCRATCH_CONNECT,
+        SOCKET_ACCEPTED, SOCKET_ACTIVE, SOCKET_PASSIVE, SOCKETS, SocketEntry, config, count,
     },
 };
 
@@ -105,6 +106,11 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
     open.tuple = tuple;
     open.state = tcp_state::SYN_SENT;
     take_user_stack(ctx, open);
+    // No user stack at all (not even an error): a kernel thread, or an io_uring worker issuing
+    // a connect whose submitter's stack was kept. Never true for a process's own connect.
+    if open.stack_depth == 0 && open.stack_error == 0 {
+        adopt_submitter(sk, open);
+    }
     goroutines::add_trail(open, tgid, open.owner.process_start_ns);
     if !emit_open(open) {
         // The open is lost (and counted): stop tracking so no orphan transitions follow.
@@ -188,44 +194,124 @@ fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
 /// accept() returned `fd` in the current task: the passive socket behind it now has an owner.
 #[inline(always)]
 pub fn on_accept(ctx: *mut c_void, fd: u32) {
-    let Ok(sk) = kernel::current_fd_sock(fd) else {
-        count(Counter::AcceptUnresolved);
-        return;
-    };
-    let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
-        if Probed::sock_protocol(sk) == Ok(IPPROTO_TCP) {
-            count(Counter::AcceptUntracked);
-        }
-        return;
-    };
-    let mut entry = unsafe { *entry_ptr };
-    if entry.flags & SOCKET_PASSIVE == 0 || entry.flags & SOCKET_ACCEPTED != 0 {
-        return;
-    }
+    let Some((sk, entry_ptr)) = unaccepted_socket(fd) else { return };
     let pid_tgid = bpf_get_current_pid_tgid();
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !owner_wanted((pid_tgid >> 32) as u32, cgroup_id) {
-        let _ = SOCKETS.remove(sk);
+    let Some(entry) = mark_accepted(sk, entry_ptr, owner_wanted((pid_tgid >> 32) as u32, cgroup_id)) else {
         return;
-    }
-    entry.flags |= SOCKET_ACCEPTED;
-    unsafe { (*entry_ptr).flags = entry.flags };
+    };
     let Some(open) = OPEN_SCRATCH.get_ptr_mut(SCRATCH_ACCEPT) else {
         let _ = SOCKETS.remove(sk);
         return;
     };
     let open = unsafe { &mut *open };
-    let now = unsafe { bpf_ktime_get_ns() };
-    open.header = header(EventKind::Accept, now, sk, &entry);
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
-    open.tuple = Tuple::default();
-    let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
-    open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
+    fill_accept(open, sk, &entry);
     // The accept slot never carries a goroutine trail (only connects take one): it stays zero.
     take_user_stack(ctx, open);
     if !emit_open(open) {
         let _ = SOCKETS.remove(sk);
     }
+}
+
+/// An io_uring accept completed with `fd` in the current task's file table (shared by every
+/// thread of the ring's process, io_uring's workers included). `open` was filled at submission
+/// ([`take_submitter`]) with the submitter as owner and its stack: only the socket is added.
+#[inline(always)]
+pub fn on_submitted_accept(fd: u32, open: &mut ConnOpenRecord) {
+    let Some((sk, entry_ptr)) = unaccepted_socket(fd) else { return };
+    let Some(entry) = mark_accepted(sk, entry_ptr, owner_wanted(open.owner.tgid, open.owner.cgroup_id)) else {
+        return;
+    };
+    fill_accept(open, sk, &entry);
+    if !emit_open(open) {
+        let _ = SOCKETS.remove(sk);
+    }
+}
+
+/// An io_uring connect an io-wq worker is issuing: its submitter (owner and stack) was kept at
+/// submission (`probes::io_uring`); the connect is theirs.
+#[inline(always)]
+fn adopt_submitter(sk: u64, open: &mut ConnOpenRecord) {
+    let Some(pending) = PENDING_CONNECTS.get_ptr(sk) else { return };
+    let submitted = unsafe { &(*pending).open };
+    open.owner = submitted.owner;
+    open.stack_depth = submitted.stack_depth;
+    open.stack_error = submitted.stack_error;
+    // SAFETY: both are the whole array; a map value is readable kernel memory.
+    let stack = unsafe { core::slice::from_raw_parts_mut(open.stack.as_mut_ptr().cast::<u8>(), MAX_STACK_DEPTH * 8) };
+    if unsafe { bpf_probe_read_kernel_buf(submitted.stack.as_ptr().cast::<u8>(), stack) }.is_err() {
+        open.stack_depth = 0;
+    }
+    let _ = PENDING_CONNECTS.remove(sk);
+}
+
+/// An io_uring accept is being submitted in the current task: the owner and the user stack
+/// (the application's call into io_uring_enter) go into `open`, for its completion. `false`
+/// when the process is filtered out. The submitting thread may be the ring's SQPOLL thread
+/// (`sq_thread`), which runs no user code: no stack then, and the process's name.
+#[inline(always)]
+pub fn take_submitter(ctx: *mut c_void, open: &mut ConnOpenRecord, sq_thread: bool) -> bool {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !owner_wanted((pid_tgid >> 32) as u32, cgroup_id) {
+        return false;
+    }
+    fill_owner(&mut open.owner, pid_tgid, cgroup_id);
+    if sq_thread {
+        // The thread is named `iou-sqp-PID`: the process's name is what a user filters on.
+        let _ = kernel::current_process_comm(&mut open.owner.comm);
+        open._pad = 0;
+        open.stack_depth = 0;
+        open.stack_error = -ENOENT;
+    } else {
+        take_user_stack(ctx, open);
+    }
+    true
+}
+
+/// The passive socket behind the current task's `fd`, if it is tracked and nobody accepted it
+/// yet (a socket is in a file table only once accepted, so this is its accept).
+#[inline(always)]
+fn unaccepted_socket(fd: u32) -> Option<(u64, *mut SocketEntry)> {
+    let Ok(sk) = kernel::current_fd_sock(fd) else {
+        count(Counter::AcceptUnresolved);
+        return None;
+    };
+    let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
+        if Probed::sock_protocol(sk) == Ok(IPPROTO_TCP) {
+            count(Counter::AcceptUntracked);
+        }
+        return None;
+    };
+    let flags = unsafe { (*entry_ptr).flags };
+    if flags & SOCKET_PASSIVE == 0 || flags & SOCKET_ACCEPTED != 0 {
+        return None;
+    }
+    Some((sk, entry_ptr))
+}
+
+/// Marks the socket accepted, or stops tracking it when its owner is filtered out.
+#[inline(always)]
+fn mark_accepted(sk: u64, entry_ptr: *mut SocketEntry, wanted: bool) -> Option<SocketEntry> {
+    if !wanted {
+        let _ = SOCKETS.remove(sk);
+        return None;
+    }
+    let mut entry = unsafe { *entry_ptr };
+    entry.flags |= SOCKET_ACCEPTED;
+    unsafe { (*entry_ptr).flags = entry.flags };
+    Some(entry)
+}
+
+/// An accept record's socket part: header, addresses and state as they are now.
+#[inline(always)]
+fn fill_accept(open: &mut ConnOpenRecord, sk: u64, entry: &SocketEntry) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    open.header = header(EventKind::Accept, now, sk, entry);
+    open.tuple = Tuple::default();
+    let _ = kernel::sock_tuple::<Probed>(sk, &mut open.tuple);
+    open.state = kernel::sock_state::<Probed>(sk).unwrap_or(0);
 }
 
 #[inline(always)]

@@ -5,6 +5,8 @@
 //! Hooks (userspace picks one per family at load time, by probing what the kernel offers):
 //! - `probes::state`: `inet_sock_set_state`, as two `tp_btf` programs or the classic tracepoint.
 //! - `probes::accept`: `syscalls:sys_exit_accept{,4}`, where the acceptor is known.
+//! - `probes::io_uring`: `io_uring:io_uring_submit_req` and `io_uring_complete`, for accepts
+//!   done through io_uring, which never return from accept(2).
 //! - `probes::go`: uprobes at the returns of a Go program's `runtime.newproc1`, attached per
 //!   process by userspace, for goroutine ancestry (`goroutines`).
 #![no_std]

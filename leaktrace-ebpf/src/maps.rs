@@ -2,9 +2,9 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use leaktrace_common::{COUNTER_SLOTS, Config, ConnOpenRecord, Counter};
+use leaktrace_common::{COUNTER_SLOTS, Config, ConnOpenRecord, Counter, IouringRequestKey};
 
 /// Written by userspace before load (`EbpfLoader::override_global`). Read one field at a time
 /// through [`config!`], with volatile loads so the compiler cannot fold the zeros it sees here.
@@ -68,6 +68,34 @@ pub fn paused() -> bool {
 pub static OPEN_SCRATCH: PerCpuArray<ConnOpenRecord> = PerCpuArray::with_max_entries(2, 0);
 pub const SCRATCH_CONNECT: u32 = 0;
 pub const SCRATCH_ACCEPT: u32 = 1;
+
+/// io_uring accepts between their submission and their completion (`probes::io_uring`): the
+/// submitter and its user stack, taken at submission, wait here for the completion that says
+/// which fd the accepted socket got. An LRU map, so that requests whose completion never comes
+/// (a CQE the application asked to skip) age out rather than fill it; a server keeps a few
+/// accepts in flight per listener.
+#[map]
+pub static PENDING_ACCEPTS: LruHashMap<IouringRequestKey, PendingOpen> = LruHashMap::with_max_entries(1024, 0);
+
+/// io_uring connects an io-wq worker (`IOSQE_ASYNC`) or a SQPOLL thread will issue, keyed by
+/// their socket: the submitter and its stack, for the CLOSE -> SYN_SENT that io thread runs
+/// (it has no user stack of its own). Connects issued by the submitting task are not kept.
+#[map]
+pub static PENDING_CONNECTS: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(256, 0);
+
+/// Where a [`PendingOpen`] is assembled before it is copied into a pending map (too big
+/// for the BPF stack). Per CPU.
+#[map]
+pub static PENDING_SCRATCH: PerCpuArray<PendingOpen> = PerCpuArray::with_max_entries(1, 0);
+
+/// An io_uring accept or connect in flight: its request (to tell an accept from a later request
+/// with the same `user_data`) and its open record, owner and stack filled at submission.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingOpen {
+    pub req: u64,
+    pub open: ConnOpenRecord,
+}
 
 /// The transition the first `tp_btf` program last began on this CPU (see [`TransitionMark`]).
 #[map]

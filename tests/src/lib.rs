@@ -12,6 +12,7 @@
 //! - [`go`]: the Go test programs (`grpcleak`: the flagship incident, its fix, the right design).
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
 //! - [`containers`]: real podman containers (rootful, runc), removed on drop.
+//! - [`uring`]: a server and client that accept and connect only through io_uring.
 //! - [`deploy`]: deploy/kubernetes/ as Kubernetes objects, its pod as podman flags, the image.
 pub mod agent;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod go;
 pub mod puppet;
 pub mod session;
 pub mod tcp_table;
+pub mod uring;
 
 use std::{
     sync::{Mutex, MutexGuard},

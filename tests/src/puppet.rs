@@ -17,23 +17,27 @@ pub struct Puppet {
 /// The built helper binary.
 pub fn sockpuppet_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let source = manifest.join("helpers/sockpuppet.c");
-            let out_dir = manifest.join("../target/test-helpers");
-            std::fs::create_dir_all(&out_dir).expect("create target/test-helpers");
-            let binary = out_dir.join("sockpuppet");
-            let status = Command::new("gcc")
-                .args(["-O0", "-g", "-fno-omit-frame-pointer", "-no-pie", "-Wall", "-Werror", "-o"])
-                .arg(&binary)
-                .arg(&source)
-                .status()
-                .expect("gcc is needed to build the test helpers (cargo xtask setup --test-deps installs it)");
-            assert!(status.success(), "building {} failed", source.display());
-            binary
-        })
-        .clone()
+    BINARY.get_or_init(|| build_c_helper("sockpuppet", &[])).clone()
+}
+
+/// Builds `helpers/NAME.c` into `target/test-helpers/NAME` (linked with `libs`, e.g. `-luring`)
+/// the way every C helper is built: frame pointers, no PIE.
+#[track_caller]
+pub fn build_c_helper(name: &str, libs: &[&str]) -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let source = manifest.join(format!("helpers/{name}.c"));
+    let out_dir = manifest.join("../target/test-helpers");
+    std::fs::create_dir_all(&out_dir).expect("create target/test-helpers");
+    let binary = out_dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-no-pie", "-Wall", "-Werror", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .args(libs)
+        .status()
+        .expect("gcc is needed to build the test helpers (cargo xtask setup --test-deps installs it)");
+    assert!(status.success(), "building {} failed (cargo xtask setup --test-deps installs what it needs)", source.display());
+    binary
 }
 
 impl Puppet {

@@ -35,7 +35,7 @@ enum Task {
     /// A nightly toolchain with rust-src, and bpf-linker linked against the nightly's LLVM;
     /// with --test-deps also the end-to-end tests' tools. Mounts tracefs when root.
     Setup {
-        /// Also install what the end-to-end tests need (gcc, iproute2, Go with grpc-go, python3,
+        /// Also install what the end-to-end tests need (gcc, iproute2, Go with grpc-go, python3, liburing,
         /// podman, runc, buildah, prometheus).
         #[arg(long)]
         test_deps: bool,

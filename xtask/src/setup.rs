@@ -27,6 +27,8 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
+    // The io_uring tests' server and client (tests/helpers/uringpuppet.c) link liburing.
+    ("/usr/include/liburing.h", "liburing-dev"),
     // The agent tests: the Prometheus server scrapes the agent; promtool checks its metrics
     // (and the PrometheusRule's alerting rules).
     ("prometheus", "prometheus"),

@@ -2,4 +2,5 @@
 //! arguments and hands over to `lifecycle`.
 pub mod accept;
 pub mod go;
+pub mod io_uring;
 pub mod state;

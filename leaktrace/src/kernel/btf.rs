@@ -73,6 +73,10 @@ impl KernelBtf {
             // Only x86_64 keeps the TLS base there (arm64 has thread.uw.tp_value and Go keeps
             // g in a register): without it, goroutine ancestry is unavailable, nothing else.
             task_thread_fsbase: self.byte_offset("task_struct", &["thread", "fsbase"]).unwrap_or(0),
+            task_comm: self.byte_offset("task_struct", &["comm"])?,
+            // A kernel without io_uring has no io_kiocb: its probes are not attached there.
+            io_kiocb_opcode: self.byte_offset("io_kiocb", &["opcode"]).unwrap_or(0),
+            io_kiocb_cqe_fd: self.byte_offset("io_kiocb", &["cqe", "fd"]).unwrap_or(0),
         })
     }
 
@@ -186,6 +190,10 @@ mod tests {
         assert_eq!(offsets.sock_state, 18);
         assert!(offsets.sock_protocol_bits == 16 || offsets.sock_protocol_bits == 8);
         assert!(offsets.task_files > 0 && offsets.socket_sk > 0 && offsets.fdtable_fd > 0);
+        if Path::new("/sys/kernel/tracing/events/io_uring").is_dir() {
+            assert!(offsets.io_kiocb_opcode > 0, "a kernel with io_uring has io_kiocb.opcode");
+            assert!(offsets.io_kiocb_cqe_fd > 0, "and io_kiocb.cqe.fd");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use leaktrace_common::{ClassicStateFormat, Config, filter, reported_states};
+use leaktrace_common::{ClassicStateFormat, Config, IouringFormat, filter, reported_states};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
@@ -154,6 +154,8 @@ const STATE_BTF_TWIN: &str = "inet_sock_set_state_btf_twin";
 const STATE_CLASSIC: &str = "inet_sock_set_state_classic";
 const ACCEPT4: &str = "sys_exit_accept4";
 const ACCEPT: &str = "sys_exit_accept";
+const IOURING_SUBMIT: &str = "io_uring_submit_req";
+const IOURING_COMPLETE: &str = "io_uring_complete";
 
 impl Tracer {
     /// Loads and attaches the probes. Must run inside a tokio runtime (the reader registers
@@ -178,9 +180,14 @@ impl Tracer {
             log::info!("mounted tracefs at {}", tracefs_root.display());
         }
         let classic = classic_state_format(&tracefs_root)?;
+        let iouring = iouring_format(&tracefs_root, &offsets);
+        if let Err(reason) = &iouring {
+            log::info!("io_uring accepts not traced: {reason}");
+        }
         let config = Config {
             offsets,
             classic,
+            iouring: iouring.as_ref().map(|(format, _)| *format).unwrap_or_default(),
             filters: filter_bits(&options),
             // Wake the reader once an eighth of the buffer is pending; below that, the timed
             // drain collects records in batches.
@@ -199,6 +206,12 @@ impl Tracer {
 
         let mut hooks = attach_state_probes(&mut ebpf, options.state_hook)?;
         hooks.extend(attach_accept_probes(&mut ebpf)?);
+        if let Ok((_, submit)) = &iouring {
+            match attach_iouring_probes(&mut ebpf, submit) {
+                Ok(attached) => hooks.extend(attached),
+                Err(err) => log::warn!("io_uring accepts not traced: {err}"),
+            }
+        }
         for hook in &hooks {
             log::info!("probe {} attached to {}", hook.program, hook.hook);
         }
@@ -268,6 +281,48 @@ fn classic_state_format(root: &std::path::Path) -> Result<ClassicStateFormat, Tr
         &["skaddr", "oldstate", "newstate", "protocol"],
     )?;
     Ok(ClassicStateFormat { skaddr: offsets[0], oldstate: offsets[1], newstate: offsets[2], protocol: offsets[3] })
+}
+
+/// Where the io_uring tracepoints keep what the probes read, and the submission tracepoint's
+/// name (older kernels call it `io_uring_submit_sqe`). `Err` says why io_uring is not traced: a
+/// kernel without io_uring, or a record without a field the probes need. Older records name no
+/// request (`req`) or no request flags (`flags`): those are left 0, and the probes then do
+/// without what they give (telling a request by its opcode at completion; io-wq connects).
+fn iouring_format(
+    root: &std::path::Path,
+    offsets: &leaktrace_common::KernelOffsets,
+) -> Result<(IouringFormat, &'static str), String> {
+    if offsets.io_kiocb_opcode == 0 {
+        return Err("this kernel's BTF has no struct io_kiocb (no io_uring)".into());
+    }
+    let submit_fields = ["ctx", "user_data", "opcode", "sq_thread"];
+    let (submit, name) = match tracefs::field_offsets(root, "io_uring", IOURING_SUBMIT, &submit_fields) {
+        Ok(found) => (found, IOURING_SUBMIT),
+        Err(newer) => match tracefs::field_offsets(root, "io_uring", "io_uring_submit_sqe", &submit_fields) {
+            Ok(found) => (found, "io_uring_submit_sqe"),
+            Err(_) => return Err(newer.to_string()),
+        },
+    };
+    let complete_fields = ["ctx", "user_data", "res", "cflags"];
+    let complete =
+        tracefs::field_offsets(root, "io_uring", IOURING_COMPLETE, &complete_fields).map_err(|err| err.to_string())?;
+    let optional = |tracepoint: &str, field: &str| {
+        tracefs::field_offsets(root, "io_uring", tracepoint, &[field]).map_or(0, |found| found[0])
+    };
+    let format = IouringFormat {
+        submit_ctx: submit[0],
+        submit_req: optional(name, "req"),
+        submit_user_data: submit[1],
+        submit_opcode: submit[2],
+        submit_flags: optional(name, "flags"),
+        submit_sq_thread: submit[3],
+        complete_ctx: complete[0],
+        complete_req: optional(IOURING_COMPLETE, "req"),
+        complete_user_data: complete[1],
+        complete_res: complete[2],
+        complete_cflags: complete[3],
+    };
+    Ok((format, name))
 }
 
 fn filter_bits(options: &TracerOptions) -> u32 {
@@ -357,6 +412,22 @@ fn attach_tracepoint(
     Ok(AttachedHook { program: name, hook })
 }
 
+/// The io_uring pair: the submission (named `submit`) records an accept's submitter, the
+/// completion attributes its socket. Both or neither.
+fn attach_iouring_probes(ebpf: &mut Ebpf, submit: &str) -> Result<Vec<AttachedHook>, LoadError> {
+    let complete = attach_tracepoint(ebpf, IOURING_COMPLETE, "io_uring", IOURING_COMPLETE)?;
+    let submitted = attach_tracepoint(ebpf, IOURING_SUBMIT, "io_uring", submit);
+    match submitted {
+        Ok(submitted) => Ok(vec![submitted, complete]),
+        Err(err) => {
+            if let Some(aya::programs::Program::TracePoint(program)) = ebpf.program_mut(IOURING_COMPLETE) {
+                let _ = program.unload();
+            }
+            Err(err)
+        }
+    }
+}
+
 /// accept4(2) everywhere; accept(2) where the architecture has it (not on arm64).
 fn attach_accept_probes(ebpf: &mut Ebpf) -> Result<Vec<AttachedHook>, LoadError> {
     let mut hooks = vec![attach_tracepoint(ebpf, ACCEPT4, "syscalls", "sys_exit_accept4")?];
@@ -365,4 +436,92 @@ fn attach_accept_probes(ebpf: &mut Ebpf) -> Result<Vec<AttachedHook>, LoadError>
         Err(err) => log::info!("accept(2) not traced (accept4 is): {err}"),
     }
     Ok(hooks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tracefs tree holding `io_uring` format files, removed on drop.
+    struct FormatTree(std::path::PathBuf);
+
+    impl FormatTree {
+        fn new(test: &str, formats: &[(&str, &String)]) -> Self {
+            let root = std::env::temp_dir().join(format!("leaktrace-{test}-{}", std::process::id()));
+            for (tracepoint, fields) in formats {
+                let dir = root.join("events/io_uring").join(tracepoint);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join("format"), fields).unwrap();
+            }
+            Self(root)
+        }
+    }
+
+    impl Drop for FormatTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn io_uring_kernel() -> leaktrace_common::KernelOffsets {
+        leaktrace_common::KernelOffsets { io_kiocb_opcode: 36, ..Default::default() }
+    }
+
+    /// A `format` file's field lines, from `(declaration, offset)` pairs.
+    fn format_file(fields: &[(&str, u32)]) -> String {
+        fields
+            .iter()
+            .map(|(declared, offset)| format!("\tfield:{declared};\toffset:{offset};\tsize:8;\tsigned:0;\n"))
+            .collect()
+    }
+
+    /// The layout of a kernel whose submission tracepoint is still `io_uring_submit_sqe` and
+    /// whose records name no request: traced, with the request's offsets left 0.
+    #[test]
+    fn older_io_uring_records_are_read_without_the_request() {
+        let submit = [
+            ("void * ctx", 8),
+            ("u8 opcode", 16),
+            ("u64 user_data", 24),
+            ("bool force_nonblock", 32),
+            ("bool sq_thread", 33),
+        ];
+        let complete = [("void * ctx", 8), ("u64 user_data", 16), ("int res", 24), ("unsigned cflags", 28)];
+        let tree = FormatTree::new("old-io-uring", &[
+            ("io_uring_submit_sqe", &format_file(&submit)),
+            ("io_uring_complete", &format_file(&complete)),
+        ]);
+        let (format, name) = iouring_format(&tree.0, &io_uring_kernel()).unwrap();
+        assert_eq!(name, "io_uring_submit_sqe");
+        let submitted = (format.submit_ctx, format.submit_opcode, format.submit_user_data, format.submit_sq_thread);
+        assert_eq!(submitted, (8, 16, 24, 33));
+        assert_eq!((format.submit_req, format.submit_flags, format.complete_req), (0, 0, 0), "absent: 0");
+        assert_eq!((format.complete_user_data, format.complete_res, format.complete_cflags), (16, 24, 28));
+    }
+
+    #[test]
+    fn io_uring_is_not_traced_without_a_field_the_probes_need_and_says_which() {
+        let submit = [("void * ctx", 8), ("u8 opcode", 32), ("u64 user_data", 24), ("bool sq_thread", 48)];
+        let tree = FormatTree::new("no-res", &[
+            ("io_uring_submit_req", &format_file(&submit)),
+            ("io_uring_complete", &format_file(&[("void * ctx", 8), ("u64 user_data", 24)])),
+        ]);
+        let err = iouring_format(&tree.0, &io_uring_kernel()).unwrap_err();
+        assert!(err.contains("io_uring_complete") && err.contains("`res`"), "{err}");
+        let err = iouring_format(&tree.0, &leaktrace_common::KernelOffsets::default()).unwrap_err();
+        assert!(err.contains("no struct io_kiocb"), "{err}");
+    }
+
+    /// This kernel's own tracepoints, where it has io_uring: every field found.
+    #[test]
+    fn this_kernels_io_uring_records_have_every_field() {
+        let root = std::path::Path::new(super::tracefs::TRACEFS);
+        if !root.join("events/io_uring").is_dir() {
+            eprintln!("skipped: no io_uring tracepoints under {} (not mounted, or no io_uring)", root.display());
+            return;
+        }
+        let (format, name) = iouring_format(root, &io_uring_kernel()).unwrap();
+        assert_eq!(name, IOURING_SUBMIT);
+        assert!(format.submit_req > 0 && format.submit_flags > 0 && format.complete_req > 0, "{format:?}");
+    }
 }

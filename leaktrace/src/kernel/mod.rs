@@ -13,7 +13,10 @@
 //! kprobes are not a fallback worth having: the tracepoints exist since 4.16, and some
 //! kernels (CONFIG_KPROBES=n) have no kprobes at all.
 //!
-//! The accept probe uses `syscalls:sys_exit_accept4` / `sys_exit_accept` (tracefs).
+//! The accept probe uses `syscalls:sys_exit_accept4` / `sys_exit_accept` (tracefs). Accepts done
+//! through io_uring use `io_uring:io_uring_submit_req` (the submitter and its stack) and
+//! `io_uring:io_uring_complete` (the new fd), attached where this kernel has them, with what
+//! they read found in their tracefs formats and BTF; without them only io_uring is untraced.
 //!
 //! Goroutine ancestry (`go_ancestry`) is a uprobe loaded at start and attached later, per Go
 //! process, where it is wanted.

@@ -374,11 +374,9 @@ impl Engine {
         return_address: u64,
         inner: &[Frame],
     ) -> Option<Frame> {
-        let innermost = inner
-            .iter()
-            .rfind(|frame| !frame.inlined)?
-            .function
-            .as_deref()?;
+        // May be unnamed (a static function of a stripped library, such as liburing's inside
+        // io_uring_submit): a named call target cannot be that function then.
+        let innermost = inner.iter().rfind(|frame| !frame.inlined)?.function.as_deref();
         let mapping = image.mapping_at(return_address.checked_sub(1)?)?;
         let Region::File {
             file: Some(pinned), ..
@@ -402,7 +400,7 @@ impl Engine {
         let offset = target - target_mapping.start + target_mapping.offset;
         let (name, file) = self.function_starting_at(target_file, offset)?;
         // Only a call to some other function than the innermost names a lost caller.
-        if name == innermost {
+        if innermost == Some(name.as_str()) {
             return None;
         }
         self.shared
