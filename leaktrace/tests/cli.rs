@@ -23,7 +23,10 @@ fn bad_flags_exit_2_with_the_reason() {
     assert!(stderr.contains("invalid value 'xml' for '--format <FORMAT>'"), "{stderr}");
     let (code, _, stderr) = leaktrace(&["--interval", "0", "--duration", "1"], "");
     assert_eq!(code, 2);
-    assert!(stderr.contains("--interval 0: must be a positive number of seconds"), "{stderr}");
+    assert!(stderr.contains("--interval 0s: must be longer than zero"), "{stderr}");
+    let (code, _, stderr) = leaktrace(&["--duration", "5 parsecs"], "");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("invalid value '5 parsecs' for '--duration <DURATION>'") && stderr.contains("30s, 5m"), "{stderr}");
     let (code, _, stderr) = leaktrace(&["replay", "/nonexistent/recording.jsonl"], "");
     assert_eq!(code, 2);
     assert!(stderr.contains("replay: cannot open /nonexistent/recording.jsonl"), "{stderr}");
