@@ -10,7 +10,7 @@ use crate::{
     goruntime::policy::AncestryMode,
     kernel::{StateHook, TracerOptions, Transitions},
     span::Span,
-    tracker::Thresholds,
+    tracker::{Limits, Thresholds},
 };
 
 #[derive(Debug, Parser)]
@@ -108,6 +108,8 @@ pub struct AgentArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub judge: JudgeArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Address and port the HTTP server listens on.
     #[arg(long, value_name = "ADDR:PORT", default_value_t = std::net::SocketAddr::from(([0, 0, 0, 0], AGENT_DEFAULT_PORT)))]
     pub listen: std::net::SocketAddr,
@@ -138,6 +140,8 @@ pub struct WatchArgs {
     pub trace: TraceArgs,
     #[command(flatten)]
     pub judge: JudgeArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub view: ViewArgs,
     #[command(flatten)]
@@ -196,6 +200,8 @@ pub struct ReplayArgs {
     pub cgroups: Vec<u64>,
     #[command(flatten)]
     pub judge: JudgeArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub view: ViewArgs,
     #[command(flatten)]
@@ -270,6 +276,15 @@ pub struct JudgeArgs {
     /// ... with a median lifetime at most this.
     #[arg(long, value_name = "DURATION", default_value_t = Span::from_secs(1))]
     pub churn_lifetime: Span,
+}
+
+/// How much the tracker keeps: shared by the commands that track (live view, agent, replay).
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Most call sites kept without live connections (about 3 KiB each); past it the quietest
+    /// are forgotten, and counted as evicted. Call sites with live connections are always kept.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_sites)]
+    pub max_call_sites: usize,
 }
 
 /// Which containers to show, and where their names come from.
@@ -360,6 +375,16 @@ pub enum ArgsError {
     NeedsKubernetes { flag: &'static str, value: String, what: &'static str },
     #[error("--kubernetes: which node's pods to watch is unknown\nhint: pass --node NAME or set NODE_NAME")]
     NoNode,
+}
+
+impl LimitArgs {
+    /// The tracker's bounds.
+    pub fn limits(&self) -> Result<Limits, ArgsError> {
+        if self.max_call_sites == 0 {
+            return Err(ArgsError::Positive { flag: "max-call-sites", value: "0".into() });
+        }
+        Ok(Limits { max_sites: self.max_call_sites, ..Limits::default() })
+    }
 }
 
 impl JudgeArgs {

@@ -8,6 +8,8 @@
  *   close FD                -> "ok"
  *   linger0 FD              -> "ok"             (the next close sends RST)
  *   write FD                -> "ok" | "err ERRNO" (sends one byte)
+ *   spray HOST PORT N       -> "ok"             (N connects, each from a call stack of its own,
+ *                                                each closed at once; refused ones count too)
  *   fork-hold FD            -> "pid C"          (child keeps FD until "release C", then closes it)
  *   release C               -> "ok"             (after the child has closed FD and exited)
  *   unix-listen PATH        -> "ok"
@@ -88,6 +90,31 @@ __attribute__((noinline)) static int dial(const char *host, int port) {
 __attribute__((noinline)) static int new_client(const char *host, int port) {
     int fd = dial(host, port);
     return fd;
+}
+
+/* One of two paths per bit of `path`, `bits` deep: 2^bits distinct call stacks down to dial(). */
+__attribute__((noinline)) static int spray_right(const char *host, int port, unsigned path, int bits);
+__attribute__((noinline)) static int spray_left(const char *host, int port, unsigned path, int bits) {
+    if (bits == 0)
+        return dial(host, port);
+    int fd = (path & 1) ? spray_right(host, port, path >> 1, bits - 1) : spray_left(host, port, path >> 1, bits - 1);
+    return fd;
+}
+
+__attribute__((noinline)) static int spray_right(const char *host, int port, unsigned path, int bits) {
+    if (bits == 0)
+        return dial(host, port);
+    int fd = (path & 1) ? spray_right(host, port, path >> 1, bits - 1) : spray_left(host, port, path >> 1, bits - 1);
+    return fd;
+}
+
+static void spray(const char *host, int port, int n) {
+    for (int i = 0; i < n; i++) {
+        int fd = spray_left(host, port, (unsigned)i, 16);
+        if (fd >= 0)
+            close(fd);
+    }
+    reply("ok");
 }
 
 static void do_listen(const char *host, int port) {
@@ -230,6 +257,8 @@ __attribute__((noinline)) static void run_command(char *line) {
     } else if (sscanf(line, "close %d", &a) == 1) {
         close(a);
         reply("ok");
+    } else if (sscanf(line, "spray %127s %d %d", host, &a, &b) == 3) {
+        spray(host, a, b);
     } else if (sscanf(line, "write %d", &a) == 1) {
         if (send(a, "x", 1, MSG_NOSIGNAL) < 0)
             reply("err %d", errno);

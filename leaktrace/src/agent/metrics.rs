@@ -481,6 +481,12 @@ fn health(out: &mut DescriptorEncoder, scrape: &Scrape) -> fmt::Result {
     counter(out, "leaktrace_tracker_call_sites_expired", "Call sites forgotten (quiet without live connections).", &one(tracker.sites_expired))?;
     counter(
         out,
+        "leaktrace_tracker_call_sites_evicted",
+        "Call sites forgotten before their time for want of room (over --max-call-sites).",
+        &one(tracker.sites_evicted),
+    )?;
+    counter(
+        out,
         "leaktrace_tracker_closes_inferred",
         "Connections ended without a CLOSE seen (socket reused or gone from the inventory).",
         &one(tracker.closes_inferred),

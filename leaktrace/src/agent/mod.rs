@@ -80,6 +80,7 @@ pub async fn run(args: &AgentArgs) -> anyhow::Result<bool> {
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
+        limits: &args.limits,
         go: &args.go,
         containers: &args.containers,
         record: None,

@@ -10,7 +10,7 @@ use super::{
     inventory::{Inventories, Taken},
 };
 use crate::{
-    cli::{ContainerArgs, GoAncestryArgs, JudgeArgs, TraceArgs},
+    cli::{ContainerArgs, GoAncestryArgs, JudgeArgs, LimitArgs, TraceArgs},
     container::{self, Containers, WorkloadFilter},
     event::Event,
     goruntime::policy::{AncestryMode, AncestryPolicy},
@@ -18,13 +18,14 @@ use crate::{
     recording::{self, Mark, RECORDING_VERSION},
     report::{LiveResolver, Report},
     symbolize::Symbolizer,
-    tracker::{Filter, Limits, Thresholds, Tracker},
+    tracker::{Filter, Thresholds, Tracker},
 };
 
 /// How a live session is set up, from the command line.
 pub struct LiveOptions<'a> {
     pub trace: &'a TraceArgs,
     pub judge: &'a JudgeArgs,
+    pub limits: &'a LimitArgs,
     pub go: &'a GoAncestryArgs,
     pub containers: &'a ContainerArgs,
     pub record: Option<&'a Path>,
@@ -87,7 +88,7 @@ impl Live {
         let started_ns = monotonic_ns();
         let symbolizer = Symbolizer::spawn();
         let containers = container::start(&pod_names).await;
-        let tracker = Tracker::new(thresholds.clone(), Limits::default(), filter, started_ns);
+        let tracker = Tracker::new(thresholds.clone(), options.limits.limits()?, filter, started_ns);
         let inventories =
             Inventories::start(options.inventory_interval, options.seed, !options.trace.cgroups.is_empty())?;
         let mut live = Self {

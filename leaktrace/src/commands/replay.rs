@@ -36,7 +36,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
         cgroups: args.cgroups.clone(),
     };
     let mut view = View::new(args.view.format, args.view.top);
-    let mut replayer = Replayer::new(thresholds, filter);
+    let mut replayer = Replayer::new(thresholds, args.limits.limits()?, filter);
     let mut next_refresh_ns = None;
 
     for record in recording::read(input) {
@@ -62,6 +62,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
 /// kernel and the inventories gave it; reports at any time of the recording's own clock.
 pub struct Replayer {
     thresholds: Thresholds,
+    limits: Limits,
     filter: Filter,
     tracker: Option<Tracker>,
     counters: Option<KernelCounters>,
@@ -69,8 +70,8 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    pub fn new(thresholds: Thresholds, filter: Filter) -> Self {
-        Self { thresholds, filter, tracker: None, counters: None, end_ns: None }
+    pub fn new(thresholds: Thresholds, limits: Limits, filter: Filter) -> Self {
+        Self { thresholds, limits, filter, tracker: None, counters: None, end_ns: None }
     }
 
     /// The time a record carries, where it carries one.
@@ -93,7 +94,7 @@ impl Replayer {
                 Record::Mark(Mark::Start { ts_ns, .. }) => *ts_ns,
                 _ => 0,
             };
-            Tracker::new(self.thresholds.clone(), Limits::default(), self.filter.clone(), start)
+            Tracker::new(self.thresholds.clone(), self.limits.clone(), self.filter.clone(), start)
         });
         tracker.started_ns()
     }
@@ -132,7 +133,7 @@ impl Replayer {
     /// [`Replayer::report_at`], stacks and executables from `resolver`.
     pub fn report_with(&mut self, now_ns: u64, resolver: &dyn Resolver) -> Report {
         let tracker = self.tracker.get_or_insert_with(|| {
-            Tracker::new(self.thresholds.clone(), Limits::default(), self.filter.clone(), now_ns)
+            Tracker::new(self.thresholds.clone(), self.limits.clone(), self.filter.clone(), now_ns)
         });
         tracker.expire(now_ns);
         Report::new(&tracker.snapshot(now_ns), self.counters, &self.thresholds, resolver)

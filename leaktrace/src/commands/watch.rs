@@ -27,6 +27,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<bool> {
     let mut live = Live::start(&LiveOptions {
         trace: &args.trace,
         judge: &args.judge,
+        limits: &args.limits,
         go: &args.go,
         containers: &args.containers,
         record: args.record.as_deref(),

@@ -16,7 +16,7 @@ use crate::{
     recording::{self, Mark, RECORDING_VERSION, Record},
     report::{REPORT_VERSION, Report, Resolver},
     symbolize::{SymbolizedStack, Symbolizer},
-    tracker::{Filter, ProcessKey, Thresholds},
+    tracker::{Filter, Limits, ProcessKey, Thresholds},
 };
 
 /// `FILE` or `FILE@TIME`, as given on the command line.
@@ -226,7 +226,7 @@ fn replay(
     thresholds: &Thresholds,
     filter: &Filter,
 ) -> Result<Report, InputError> {
-    let mut replayer = Replayer::new(thresholds.clone(), filter.clone());
+    let mut replayer = Replayer::new(thresholds.clone(), Limits::default(), filter.clone());
     let mut traced = false;
     let mut cut_ns = None;
     for record in recording::read(reader) {

@@ -140,6 +140,9 @@ pub fn header(report: &Report) -> String {
             let _ = write!(out, ", {} untracked (socket map full)", events.socket_map_full);
         }
     }
+    if report.tracker.sites_evicted > 0 {
+        let _ = write!(out, " · {} call sites evicted (over --max-call-sites)", report.tracker.sites_evicted);
+    }
     let _ = write!(out, " · {leaks} leak(s), {suspects} suspect");
     out
 }

@@ -73,6 +73,9 @@ pub struct TrackerStats {
     pub seed_duplicates: u64,
     /// Call sites forgotten (no live connection for `site_ttl`, or over `max_sites`).
     pub sites_expired: u64,
+    /// Of those, the ones forgotten before their time for want of room (over `max_sites`).
+    #[serde(default)]
+    pub sites_evicted: u64,
     /// Connections opened, closed and failed (never established) since start, over every call
     /// site, forgotten ones included: the running totals the per-site figures add up to.
     pub opened: u64,
@@ -355,6 +358,9 @@ impl Tracker {
             self.processes.remove_site(site.key.process);
             self.free_sites.push(id);
             self.stats.sites_expired += 1;
+            if last_event_ns.saturating_add(ttl) > now_ns {
+                self.stats.sites_evicted += 1;
+            }
         }
         let stale: Vec<u64> = self
             .pending

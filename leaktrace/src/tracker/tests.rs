@@ -459,3 +459,26 @@ fn a_burst_is_quiet_by_the_idle_times_its_inventory_measured_not_by_the_time_sin
     assert_eq!(judged(100), (Verdict::Ok, 0, None));
     assert_eq!(judged(3000), (Verdict::Suspect, 30, Some("burst_held_open".to_string())));
 }
+
+#[test]
+fn past_max_sites_the_quietest_closed_call_sites_are_evicted_and_counted_while_live_ones_stay() {
+    let limits = Limits { max_sites: 10, ..Limits::default() };
+    let mut t = Tracker::new(Thresholds::default(), limits, Filter::default(), START);
+    let mut stream = Stream::new();
+    // 30 call sites of one connection each, opened and closed; one more that leaks.
+    for i in 0..30u64 {
+        let ts = START + i * MS;
+        let (socket, cookie) = stream.socket(ts);
+        let stack = [0x401000, 0x500000 + i * 0x10];
+        t.apply(&open(socket, cookie, ts, owner(7, "sprayer"), false, &stack, "127.0.0.1:9000"));
+        t.apply(&state(socket, cookie, ts + 10, TcpState::SynSent, TcpState::Established));
+        t.apply(&state(socket, cookie, ts + 20, TcpState::Established, TcpState::Close));
+    }
+    client(&mut t, &mut stream, 42, 20, 4, None);
+    t.expire(START + 4 * S);
+    let snapshot = t.snapshot(START + 4 * S);
+    assert_eq!(snapshot.sites.len(), 10);
+    assert_eq!((t.stats().sites_evicted, t.stats().sites_expired), (21, 21));
+    let leak = snapshot.sites.iter().find(|site| site.comm == "client").expect("the live call site is kept");
+    assert_eq!(leak.verdict, Verdict::Leak);
+}
