@@ -82,7 +82,8 @@ pub fn run_leaktrace(ready: &Ready, debug: bool, args: &[OsString]) -> Result<()
 /// `cargo test` over the workspace (the eBPF crate left out), extra arguments passed through.
 pub fn test(ready: &Ready, extra: &[OsString]) -> Result<()> {
     let mut test = cargo(ready);
-    test.arg("test");
+    // Every test binary runs, so one run shows every failure (CI runs once).
+    test.args(["test", "--no-fail-fast"]);
     // `-p`/`--package` picks packages itself; `--workspace` would override it.
     let mut cargo_args = extra
         .iter()
