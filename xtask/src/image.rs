@@ -108,7 +108,7 @@ fn leaktrace_version(ready: &Ready) -> Result<String> {
 }
 
 /// Builds the static release binary and checks that it is one.
-fn static_binary(ready: &Ready) -> Result<PathBuf> {
+pub fn static_binary(ready: &Ready) -> Result<PathBuf> {
     let target = host_gnu_target()?;
     let target_dir = image_dir().join("cargo");
     let mut build = cargo::cargo(ready);
