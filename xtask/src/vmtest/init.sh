@@ -20,7 +20,7 @@ done
 OUT=/dev/ttyS1
 # One block: its name, then the file as it is.
 emit() {
-    { echo "@@vmtest begin $1"; cat "$2"; echo "@@vmtest end $1"; } > "$OUT"
+    { echo "@@vmtest begin $1"; cat "$2"; echo "@@vmtest end $1"; } >> "$OUT"
 }
 value() {
     echo "$2" > /tmp/value
@@ -65,7 +65,7 @@ attached() {
 # --state-hook $1: its events, its log, the puppets' pids.
 lifecycle() {
     hook=$1 port=$2
-    leaktrace -v events --port "$port" --state-hook "$hook" > "/tmp/events-$hook" 2> "/tmp/log-$hook" &
+    leaktrace events -v --port "$port" --state-hook "$hook" > "/tmp/events-$hook" 2> "/tmp/log-$hook" &
     lt=$!
     if attached "/tmp/log-$hook" "$lt"; then
         puppet server 5 6
@@ -94,7 +94,7 @@ leak() {
     puppet server 5 6
     puppet client 7 8
     server listen 127.0.0.1 "$port"; listener=$(echo "$R" | cut -d' ' -f2)
-    leaktrace -v --format json --duration 9s --pid "$server_pid" --pid "$client_pid" > /tmp/report 2> /tmp/log-leak &
+    leaktrace -v --format json --duration 9 --pid "$server_pid" --pid "$client_pid" > /tmp/report 2> /tmp/log-leak &
     lt=$!
     if attached /tmp/log-leak "$lt"; then
         for _ in $(seq "$count"); do
