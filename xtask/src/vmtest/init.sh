@@ -94,7 +94,7 @@ leak() {
     puppet server 5 6
     puppet client 7 8
     server listen 127.0.0.1 "$port"; listener=$(echo "$R" | cut -d' ' -f2)
-    leaktrace -v --format json --duration 9 --pid "$server_pid" --pid "$client_pid" > /tmp/report 2> /tmp/log-leak &
+    leaktrace -v --format json --duration 12 --pid "$server_pid" --pid "$client_pid" > /tmp/report 2> /tmp/log-leak &
     lt=$!
     if attached /tmp/log-leak "$lt"; then
         for _ in $(seq "$count"); do

@@ -18,15 +18,28 @@ pub struct KernelSpec {
     /// The Debian release it ships with (the table's first column).
     pub release: &'static str,
     pub suite: &'static str,
+    /// Whether `--state-hook auto` should attach the tp_btf programs here; where not, the
+    /// classic tracepoint must be chosen and the fallback logged. Why, for the README.
+    pub expect_tp_btf: Result<(), &'static str>,
 }
 
 /// The cloud flavour: virtio, serial console and BTF built in, the quickest to boot.
 const META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 pub const KERNELS: &[KernelSpec] = &[
-    KernelSpec { name: "5.10", release: "Debian 11 (bullseye)", suite: "bullseye" },
-    KernelSpec { name: "6.1", release: "Debian 12 (bookworm)", suite: "bookworm" },
-    KernelSpec { name: "6.12", release: "Debian 12 (bookworm-backports), Debian 13", suite: "bookworm-backports" },
+    KernelSpec {
+        name: "5.10",
+        release: "Debian 11 (bullseye)",
+        suite: "bullseye",
+        expect_tp_btf: Err("tracing programs may call bpf_get_socket_cookie from 5.12 on"),
+    },
+    KernelSpec { name: "6.1", release: "Debian 12 (bookworm)", suite: "bookworm", expect_tp_btf: Ok(()) },
+    KernelSpec {
+        name: "6.12",
+        release: "Debian 12 (bookworm-backports), Debian 13",
+        suite: "bookworm-backports",
+        expect_tp_btf: Ok(()),
+    },
 ];
 
 /// What the socket inventory needs (sock_diag for TCP), modules on Debian's kernels; in load
@@ -80,6 +93,8 @@ impl PrivateApt {
             ("Dir::Cache", dir("cache")),
             ("APT::Architecture", "amd64".to_string()),
             ("Acquire::Languages", "none".to_string()),
+            // The cache is root's, under target/: apt's _apt user may not write there.
+            ("APT::Sandbox::User", "root".to_string()),
         ] {
             cmd.arg("-o").arg(format!("{key}={value}"));
         }
@@ -148,15 +163,22 @@ pub fn fetch(dir: &Path, specs: &[&KernelSpec]) -> Result<Vec<Kernel>> {
         .collect()
 }
 
-/// The vmlinuz and the modules of a kernel package, unpacked once.
+/// The vmlinuz and the modules of a kernel package, unpacked once; the rest of the package's
+/// tree (most of its size) is removed again.
 fn unpack(deb: &Path, into: &Path, package: &str) -> Result<Kernel> {
-    let tree = into.join("tree");
-    if !tree.join("boot").is_dir() {
-        let _ = fs::remove_dir_all(&tree);
-        fs::create_dir_all(&tree).with_context(|| format!("cannot create {}", tree.display()))?;
-        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))
-            .with_context(|| format!("could not unpack {}", deb.display()))?;
+    let vmlinuz = into.join("vmlinuz");
+    let modules: Vec<PathBuf> = MODULES
+        .iter()
+        .map(|m| into.join("modules").join(Path::new(m).file_name().expect("a module path names a file")))
+        .collect();
+    if vmlinuz.exists() && modules.iter().all(|m| m.exists()) {
+        return Ok(Kernel { package: package.to_string(), vmlinuz, modules });
     }
+    let tree = into.join("tree");
+    let _ = fs::remove_dir_all(&tree);
+    fs::create_dir_all(&tree).with_context(|| format!("cannot create {}", tree.display()))?;
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tree))
+        .with_context(|| format!("could not unpack {}", deb.display()))?;
     let only = |dir: &Path, prefix: &str| -> Result<PathBuf> {
         fs::read_dir(dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
@@ -164,12 +186,13 @@ fn unpack(deb: &Path, into: &Path, package: &str) -> Result<Kernel> {
             .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
             .with_context(|| format!("{package} has no {prefix}* in {}", dir.display()))
     };
-    let vmlinuz = only(&tree.join("boot"), "vmlinuz-")?;
     let module_root = only(&tree.join("lib/modules"), "")?;
-    let modules = MODULES
-        .iter()
-        .map(|module| uncompressed_module(&module_root, module, &into.join("modules")))
-        .collect::<Result<_>>()?;
+    for module in MODULES {
+        uncompressed_module(&module_root, module, &into.join("modules"))?;
+    }
+    let image = only(&tree.join("boot"), "vmlinuz-")?;
+    fs::copy(&image, &vmlinuz).with_context(|| format!("cannot copy {}", image.display()))?;
+    fs::remove_dir_all(&tree).with_context(|| format!("cannot remove {}", tree.display()))?;
     Ok(Kernel { package: package.to_string(), vmlinuz, modules })
 }
 

@@ -91,7 +91,7 @@ pub fn vmtest(ready: &Ready, options: &Options) -> Result<()> {
         say!("vmtest: booting {} ({})", kernel.package, accel.name());
         let started = Instant::now();
         let boot = qemu::boot(&kernel.vmlinuz, &image, accel, &run_dir, options.timeout)?;
-        let mut verdicts = checks::judge(&boot.blocks, true);
+        let mut verdicts = checks::judge(&boot.blocks, spec.expect_tp_btf.is_ok());
         if let Some(fatal) = boot.blocks.get("fatal") {
             say!("vmtest: {}: the scenario stopped: {fatal}", spec.name);
         }

@@ -107,7 +107,7 @@ pub fn boot(vmlinuz: &Path, initramfs: &Path, accel: Accel, out_dir: &Path, limi
 
 /// The `@@vmtest begin NAME` ... `@@vmtest end NAME` blocks of the data port (a tty: lines end
 /// in CR LF).
-fn blocks(data: &str) -> BTreeMap<String, String> {
+pub(super) fn blocks(data: &str) -> BTreeMap<String, String> {
     let mut found = BTreeMap::new();
     let mut current: Option<(String, Vec<&str>)> = None;
     for line in data.lines().map(|l| l.trim_end_matches('\r')) {

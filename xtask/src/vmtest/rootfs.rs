@@ -60,7 +60,8 @@ pub fn initramfs(payload: &Payload, modules: &[PathBuf], staging: &Path, image: 
     }
     fs::write(staging.join("init"), INIT).context("writing /init")?;
     fs::set_permissions(staging.join("init"), fs::Permissions::from_mode(0o755)).context("making /init executable")?;
-    cpio(staging, image)
+    cpio(staging, image)?;
+    fs::remove_dir_all(staging).with_context(|| format!("cannot remove {}", staging.display()))
 }
 
 /// `cpio -o -H newc` of everything under `staging`, paths relative to it.
