@@ -234,8 +234,9 @@ fn leak(blocks: &BTreeMap<String, String>) -> Result<String, String> {
     if report["events"]["lost"] != 0 {
         return Err(format!("events lost: {}", report["events"]));
     }
-    let rule = site(&report, client, "connect")?["findings"][0]["rule"].as_str().unwrap_or("?").to_string();
-    Ok(format!("rule {rule}"))
+    let findings = site(&report, client, "connect")?["findings"].as_array().cloned().unwrap_or_default();
+    let rules: Vec<&str> = findings.iter().filter_map(|f| f["rule"].as_str()).collect();
+    Ok(format!("rules: {}", rules.join(", ")))
 }
 
 fn accept_owner(blocks: &BTreeMap<String, String>) -> Result<String, String> {

@@ -116,7 +116,7 @@ pub fn vmtest(ready: &Ready, options: &Options) -> Result<()> {
         print_row(&row);
         rows.push(row);
     }
-    let table = table(&rows, accel);
+    let table = table(&rows, accel, why);
     println!("{table}");
     if options.write_readme {
         write_readme(&table)?;
@@ -179,14 +179,23 @@ fn short_hooks(hooks: &str) -> String {
     }
     let mut text: Vec<String> =
         counted.into_iter().map(|(h, n)| if n > 1 { format!("`{h}` ×{n}") } else { format!("`{h}`") }).collect();
-    text.extend(hooks.split("; ").filter_map(|p| p.strip_prefix("logged: ")).map(|l| format!("fallback logged: {l}")));
+    // The verifier's reason, which the one-line warning puts last.
+    text.extend(
+        hooks
+            .split("; ")
+            .filter_map(|p| p.strip_prefix("logged: "))
+            .map(|l| format!("fallback logged: `{}`", l.rsplit(" ... ").next().unwrap_or(l))),
+    );
     text.join(", ")
 }
 
-fn table(rows: &[Row], accel: qemu::Accel) -> String {
+fn table(rows: &[Row], accel: qemu::Accel, why: &str) -> String {
     let mut out = String::new();
+    let commit = cmd::capture(std::process::Command::new("git").arg("-C").arg(workspace_root()).args(["rev-parse", "--short", "HEAD"]))
+        .map(|c| format!(" at commit {}", c.trim()))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "Run of `cargo xtask vmtest` on {} ({}), leaktrace {}:\n\n",
+        "From a run of `cargo xtask vmtest` on {} under {} ({why}), leaktrace {}{commit}:\n\n",
         today(),
         accel.name(),
         env!("CARGO_PKG_VERSION")
@@ -256,5 +265,11 @@ mod tests {
         let hooks = "inet_sock_set_state_btf → tp_btf/inet_sock_set_state; inet_sock_set_state_btf_twin → \
                      tp_btf/inet_sock_set_state; sys_exit_accept4 → tracepoint/syscalls/sys_exit_accept4";
         assert_eq!(short_hooks(hooks), "`tp_btf/inet_sock_set_state` ×2, `sys_exit_accept4`");
+        let fallback = "inet_sock_set_state_classic → tracepoint/sock/inet_sock_set_state; logged: tp_btf hook \
+                        unavailable, using the classic tracepoint alone: failed ... unknown func bpf_get_socket_cookie#46";
+        assert_eq!(
+            short_hooks(fallback),
+            "`sock/inet_sock_set_state`, fallback logged: `unknown func bpf_get_socket_cookie#46`"
+        );
     }
 }
