@@ -50,6 +50,11 @@ pub fn initramfs(payload: &Payload, modules: &[PathBuf], staging: &Path, image: 
         fs::set_permissions(&target, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("cannot make {} executable", target.display()))
     };
+    // Debian's plain busybox package installs a dynamic one at the same path.
+    let busybox = fs::read(BUSYBOX).with_context(|| format!("cannot read {BUSYBOX}"))?;
+    if let Some(interpreter) = crate::image::interpreter(&busybox).with_context(|| format!("{BUSYBOX} is not an ELF file"))? {
+        bail!("{BUSYBOX} is dynamically linked (it asks for {interpreter}): the initramfs has no libc\nfix: apt-get install busybox-static");
+    }
     copy(Path::new(BUSYBOX), "bin/busybox")?;
     copy(&payload.leaktrace, "bin/leaktrace")?;
     copy(&payload.sockpuppet, "bin/sockpuppet")?;
