@@ -85,13 +85,13 @@ enum Task {
         #[arg(long)]
         save: bool,
     },
-    /// Boot Debian's kernels (5.10, 6.1, 6.12) under qemu and run the lifecycle and verdict checks
-    /// there against the real probes (root for KVM); prints which kernel passed which check
+    /// Boot Debian's kernels (5.10, 6.1, 6.12 of bookworm-backports and of trixie) under qemu, run
+    /// the lifecycle and verdict checks there against the real probes; prints which passed which
     Vmtest {
         /// CI mode: never skip (a missing tool or kernel is an error).
         #[arg(long)]
         ci: bool,
-        /// Only this kernel (`5.10`, `6.1`, `6.12`); repeatable. Default: all.
+        /// Only this kernel (`5.10`, `6.1`, `6.12`, `6.12-trixie`); repeatable. Default: all.
         #[arg(long = "kernel", value_name = "NAME")]
         kernels: Vec<String>,
         /// Write the results to README.md's "Tested on" table.

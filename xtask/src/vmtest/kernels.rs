@@ -36,10 +36,11 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec { name: "6.1", release: "Debian 12 (bookworm)", suite: "bookworm", expect_tp_btf: Ok(()) },
     KernelSpec {
         name: "6.12",
-        release: "Debian 12 (bookworm-backports), Debian 13",
+        release: "Debian 12 (bookworm-backports)",
         suite: "bookworm-backports",
         expect_tp_btf: Ok(()),
     },
+    KernelSpec { name: "6.12-trixie", release: "Debian 13 (trixie)", suite: "trixie", expect_tp_btf: Ok(()) },
 ];
 
 /// What the socket inventory needs (sock_diag for TCP), modules on Debian's kernels; in load
@@ -59,7 +60,7 @@ pub struct Kernel {
 }
 
 /// apt with its own sources, lists, cache and (empty) dpkg status, all under `root`.
-struct PrivateApt {
+pub struct PrivateApt {
     root: PathBuf,
 }
 
@@ -139,10 +140,15 @@ fn parse_dependency(depends: &str) -> Option<(String, String)> {
     name.starts_with("linux-image-").then(|| (name.to_string(), version.to_string()))
 }
 
-/// Downloads (or finds in the cache) and unpacks the kernel of each spec, under `dir`.
-pub fn fetch(dir: &Path, specs: &[&KernelSpec]) -> Result<Vec<Kernel>> {
+/// The private apt state under `dir`, its package lists fetched (or less than a day old).
+pub fn package_lists(dir: &Path) -> Result<PrivateApt> {
     let apt = PrivateApt::new(&dir.join("apt"))?;
     apt.update()?;
+    Ok(apt)
+}
+
+/// Downloads (or finds in the cache) and unpacks the kernel of each spec, under `dir`.
+pub fn fetch(apt: &PrivateApt, dir: &Path, specs: &[&KernelSpec]) -> Result<Vec<Kernel>> {
     let debs = dir.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("cannot create {}", debs.display()))?;
     specs
@@ -186,7 +192,10 @@ fn unpack(deb: &Path, into: &Path, package: &str) -> Result<Kernel> {
             .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
             .with_context(|| format!("{package} has no {prefix}* in {}", dir.display()))
     };
-    let module_root = only(&tree.join("lib/modules"), "")?;
+    // Debian 13 ships them under /usr (merged /usr), earlier releases under /lib.
+    let modules_dir = ["usr/lib/modules", "lib/modules"].iter().map(|d| tree.join(d)).find(|d| d.is_dir());
+    let modules_dir = modules_dir.with_context(|| format!("{package} has no lib/modules or usr/lib/modules"))?;
+    let module_root = only(&modules_dir, "")?;
     for module in MODULES {
         uncompressed_module(&module_root, module, &into.join("modules"))?;
     }

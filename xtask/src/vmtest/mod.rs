@@ -67,14 +67,15 @@ pub fn vmtest(ready: &Ready, options: &Options) -> Result<()> {
         bail!("--kernel {:?}: no such kernel in the matrix (known: {})", options.kernels, known.join(", "));
     }
     let dir = target_dir().join("vmtest");
-    let kernels = match kernels::fetch(&dir, &specs) {
-        Ok(kernels) => kernels,
+    let apt = match kernels::package_lists(&dir) {
+        Ok(apt) => apt,
         Err(err) if !ci => {
-            say!("vmtest: skipped: the kernels could not be fetched from Debian: {err:#}");
+            say!("vmtest: skipped: Debian's package lists for the kernels could not be fetched: {err:#}");
             return Ok(());
         }
         Err(err) => return Err(err),
     };
+    let kernels = kernels::fetch(&apt, &dir, &specs)?;
     let payload = rootfs::Payload {
         leaktrace: image::static_binary(ready)?,
         sockpuppet: rootfs::sockpuppet(&workspace_root().join("tests/helpers/sockpuppet.c"), &dir)?,
