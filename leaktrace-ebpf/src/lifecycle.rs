@@ -143,8 +143,11 @@ fn on_passive_birth<M: SockAccess>(sk: u64) {
         return;
     }
     let birth_ns = unsafe { bpf_ktime_get_ns() };
-    let cookie = M::socket_cookie(sk);
-    let entry = SocketEntry { birth_ns, cookie, flags: SOCKET_PASSIVE, last_state: tcp_state::SYN_RECV };
+    // No cookie yet: the kernel sets the child's SYN_RECV state in inet_csk_clone_lock() before it
+    // copies the request socket's cookie over the child's, so one generated here is lost (and
+    // the socket inventory, which matches by cookie, would take the connection for closed). The
+    // next transition, once the clone is done, adopts the cookie the socket keeps.
+    let entry = SocketEntry { birth_ns, cookie: 0, flags: SOCKET_PASSIVE, last_state: tcp_state::SYN_RECV };
     if SOCKETS.insert(sk, entry, 0).is_err() {
         count(Counter::SocketMapFull);
     }

@@ -108,7 +108,7 @@ fn leaktrace_version(ready: &Ready) -> Result<String> {
 }
 
 /// Builds the static release binary and checks that it is one.
-fn static_binary(ready: &Ready) -> Result<PathBuf> {
+pub fn static_binary(ready: &Ready) -> Result<PathBuf> {
     let target = host_gnu_target()?;
     let target_dir = image_dir().join("cargo");
     let mut build = cargo::cargo(ready);
@@ -152,7 +152,7 @@ fn host_gnu_target() -> Result<String> {
 
 /// The program interpreter (PT_INTERP) a 64-bit little-endian ELF file asks for, or `None` for a
 /// static (or static-pie) executable. `Err` when `elf` is not such a file.
-fn interpreter(elf: &[u8]) -> Result<Option<String>> {
+pub fn interpreter(elf: &[u8]) -> Result<Option<String>> {
     const PT_INTERP: u32 = 3;
     if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
         bail!("not a 64-bit little-endian ELF file");

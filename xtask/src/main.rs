@@ -11,6 +11,7 @@ mod cargo;
 mod cmd;
 mod image;
 mod setup;
+mod vmtest;
 
 use std::{env, ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -83,6 +84,22 @@ enum Task {
         /// `ctr -n k8s.io images import`, `kind load image-archive`).
         #[arg(long)]
         save: bool,
+    },
+    /// Boot Debian's kernels (5.10, 6.1, 6.12 of bookworm-backports and of trixie) under qemu, run
+    /// the lifecycle and verdict checks there against the real probes; prints which passed which
+    Vmtest {
+        /// CI mode: never skip (a missing tool or kernel is an error).
+        #[arg(long)]
+        ci: bool,
+        /// Only this kernel (`5.10`, `6.1`, `6.12`, `6.12-trixie`); repeatable. Default: all.
+        #[arg(long = "kernel", value_name = "NAME")]
+        kernels: Vec<String>,
+        /// Write the results to README.md's "Tested on" table.
+        #[arg(long)]
+        write_readme: bool,
+        /// Time limit of one kernel's boot and checks, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
     },
     /// Set up, then clippy with warnings denied: host crates, and the eBPF crate with the nightly
     Clippy,
@@ -177,6 +194,11 @@ fn dispatch(task: Task) -> Result<()> {
             let name = image::image(&ready, &image::Options { save })?;
             println!("{name}");
             Ok(())
+        }
+        Task::Vmtest { ci, kernels, write_readme, timeout } => {
+            let ready = setup::setup(&build_opts())?;
+            let timeout = std::time::Duration::from_secs(timeout);
+            vmtest::vmtest(&ready, &vmtest::Options { ci, kernels, write_readme, timeout })
         }
         Task::Clippy => {
             let ready = setup::setup(&build_opts())?;

@@ -93,6 +93,7 @@ pub fn setup(opts: &Options) -> Result<Ready> {
     if opts.test_deps {
         debian_packages("test prerequisites", TEST_PREREQUISITES)?;
         backports_prerequisites()?;
+        vm_prerequisites()?;
     }
     tracefs();
     Ok(Ready { extra_path })
@@ -380,6 +381,11 @@ fn install_bpf_linker(root: Option<&Path>, force: bool) -> Result<()> {
 /// packages of all of them with apt-get (as root) when any is missing. `purpose` names them in
 /// messages ("test prerequisites").
 pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
+    debian_packages_from(purpose, wanted, None)
+}
+
+/// As [`debian_packages`], preferring the packages of `release` (`apt-get -t`) when installing.
+fn debian_packages_from(purpose: &str, wanted: &[(&str, &str)], release: Option<&str>) -> Result<()> {
     let present = |what: &str| {
         if what.starts_with('/') {
             Path::new(what).exists()
@@ -411,8 +417,9 @@ pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
             packages.push(package);
         }
     }
+    let target = release.map(|r| format!("-t {r} ")).unwrap_or_default();
     let install = format!(
-        "apt-get install -y --no-install-recommends {}",
+        "apt-get install -y --no-install-recommends {target}{}",
         packages.join(" ")
     );
     if !cmd::is_root() {
@@ -436,8 +443,11 @@ pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .with_context(fix)?;
     let mut apt = Command::new("apt-get");
-    apt.args(["install", "-y", "--no-install-recommends"])
-        .args(&packages)
+    apt.args(["install", "-y", "--no-install-recommends"]);
+    if let Some(release) = release {
+        apt.args(["-t", release]);
+    }
+    apt.args(&packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut apt).with_context(fix)?;
     let still: Vec<&str> = missing.into_iter().filter(|w| !present(w)).collect();
@@ -454,9 +464,32 @@ pub fn debian_packages(purpose: &str, wanted: &[(&str, &str)]) -> Result<()> {
 /// The newer Go toolchains, from bookworm-backports (whose apt source is added when missing).
 fn backports_prerequisites() -> Result<()> {
     const PURPOSE: &str = "test prerequisites from bookworm-backports";
-    let missing: Vec<&str> = BACKPORTS_PREREQUISITES
+    backports_source(PURPOSE, BACKPORTS_PREREQUISITES)?;
+    debian_packages(PURPOSE, BACKPORTS_PREREQUISITES)
+}
+
+/// What `cargo xtask vmtest` runs on the host (qemu, busybox-static, cpio...). qemu comes from
+/// bookworm-backports: this kind of machine ships the backports' qemu-utils, which the bookworm
+/// qemu-system-x86 conflicts with.
+pub fn vm_prerequisites() -> Result<()> {
+    const PURPOSE: &str = "kernel matrix prerequisites (cargo xtask vmtest)";
+    let wanted = crate::vmtest::VM_PREREQUISITES;
+    let release = backports_source(PURPOSE, wanted)?.then_some("bookworm-backports");
+    debian_packages_from(PURPOSE, wanted, release)
+}
+
+/// Whether apt knows `package` from bookworm-backports.
+fn backports_listed(package: &str) -> bool {
+    capture(Command::new("apt-cache").args(["policy", package])).unwrap_or_default().contains("bookworm-backports")
+}
+
+/// Adds Debian 12's bookworm-backports to the apt sources when some of `wanted` is missing, the
+/// system is bookworm, and apt does not know the suite yet. Returns whether the suite is there
+/// for the install that follows.
+fn backports_source(purpose: &str, wanted: &[(&str, &str)]) -> Result<bool> {
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter(|(binary, _)| !Path::new(binary).exists())
+        .filter(|(binary, _)| if binary.starts_with('/') { !Path::new(binary).exists() } else { cmd::which(binary).is_none() })
         .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() && cmd::is_root() {
@@ -465,7 +498,7 @@ fn backports_prerequisites() -> Result<()> {
             .lines()
             .find_map(|line| line.strip_prefix("VERSION_CODENAME=").map(str::to_string))
             .unwrap_or_default();
-        if codename != "bookworm" {
+        if codename != "bookworm" && wanted == BACKPORTS_PREREQUISITES {
             bail!(
                 "the goroutine-ancestry tests need Go 1.21 to 1.23 ({}), which are missing; setup installs them from \
                  Debian 12's bookworm-backports, and this system is {codename:?}\n\
@@ -473,14 +506,14 @@ fn backports_prerequisites() -> Result<()> {
                 missing.join(", ")
             );
         }
-        let listed = capture(Command::new("apt-cache").args(["policy", missing[0]])).unwrap_or_default();
-        if !listed.contains("bookworm-backports") {
-            say!("{PURPOSE}: adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
+        if codename == "bookworm" && !backports_listed(missing[0]) {
+            say!("{purpose}: adding Debian's bookworm-backports to the apt sources ({BACKPORTS_SOURCE})");
             std::fs::write(BACKPORTS_SOURCE, BACKPORTS_SOURCE_TEXT)
                 .with_context(|| format!("writing {BACKPORTS_SOURCE}"))?;
         }
+        return Ok(codename == "bookworm" || backports_listed(missing[0]));
     }
-    debian_packages(PURPOSE, BACKPORTS_PREREQUISITES)
+    Ok(false)
 }
 
 /// Mounts tracefs where classic tracepoints look for it. leaktrace mounts it itself when needed,

@@ -361,7 +361,10 @@ fn attach_state_probes(ebpf: &mut Ebpf, preference: StateHook) -> Result<Vec<Att
         match attach_state_btf(ebpf, STATE_BTF) {
             Ok(hook) => hooks.push(hook),
             Err(err) if preference == StateHook::Btf => return Err(err),
-            Err(err) => log::warn!("tp_btf hook unavailable, using the classic tracepoint alone: {err}"),
+            Err(err) => {
+                log::warn!("tp_btf hook unavailable, using the classic tracepoint alone: {}", one_line(&err));
+                log::debug!("tp_btf: {err}");
+            }
         }
     }
     if preference == StateHook::Auto && !hooks.is_empty() {
@@ -370,13 +373,29 @@ fn attach_state_probes(ebpf: &mut Ebpf, preference: StateHook) -> Result<Vec<Att
                 hooks.push(hook);
                 return Ok(hooks);
             }
-            Err(err) => log::warn!("second tp_btf program unavailable, the classic tracepoint covers instead: {err}"),
+            Err(err) => {
+                log::warn!("second tp_btf program unavailable, the classic tracepoint covers instead: {}", one_line(&err));
+                log::debug!("second tp_btf program: {err}");
+            }
         }
     }
     if preference != StateHook::Btf {
         hooks.push(attach_tracepoint(ebpf, STATE_CLASSIC, "sock", "inet_sock_set_state")?);
     }
     Ok(hooks)
+}
+
+/// A load error in one line: its first line and, for a program the verifier rejected, the
+/// verifier's reason (the last line before its statistics), not its whole log.
+fn one_line(err: &LoadError) -> String {
+    let text = err.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let reason = lines.take_while(|line| !line.starts_with("verification time")).last();
+    match reason {
+        Some(reason) => format!("{first} ... {reason}"),
+        None => first.to_string(),
+    }
 }
 
 fn attach_state_btf(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedHook, LoadError> {
@@ -523,5 +542,20 @@ mod tests {
         let (format, name) = iouring_format(root, &io_uring_kernel()).unwrap();
         assert_eq!(name, IOURING_SUBMIT);
         assert!(format.submit_req > 0 && format.submit_flags > 0 && format.complete_req > 0, "{format:?}");
+    }
+
+    #[test]
+    fn a_verifier_rejection_is_logged_as_one_line_with_its_reason() {
+        // As the verifier of Linux 5.10 rejects the tp_btf program (shaped like aya's error).
+        let message = "Verifier output: arg#0 type is not a struct\n    0: (bf) r7 = r1\n    \
+                       103: (85) call bpf_get_socket_cookie#46\n    unknown func bpf_get_socket_cookie#46\n    \
+                       verification time 2878 usec\n    stack depth 48+0\n";
+        let err = LoadError::Map { map: "X", message: message.to_string() };
+        assert_eq!(
+            one_line(&err),
+            "map X: Verifier output: arg#0 type is not a struct ... unknown func bpf_get_socket_cookie#46"
+        );
+        let plain = LoadError::RingBufferSize(3);
+        assert_eq!(one_line(&plain), plain.to_string());
     }
 }
