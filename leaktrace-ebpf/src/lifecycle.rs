@@ -33,7 +33,7 @@ use leaktrace_common::{
 const ENOENT: i32 = 2;
 
 use crate::{
-    emit, goroutines,
+    anomaly, emit, goroutines,
     kernel::{self, Probed, SockAccess},
     maps::{
         FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, PENDING_CONNECTS, SCRATCH_ACCEPT, SCRATCH_CONNECT,
@@ -92,8 +92,8 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let cookie = M::socket_cookie(sk);
     let entry = SocketEntry { birth_ns: now, cookie, flags: SOCKET_ACTIVE, last_state: tcp_state::SYN_SENT };
-    if SOCKETS.insert(sk, entry, 0).is_err() {
-        count(Counter::SocketMapFull);
+    if let Err(error) = SOCKETS.insert(sk, entry, 0) {
+        anomaly::connect_not_tracked(tgid, &tuple, error);
         return;
     }
     let Some(open) = OPEN_SCRATCH.get_ptr_mut(SCRATCH_CONNECT) else {
@@ -148,8 +148,8 @@ fn on_passive_birth<M: SockAccess>(sk: u64) {
     // the socket inventory, which matches by cookie, would take the connection for closed). The
     // next transition, once the clone is done, adopts the cookie the socket keeps.
     let entry = SocketEntry { birth_ns, cookie: 0, flags: SOCKET_PASSIVE, last_state: tcp_state::SYN_RECV };
-    if SOCKETS.insert(sk, entry, 0).is_err() {
-        count(Counter::SocketMapFull);
+    if let Err(error) = SOCKETS.insert(sk, entry, 0) {
+        anomaly::passive_not_tracked(&tuple, error);
     }
 }
 
@@ -277,9 +277,12 @@ pub fn take_submitter(ctx: *mut c_void, open: &mut ConnOpenRecord, sq_thread: bo
 /// yet (a socket is in a file table only once accepted, so this is its accept).
 #[inline(always)]
 fn unaccepted_socket(fd: u32) -> Option<(u64, *mut SocketEntry)> {
-    let Ok(sk) = kernel::current_fd_sock(fd) else {
-        count(Counter::AcceptUnresolved);
-        return None;
+    let sk = match kernel::current_fd_sock(fd) {
+        Ok(sk) => sk,
+        Err(error) => {
+            anomaly::accept_unresolved((bpf_get_current_pid_tgid() >> 32) as u32, fd, error);
+            return None;
+        }
     };
     let Some(entry_ptr) = SOCKETS.get_ptr_mut(sk) else {
         if Probed::sock_protocol(sk) == Ok(IPPROTO_TCP) {
@@ -357,7 +360,7 @@ fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord) {
         )
     };
     if bytes < 0 {
-        count(Counter::StackFailed);
+        anomaly::stack_failed((bpf_get_current_pid_tgid() >> 32) as u32, bytes);
         open.stack_depth = 0;
         open.stack_error = bytes as i32;
     } else {

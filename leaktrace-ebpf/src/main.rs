@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod anomaly;
 mod emit;
 mod goroutines;
 mod kernel;

@@ -38,6 +38,10 @@ pub static SOCKETS: HashMap<u64, SocketEntry> = HashMap::with_max_entries(131_07
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
+/// Per-CPU counts of each kind of kernel message, for their rate limit (`anomaly`).
+#[map]
+pub static ANOMALIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(crate::anomaly::KINDS, 0);
+
 /// Filters, consulted only when the matching `filter` bit is set in `CONFIG.filters`.
 #[map]
 pub static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);

@@ -142,6 +142,8 @@ pub struct Tracer {
     /// Why the goroutine probe did not load, if it did not (ancestry is then unavailable).
     pub(super) go_probe_unavailable: Option<String>,
     pub(super) ancestry: super::go_ancestry::AncestryLinks,
+    /// Reads the probes' own messages (rare anomalies) while the probes run.
+    _kernel_log: Option<super::kernel_log::KernelLog>,
 }
 
 #[cfg(leaktrace_ebpf_embedded)]
@@ -196,12 +198,14 @@ impl Tracer {
             user_stacks: u32::from(options.user_stacks),
         };
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", options.ring_buffer_bytes)
-            .map_max_entries("SOCKETS", options.max_sockets)
-            .load(EBPF_OBJECT)
-            .map_err(LoadError::Object)?;
+            .map_max_entries("SOCKETS", options.max_sockets);
+        super::kernel_log::set_level(&mut loader);
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
+        let kernel_log = super::kernel_log::start(&mut ebpf);
         fill_filters(&mut ebpf, &options)?;
 
         let mut hooks = attach_state_probes(&mut ebpf, options.state_hook)?;
@@ -235,6 +239,7 @@ impl Tracer {
             kernel_offsets: offsets,
             go_probe_unavailable,
             ancestry: Default::default(),
+            _kernel_log: kernel_log,
         })
     }
 

@@ -23,6 +23,7 @@
 
 pub mod btf;
 mod go_ancestry;
+mod kernel_log;
 mod loader;
 pub mod privileges;
 mod prog_info;
