@@ -9,6 +9,7 @@ macro_rules! say {
 mod bench;
 mod cargo;
 mod cmd;
+mod fuzz;
 mod image;
 mod setup;
 
@@ -83,6 +84,19 @@ enum Task {
         /// `ctr -n k8s.io images import`, `kind load image-archive`).
         #[arg(long)]
         save: bool,
+    },
+    /// Fuzz every parser of outside bytes (cargo fuzz, libFuzzer), each target for a bounded time
+    /// from its committed corpus; fails on a crash, hang or out-of-memory. Installs cargo-fuzz
+    Fuzz {
+        /// CI's run: 30 s per target (unless --seconds says otherwise).
+        #[arg(long)]
+        ci: bool,
+        /// Seconds per target (default 120, 30 with --ci).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Only these targets (`cargo fuzz list` in fuzz/ names them).
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
     },
     /// Set up, then clippy with warnings denied: host crates, and the eBPF crate with the nightly
     Clippy,
@@ -177,6 +191,11 @@ fn dispatch(task: Task) -> Result<()> {
             let name = image::image(&ready, &image::Options { save })?;
             println!("{name}");
             Ok(())
+        }
+        Task::Fuzz { ci, seconds, targets } => {
+            let ready = setup::setup(&build_opts())?;
+            let seconds = seconds.unwrap_or(if ci { 30 } else { 120 });
+            fuzz::fuzz(&ready, &fuzz::Options { seconds, targets })
         }
         Task::Clippy => {
             let ready = setup::setup(&build_opts())?;

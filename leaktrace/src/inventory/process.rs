@@ -91,7 +91,7 @@ pub(super) fn now_ns(clock: ClockId) -> u64 {
 
 /// `comm` and the start time in ticks from the contents of a `/proc/PID/stat`. The comm may
 /// hold spaces and parentheses; procfs-core splits at the last `)`, as the format needs.
-pub(super) fn parse_stat(bytes: &[u8]) -> Result<(String, u64), String> {
+pub fn parse_stat(bytes: &[u8]) -> Result<(String, u64), String> {
     let stat = Stat::from_read(bytes).map_err(|err| err.to_string())?;
     Ok((stat.comm, stat.starttime))
 }
