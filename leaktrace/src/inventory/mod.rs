@@ -28,6 +28,7 @@ pub use error::InventoryError;
 pub use netns::NamespaceFailure;
 pub use owners::{OwnerScanStats, SocketOwners, socket_inode};
 pub use process::{ProcessRef, START_TOLERANCE_TICKS, StartClock, parse_stat};
+pub(crate) use process::checked_stat_line;
 pub use snapshot::{Connection, Direction, Listener, Snapshot};
 
 use std::net::SocketAddr;

@@ -188,7 +188,8 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
             }
         }
     };
-    let stat = File::open(format!("/proc/{pid}/stat")).map_err(proc_error("stat"))?;
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).map_err(proc_error("stat"))?;
+    let stat = crate::inventory::checked_stat_line(&stat).map_err(std::io::Error::other).map_err(proc_error("stat"))?;
     let stat = Stat::from_read(stat).map_err(|err| CaptureError::Proc {
         pid,
         what: "stat",
@@ -302,7 +303,8 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// A process's start time as the kernel events give it (CLOCK_MONOTONIC ns), read from
 /// `/proc/PID/stat`: for callers (and tests) that know a pid but have no event for it.
 pub fn process_start_ns(pid: u32) -> Option<u64> {
-    let stat = Stat::from_read(File::open(format!("/proc/{pid}/stat")).ok()?).ok()?;
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let stat = Stat::from_read(crate::inventory::checked_stat_line(&stat).ok()?).ok()?;
     // SAFETY: sysconf has no preconditions.
     let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
         .ok()?
