@@ -262,4 +262,14 @@ pub(crate) mod tests {
             Err(DecodeError::StackTooDeep { depth: 500, max: MAX_STACK_DEPTH })
         );
     }
+
+    #[test]
+    fn records_encoded_from_a_real_run_decode_back() {
+        // fuzz/encode_records.py's seeds, from a `leaktrace events` run of python3 clients.
+        let connect = decode(include_bytes!("../../fuzz/corpus/decode/connect-1")).unwrap();
+        let EventBody::Connect(open) = connect.body else { panic!("{connect:?}") };
+        assert_eq!((open.owner.comm.as_str(), open.remote.port()), ("python3", 19555));
+        let state = decode(include_bytes!("../../fuzz/corpus/decode/state-1")).unwrap();
+        assert!(matches!(state.body, EventBody::State(_)), "{state:?}");
+    }
 }

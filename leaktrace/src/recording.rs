@@ -38,7 +38,8 @@ pub enum Mark {
 pub enum RecordingError {
     #[error("line {line}: {message}")]
     Parse { line: u64, message: String },
-    #[error("reading the recording: {0}")]
+    /// The cause is the source: a message shows it once.
+    #[error("reading the recording")]
     Io(#[from] io::Error),
 }
 
@@ -69,37 +70,42 @@ impl Record {
     }
 }
 
-/// Reads a recording line by line.
-///
-/// A last line without its newline that does not parse is the one a killed run was writing: the
-/// recording is read up to the line before it, and a warning says so.
+/// Reads a recording line by line. A last line cut short (no newline after it) that does not
+/// parse is where a killed run stopped writing: it is left out with a warning, and everything
+/// before it read.
 pub fn read(mut input: impl BufRead) -> impl Iterator<Item = Result<Record, RecordingError>> {
-    let mut number = 0;
-    let mut ended = false;
-    std::iter::from_fn(move || {
-        while !ended {
-            let mut line = String::new();
-            match input.read_line(&mut line) {
-                Err(err) => {
-                    ended = true;
-                    return Some(Err(RecordingError::Io(err)));
-                }
-                Ok(0) => ended = true,
-                Ok(_) => {
-                    number += 1;
-                    let complete = line.ends_with('\n');
-                    match Record::parse(line.trim_end_matches(['\n', '\r']), number) {
-                        Ok(None) => {}
-                        Err(err) if !complete => {
-                            log::warn!("the recording's last line ({number}) is cut short, as a run killed while writing leaves it ({err}): read up to the line before");
-                            ended = true;
-                        }
-                        parsed => return parsed.transpose(),
-                    }
-                }
-            }
+    let mut number = 0u64;
+    let mut buffer = Vec::new();
+    let mut failed = false;
+    std::iter::from_fn(move || loop {
+        buffer.clear();
+        if failed {
+            return None;
         }
-        None
+        match input.read_until(b'\n', &mut buffer) {
+            Err(err) => {
+                failed = true;
+                return Some(Err(RecordingError::Io(err)));
+            }
+            Ok(0) => return None,
+            Ok(_) => {}
+        }
+        number += 1;
+        let cut_short = buffer.last() != Some(&b'\n');
+        let parsed = match std::str::from_utf8(&buffer) {
+            Ok(text) => Record::parse(text, number),
+            Err(err) => Err(RecordingError::Parse { line: number, message: format!("not UTF-8 text: {err}") }),
+        };
+        match parsed {
+            Ok(None) => continue,
+            Ok(Some(record)) => return Some(Ok(record)),
+            Err(err) if cut_short && number > 1 => {
+                log::warn!("the recording's last line ({number}) is cut short (the run was killed?); read up to the line before");
+                log::debug!("{err}");
+                return None;
+            }
+            Err(err) => return Some(Err(err)),
+        }
     })
 }
 
@@ -116,22 +122,6 @@ mod tests {
         event::{EventBody, SocketId, StateChange},
         tcp::TcpState,
     };
-
-    #[test]
-    fn a_last_line_cut_short_is_left_out_and_one_cut_in_the_middle_is_an_error() {
-        let start = r#"{"type":"start","ts_ns":1,"version":1}"#;
-        let end = r#"{"type":"end","ts_ns":9}"#;
-        let cut = &end[..end.len() - 4];
-        let records = |text: String| read(text.as_bytes()).collect::<Vec<_>>();
-        let read_back = records(format!("{start}\n{cut}"));
-        assert_eq!(read_back.len(), 1);
-        assert!(read_back[0].is_ok());
-        // A complete last line without its newline is still a line.
-        assert_eq!(records(format!("{start}\n{end}")).iter().filter(|record| record.is_ok()).count(), 2);
-        // Cut short anywhere else, it is damage: an error naming the line.
-        let damaged = records(format!("{start}\n{cut}\n{end}\n"));
-        assert!(damaged[1].as_ref().is_err_and(|err| err.to_string().contains("line 2")), "{damaged:?}");
-    }
 
     #[test]
     fn every_kind_of_line_round_trips() {
@@ -174,5 +164,23 @@ mod tests {
         assert!(err.to_string().starts_with("line 2: "), "{err}");
         let err = read(&b"{\"type\":\"connect\"}\n"[..]).next().unwrap().unwrap_err();
         assert!(err.to_string().contains("line 1: missing field"), "{err}");
+    }
+
+    #[test]
+    fn a_last_line_cut_short_is_where_a_killed_run_stopped() {
+        let whole = "{\"type\":\"start\",\"ts_ns\":1,\"version\":1}\n{\"type\":\"end\",\"ts_ns\":2}\n";
+        let cut = format!("{whole}{{\"type\":\"end\",\"ts");
+        let records: Vec<Record> = read(cut.as_bytes()).collect::<Result<_, _>>().unwrap();
+        assert_eq!(records.len(), 2);
+        // A bad line with a newline after it is an error, even the last one.
+        let bad = format!("{whole}{{\"type\":\"end\",\"ts\n");
+        let err = read(bad.as_bytes()).nth(2).unwrap().unwrap_err();
+        assert!(err.to_string().starts_with("line 3: "), "{err}");
+    }
+
+    #[test]
+    fn binary_bytes_are_a_parse_error_naming_the_line() {
+        let err = read(&b"\x7fELF\x02\xff\xfe\n"[..]).next().unwrap().unwrap_err();
+        assert!(err.to_string().starts_with("line 1: not UTF-8 text"), "{err}");
     }
 }

@@ -9,6 +9,7 @@ macro_rules! say {
 mod bench;
 mod cargo;
 mod cmd;
+mod fuzz;
 mod image;
 mod setup;
 mod vmtest;
@@ -100,6 +101,19 @@ enum Task {
         /// Time limit of one kernel's boot and checks, in seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+    },
+    /// Fuzz every parser of outside bytes (cargo fuzz, libFuzzer), each target for a bounded time
+    /// from its committed corpus; fails on a crash, hang or out-of-memory. Installs cargo-fuzz
+    Fuzz {
+        /// CI's run: 30 s per target (unless --seconds says otherwise).
+        #[arg(long)]
+        ci: bool,
+        /// Seconds per target (default 120, 30 with --ci).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Only these targets (`cargo fuzz list` in fuzz/ names them).
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
     },
     /// Set up, then clippy with warnings denied: host crates, and the eBPF crate with the nightly
     Clippy,
@@ -199,6 +213,11 @@ fn dispatch(task: Task) -> Result<()> {
             let ready = setup::setup(&build_opts())?;
             let timeout = std::time::Duration::from_secs(timeout);
             vmtest::vmtest(&ready, &vmtest::Options { ci, kernels, write_readme, timeout })
+        }
+        Task::Fuzz { ci, seconds, targets } => {
+            let ready = setup::setup(&build_opts())?;
+            let seconds = seconds.unwrap_or(if ci { 30 } else { 120 });
+            fuzz::fuzz(&ready, &fuzz::Options { seconds, targets })
         }
         Task::Clippy => {
             let ready = setup::setup(&build_opts())?;

@@ -78,13 +78,18 @@ impl Live {
             ports: tracer_options.ports.clone(),
             cgroups: tracer_options.cgroups.clone(),
         };
+        // Checked before the probes load, created after: a load that fails leaves a previous
+        // recording of that name whole.
+        if let Some(path) = options.record {
+            crate::export::check_writable("--record", path)?;
+        }
+        let tracer = Tracer::start(tracer_options)?;
         let recorder = match options.record {
             Some(path) => Some(BufWriter::new(
                 File::create(path).with_context(|| format!("--record {}: cannot create the file", path.display()))?,
             )),
             None => None,
         };
-        let tracer = Tracer::start(tracer_options)?;
         let started_ns = monotonic_ns();
         let symbolizer = Symbolizer::spawn();
         let containers = container::start(&pod_names).await;

@@ -27,6 +27,9 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<bool> {
         Box::new(BufReader::new(io::stdin()))
     } else {
         let file = File::open(&args.file).with_context(|| format!("replay: cannot open {}", args.file.display()))?;
+        if file.metadata().is_ok_and(|metadata| metadata.is_dir()) {
+            anyhow::bail!("replay: {} is a directory; name a recording (--record FILE, `leaktrace events > FILE`)", args.file.display());
+        }
         Box::new(BufReader::new(file))
     };
     let filter = Filter {

@@ -4,7 +4,7 @@
 //! (its end without one).
 use std::{
     fs::File,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -103,6 +103,30 @@ pub fn parse_seconds(text: &str) -> Option<Duration> {
 pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Result<Input, InputError> {
     let file = spec.path.display().to_string();
     let open = || File::open(&spec.path).map(BufReader::new).map_err(|cause| InputError::Open { file: file.clone(), cause });
+    let (kind, report) = read_with(&file, spec.at, open, thresholds, filter)?;
+    Ok(Input { spec: spec.clone(), kind, report })
+}
+
+/// Reads one side from its bytes, as [`read`] reads a file named `file` (for tests and fuzzing).
+pub fn parse(
+    file: &str,
+    bytes: &[u8],
+    at: Option<Duration>,
+    thresholds: &Thresholds,
+    filter: &Filter,
+) -> Result<(InputKind, Report), InputError> {
+    read_with(file, at, || Ok(bytes), thresholds, filter)
+}
+
+/// The kind and report of the input `open` reads from its start at each call.
+fn read_with<R: BufRead>(
+    file: &str,
+    at: Option<Duration>,
+    open: impl Fn() -> Result<R, InputError>,
+    thresholds: &Thresholds,
+    filter: &Filter,
+) -> Result<(InputKind, Report), InputError> {
+    let file = file.to_string();
     let mut reader = open()?;
     // The first line that is not blank tells the kind.
     let mut first = String::new();
@@ -121,16 +145,16 @@ pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Resul
     let (kind, report) = match serde_json::from_str::<Value>(&first) {
         Ok(Value::Object(object)) if object.contains_key("call_sites") => {
             // One line is one report (the agent's /api/v1/report saved, say), not a stream.
-            let (report, count) = read_reports(&file, spec.at, open()?)?;
+            let (report, count) = read_reports(&file, at, open()?)?;
             (if count == 1 { InputKind::Report } else { InputKind::Reports }, report)
         }
         Ok(Value::Object(object)) if object.contains_key("type") => {
-            (InputKind::Recording, replay(&file, spec.at, open()?, thresholds, filter)?)
+            (InputKind::Recording, replay(&file, at, open()?, thresholds, filter)?)
         }
         Ok(_) => return Err(InputError::Unknown { file }),
         // A pretty-printed report: the first line opens the object.
         Err(_) if first.trim_start().starts_with('{') => {
-            if spec.at.is_some() {
+            if at.is_some() {
                 return Err(InputError::TimeOfOneReport { file });
             }
             let mut text = String::new();
@@ -141,7 +165,7 @@ pub fn read(spec: &InputSpec, thresholds: &Thresholds, filter: &Filter) -> Resul
         }
         Err(err) => return Err(InputError::Line { file, line: first_number, message: err.to_string() }),
     };
-    Ok(Input { spec: spec.clone(), kind, report })
+    Ok((kind, report))
 }
 
 /// A report from its JSON, its version checked first (a newer report may not deserialize);

@@ -119,7 +119,9 @@ fn temporary(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn check_writable(flag: &str, path: &Path) -> anyhow::Result<()> {
+/// Whether `path` can be written (as a file in a writable directory), checked by writing a
+/// file beside it: a mistake is told before anything is traced or loaded.
+pub(crate) fn check_writable(flag: &str, path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         anyhow::bail!("{flag} {}: is a directory; name a file", path.display());
     }

@@ -23,11 +23,12 @@ mod procdir;
 mod process;
 mod snapshot;
 
-pub use diag::{DiagSocket, DumpStates, SockDiag, SockKind};
+pub use diag::{DiagSocket, DumpStates, SockDiag, SockKind, parse_dump_batch};
 pub use error::InventoryError;
 pub use netns::NamespaceFailure;
-pub use owners::{OwnerScanStats, SocketOwners};
-pub use process::{ProcessRef, START_TOLERANCE_TICKS, StartClock};
+pub use owners::{OwnerScanStats, SocketOwners, socket_inode};
+pub use process::{ProcessRef, START_TOLERANCE_TICKS, StartClock, parse_stat};
+pub(crate) use process::checked_stat_line;
 pub use snapshot::{Connection, Direction, Listener, Snapshot};
 
 use std::net::SocketAddr;

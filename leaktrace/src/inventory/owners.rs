@@ -192,8 +192,8 @@ fn read_all(fd: BorrowedFd, buffer: &mut Vec<u8>) -> Result<(), Errno> {
     }
 }
 
-/// The inode in a `socket:[INODE]` link target.
-fn socket_inode(link: &[u8]) -> Option<u64> {
+/// The inode in a `socket:[INODE]` link target (a `/proc/PID/fd/N` link), `None` for any other.
+pub fn socket_inode(link: &[u8]) -> Option<u64> {
     let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
     std::str::from_utf8(digits).ok()?.parse().ok()
 }

@@ -91,9 +91,24 @@ pub(super) fn now_ns(clock: ClockId) -> u64 {
 
 /// `comm` and the start time in ticks from the contents of a `/proc/PID/stat`. The comm may
 /// hold spaces and parentheses; procfs-core splits at the last `)`, as the format needs.
-pub(super) fn parse_stat(bytes: &[u8]) -> Result<(String, u64), String> {
-    let stat = Stat::from_read(bytes).map_err(|err| err.to_string())?;
+pub fn parse_stat(bytes: &[u8]) -> Result<(String, u64), String> {
+    let stat = Stat::from_read(checked_stat_line(bytes)?).map_err(|err| err.to_string())?;
     Ok((stat.comm, stat.starttime))
+}
+
+/// `bytes` if they begin `PID (` and hold `) ` after that. procfs-core slices the line at its
+/// first `(` and last `)` unchecked, and panics when they are out of order or at the edges.
+pub(crate) fn checked_stat_line(bytes: &[u8]) -> Result<&[u8], String> {
+    let line = String::from_utf8_lossy(bytes);
+    let line = line.trim().as_bytes();
+    let open = line.iter().position(|&b| b == b'(');
+    let close = line.iter().rposition(|&b| b == b')');
+    match (open, close) {
+        (Some(open), Some(close)) if open >= 1 && line[open - 1] == b' ' && open < close && line.get(close + 1) == Some(&b' ') => {
+            Ok(bytes)
+        }
+        _ => Err("not a /proc/PID/stat line: it does not begin `PID (COMM) `".to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +131,15 @@ mod tests {
             let (parsed, ticks) = parse_stat(stat_line(comm, 987654).as_bytes()).unwrap();
             assert_eq!((parsed.as_str(), ticks), (comm, 987654), "comm {comm:?}");
         }
+    }
+
+    #[test]
+    fn a_stat_line_with_its_parentheses_out_of_order_is_an_error_not_a_panic() {
+        // Found by the `proc` fuzz target: procfs-core panicked on each of these.
+        for line in [&b"2930cp) 9( R 29298 29298 6748 0"[..], b"(x) S 1", b"1 (x)", b"1 (x)\xc3\xa9 S", b"1\xc3\xa9(x) S 1"] {
+            assert!(parse_stat(line).is_err(), "{:?}", String::from_utf8_lossy(line));
+        }
+        assert!(parse_stat(include_bytes!("../../tests/fixtures/proc-stat-parentheses-out-of-order")).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{
 
 use procfs_core::{
     FromBufRead, FromRead,
-    process::{MMPermissions, MMapPath, MemoryMaps, Stat, Status},
+    process::{MMPermissions, MMapPath, MemoryMap, MemoryMaps, Stat, Status},
 };
 
 /// A process across pid reuse: its pid and its start time (CLOCK_MONOTONIC ns, as the kernel
@@ -188,7 +188,8 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
             }
         }
     };
-    let stat = File::open(format!("/proc/{pid}/stat")).map_err(proc_error("stat"))?;
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).map_err(proc_error("stat"))?;
+    let stat = crate::inventory::checked_stat_line(&stat).map_err(std::io::Error::other).map_err(proc_error("stat"))?;
     let stat = Stat::from_read(stat).map_err(|err| CaptureError::Proc {
         pid,
         what: "stat",
@@ -197,7 +198,7 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
     check_start_time(key, stat.starttime)?;
 
     let maps = std::fs::read(format!("/proc/{pid}/maps")).map_err(proc_error("maps"))?;
-    let maps = MemoryMaps::from_buf_read(&maps[..]).map_err(|err| CaptureError::Proc {
+    let maps = executable_maps(&maps).map_err(|err| CaptureError::Proc {
         pid,
         what: "maps",
         source: err.into(),
@@ -214,9 +215,6 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
 
     let mut mappings = Vec::new();
     for mapping in maps {
-        if !mapping.perms.contains(MMPermissions::EXECUTE) {
-            continue;
-        }
         let region = match &mapping.pathname {
             MMapPath::Path(path) => {
                 let path = strip_deleted(&path.to_string_lossy()).to_string();
@@ -243,6 +241,12 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
     };
     image.perf_map = File::open(image.perf_map_path()).ok();
     Ok(image)
+}
+
+/// The executable mappings of a `/proc/PID/maps` text, in its order: all a stack can point into.
+pub fn executable_maps(text: &[u8]) -> procfs_core::ProcResult<Vec<MemoryMap>> {
+    let maps = MemoryMaps::from_buf_read(text)?;
+    Ok(maps.into_iter().filter(|mapping| mapping.perms.contains(MMPermissions::EXECUTE)).collect())
 }
 
 fn strip_deleted(path: &str) -> &str {
@@ -299,7 +303,8 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 /// A process's start time as the kernel events give it (CLOCK_MONOTONIC ns), read from
 /// `/proc/PID/stat`: for callers (and tests) that know a pid but have no event for it.
 pub fn process_start_ns(pid: u32) -> Option<u64> {
-    let stat = Stat::from_read(File::open(format!("/proc/{pid}/stat")).ok()?).ok()?;
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let stat = Stat::from_read(crate::inventory::checked_stat_line(&stat).ok()?).ok()?;
     // SAFETY: sysconf has no preconditions.
     let ticks_per_s = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
         .ok()?

@@ -92,6 +92,15 @@ impl GoTable {
         Self::parse_any(map)
     }
 
+    /// The table of a Go binary held in memory (an ELF's bytes, copied once into a map of their
+    /// own), as [`open_any`](Self::open_any) reads a file: for tests and fuzzing.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).ok()?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().ok()?;
+        Self::parse_any(map)
+    }
+
     fn parse(map: Mmap) -> Option<Self> {
         let has_symtab = object::File::parse(&*map).ok()?.section_by_name(".symtab").is_some();
         if has_symtab { None } else { Self::parse_any(map) }
@@ -531,5 +540,18 @@ mod tests {
             Some("net.Dial")
         );
         assert_eq!(c_string(b"unterminated", 0), None);
+    }
+
+    #[test]
+    fn a_go_binary_in_memory_reads_like_its_file() {
+        // `hello` built by Go 1.23, stripped and cut to its table sections: the fuzzer's seed.
+        let table = GoTable::from_bytes(include_bytes!("../../../fuzz/corpus/go_table/hello-go1.23")).unwrap();
+        assert_eq!(table.version, Version::Go120);
+        let main = table.function_named("main.main").unwrap();
+        let frames = table.lookup(main.start).unwrap();
+        assert_eq!(frames.last().unwrap().function, "main.main");
+        assert_eq!(table.function_starting_at(main.start).as_deref(), Some("main.main"));
+        assert!(GoTable::from_bytes(b"").is_none());
+        assert!(GoTable::from_bytes(b"\x7fELF").is_none());
     }
 }
