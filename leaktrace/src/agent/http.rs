@@ -66,15 +66,10 @@ async fn metrics_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
 }
 
 async fn report(State(state): State<AppState>, Query(params): Query<Vec<(String, String)>>) -> Response {
-    let filter = match api::ReportFilter::parse(&params) {
-        Ok(filter) => filter,
-        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
-    };
-    let scrape = match fresh_scrape(&state).await {
-        Ok(scrape) => scrape,
+    let report = match filtered_report(&state, &params).await {
+        Ok(report) => report,
         Err(response) => return response,
     };
-    let report = filter.apply(&scrape.report);
     match serde_json::to_string(&report) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json + "\n").into_response(),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the report failed: {err}\n")).into_response(),
@@ -84,16 +79,20 @@ async fn report(State(state): State<AppState>, Query(params): Query<Vec<(String,
 /// The pprof profile of live connections by stack, narrowed by the report API's parameters:
 /// `go tool pprof http://HOST:PORT/debug/pprof/connections`.
 async fn pprof_connections(State(state): State<AppState>, Query(params): Query<Vec<(String, String)>>) -> Response {
-    let filter = match api::ReportFilter::parse(&params) {
-        Ok(filter) => filter,
-        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
-    };
-    let scrape = match fresh_scrape(&state).await {
-        Ok(scrape) => scrape,
+    let report = match filtered_report(&state, &params).await {
+        Ok(report) => report,
         Err(response) => return response,
     };
-    let profile = crate::export::pprof::encode(&filter.apply(&scrape.report), std::time::SystemTime::now());
+    let profile = crate::export::pprof::encode(&report, std::time::SystemTime::now());
     ([(header::CONTENT_TYPE, "application/octet-stream")], profile).into_response()
+}
+
+/// A fresh report narrowed by the report API's parameters; a 400 for a bad parameter, a 503
+/// when the event loop cannot answer.
+async fn filtered_report(state: &AppState, params: &[(String, String)]) -> Result<crate::report::Report, Response> {
+    let filter = api::ReportFilter::parse(params).map_err(|err| (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response())?;
+    let scrape = fresh_scrape(state).await?;
+    Ok(filter.apply(&scrape.report))
 }
 
 /// Asks the event loop for a scrape; a 503 when it is stopping or does not answer in time.
