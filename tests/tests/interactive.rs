@@ -204,3 +204,36 @@ fn duration_ends_the_interactive_view_with_the_terminal_given_back() {
     assert!(last.iter().any(|line| line.contains(&pid) && line.contains("connect")), "the final report:\n{text}");
     assert!(!text.contains("TREND") && !text.contains("kernel: "), "the view is gone:\n{text}");
 }
+
+#[test]
+fn ctrl_c_and_sigterm_end_the_interactive_view_as_q_does() {
+    let Some(_guard) = ready("ctrl_c_and_sigterm_end_the_interactive_view_as_q_does") else { return };
+    let mut client = Puppet::spawn();
+    let mut server = Puppet::spawn();
+    let (listener, port) = server.listen("127.0.0.1");
+    let pid = client.pid().to_string();
+    for ending in ["Ctrl-C", "SIGTERM"] {
+        let marker = format!("--comm=sockpuppet-{}", ending.to_lowercase());
+        // A --comm of its own marks this run's command line, for finding its pid.
+        let pane = Pane::run(&leaktrace_binary(), &["--pid", &pid, "--interval", "0.5", "--comm", "sockpuppet", &marker]);
+        pane.wait_for("the interactive table", |screen| screen.iter().any(|line| line.contains("TREND")));
+        client.connect("127.0.0.1", port);
+        server.accept(listener);
+        match ending {
+            // In the view's raw mode Ctrl-C is a key, not a signal.
+            "Ctrl-C" => pane.keys(&["C-c"]),
+            _ => {
+                let pattern = format!("^{} .*{marker}", leaktrace_binary().display());
+                let found = Command::new("pgrep").args(["-f", &pattern]).output().unwrap();
+                let leaktrace: i32 = String::from_utf8_lossy(&found.stdout).lines().next().expect("leaktrace's pid").parse().unwrap();
+                // SAFETY: plain kill(2).
+                assert_eq!(unsafe { libc::kill(leaktrace, libc::SIGTERM) }, 0);
+            }
+        }
+        let last = pane.wait_for("leaktrace's exit", |screen| screen.iter().any(|line| line.starts_with("leaktrace exited")));
+        let text = last.join("\n");
+        assert!(text.contains("leaktrace exited with status 0"), "{ending}: exit 0\n{text}");
+        assert!(last[0].starts_with("leaktrace "), "{ending}: the final report from the top of the screen:\n{text}");
+        assert!(!text.contains("TREND"), "{ending}: the view is gone:\n{text}");
+    }
+}
