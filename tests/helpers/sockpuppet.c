@@ -10,6 +10,8 @@
  *   write FD                -> "ok" | "err ERRNO" (sends one byte)
  *   spray HOST PORT N       -> "ok"             (N connects, each from a call stack of its own,
  *                                                each closed at once; refused ones count too)
+ *   fork-spray HOST PORT P N -> "ok"            (P child processes in turn, each spraying N
+ *                                                connects, then exiting)
  *   fork-hold FD            -> "pid C"          (child keeps FD until "release C", then closes it)
  *   release C               -> "ok"             (after the child has closed FD and exited)
  *   unix-listen PATH        -> "ok"
@@ -113,6 +115,26 @@ static void spray(const char *host, int port, int n) {
         int fd = spray_left(host, port, (unsigned)i, 16);
         if (fd >= 0)
             close(fd);
+    }
+    reply("ok");
+}
+
+static void fork_spray(const char *host, int port, int processes, int n) {
+    for (int p = 0; p < processes; p++) {
+        pid_t child = fork();
+        if (child < 0) {
+            reply("err %d", errno);
+            return;
+        }
+        if (child == 0) {
+            for (int i = 0; i < n; i++) {
+                int fd = spray_left(host, port, (unsigned)(p * n + i), 16);
+                if (fd >= 0)
+                    close(fd);
+            }
+            _exit(0);
+        }
+        waitpid(child, NULL, 0);
     }
     reply("ok");
 }
@@ -239,7 +261,7 @@ static void recv_fd(void) {
 
 __attribute__((noinline)) static void run_command(char *line) {
     char host[128], path[108];
-    int a, b;
+    int a, b, c;
     if (sscanf(line, "listen %127s %d", host, &a) == 2) {
         do_listen(host, a);
     } else if (sscanf(line, "connect %127s %d", host, &a) == 2) {
@@ -257,6 +279,8 @@ __attribute__((noinline)) static void run_command(char *line) {
     } else if (sscanf(line, "close %d", &a) == 1) {
         close(a);
         reply("ok");
+    } else if (sscanf(line, "fork-spray %127s %d %d %d", host, &a, &b, &c) == 4) {
+        fork_spray(host, a, b, c);
     } else if (sscanf(line, "spray %127s %d %d", host, &a, &b) == 3) {
         spray(host, a, b);
     } else if (sscanf(line, "write %d", &a) == 1) {

@@ -1,5 +1,6 @@
 //! More call sites than the tracker keeps: a process connecting from thousands of distinct call
-//! stacks (each refused, nothing left live) beside one that leaks. Past `--max-call-sites` the
+//! stacks, or ten thousand short-lived processes connecting once each (each refused, nothing
+//! left live), beside one that leaks. Past `--max-call-sites` the
 //! quietest closed call sites are evicted, counted in the report and shown in the table's
 //! header; the leaking call site is kept and stays `leak`; leaktrace's memory stays bounded.
 use std::time::Duration;
@@ -85,4 +86,58 @@ fn past_max_call_sites_the_quiet_ones_are_evicted_and_counted_and_the_leak_stays
     let output = output.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.lines().next().is_some_and(|header| header.contains(" call sites evicted (over --max-call-sites)")), "{text}");
+}
+
+#[test]
+fn ten_thousand_short_lived_processes_each_a_call_site_of_its_own_stay_bounded() {
+    let Some(_guard) = require_privileges("ten_thousand_short_lived_processes_each_a_call_site_of_its_own_stay_bounded") else {
+        return;
+    };
+    const PROCESSES: u64 = 10_000;
+    const BOUND: u64 = 500;
+    let mut server = Puppet::spawn();
+    let (listener, port) = server.listen("127.0.0.1");
+    let mut leaker = Puppet::spawn();
+    let mut sprayer = Puppet::spawn();
+    let refused = closed_port();
+    // Every child of the sprayer is a process of its own: filtered by port, not by pid.
+    let mut trace = LiveTrace::start(&[
+        "--port",
+        &refused.to_string(),
+        "--port",
+        &port.to_string(),
+        "--max-call-sites",
+        &BOUND.to_string(),
+        "--no-seed",
+    ]);
+    let rss_before = resident_kib(trace.pid());
+    sprayer.cmd(&format!("fork-spray 127.0.0.1 {refused} {PROCESSES} 1"));
+
+    let evicted = |report: &Value| report["tracker"]["sites_evicted"].as_u64().unwrap_or(0);
+    let sprayed = |report: &Value| -> Vec<Value> {
+        report["call_sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|site| site["destinations"][0]["address"] == format!("127.0.0.1:{refused}"))
+            .cloned()
+            .collect()
+    };
+    let report = trace.wait_for("10 000 processes' call sites evicted down to the bound", Duration::from_secs(90), |report| {
+        for _ in 0..10 {
+            leaker.connect("127.0.0.1", port);
+            server.accept(listener);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let leaking = site_of(report, leaker.pid(), "connect").is_some_and(|site| site["verdict"] == "leak");
+        leaking && evicted(report) + sprayed(report).len() as u64 == PROCESSES
+    });
+    assert!(sprayed(&report).len() as u64 <= BOUND, "{} kept", sprayed(&report).len());
+    assert!(report["processes"].as_array().unwrap().len() as u64 <= BOUND + 3, "processes without call sites are forgotten");
+    assert_eq!(report["events"]["lost"], 0, "{:#}", report["events"]);
+    let rss_after = resident_kib(trace.pid());
+    eprintln!("leaktrace's resident set: {rss_before} KiB before, {rss_after} KiB after {PROCESSES} processes");
+    assert!(rss_after < rss_before + 64 * 1024, "leaktrace grew from {rss_before} KiB to {rss_after} KiB over {PROCESSES} processes");
+    let (_, status, _) = trace.interrupt();
+    assert_eq!(status.code(), Some(1), "the leak is still found");
 }
