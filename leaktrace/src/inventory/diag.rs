@@ -308,6 +308,12 @@ impl SockDiag {
     }
 }
 
+/// The error a reply's negative errno stands for. Any i32 is taken, i32::MIN included (its
+/// absolute value does not fit: it reads as i32::MAX, no errno).
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(i32::try_from(code.unsigned_abs()).unwrap_or(i32::MAX))
+}
+
 /// One batch of replies to dump request `seq`, read as [`SockDiag`] reads the kernel's: the
 /// sockets it holds, how many replies did not decode, and whether it ended the dump. For tests
 /// and fuzzing: every byte of a reply is checked before it is used.
@@ -402,12 +408,10 @@ fn read_replies(
                     .map_err(|err| ReplyError::Malformed(err.to_string()))?;
                 match message.payload {
                     NetlinkPayload::Done(done) if done.code != 0 => {
-                        return Err(ReplyError::Refused(io::Error::from_raw_os_error(
-                            done.code.abs(),
-                        )));
+                        return Err(ReplyError::Refused(errno(done.code)));
                     }
                     NetlinkPayload::Error(error) if error.code.is_some() => {
-                        return Err(ReplyError::Refused(error.to_io()));
+                        return Err(ReplyError::Refused(errno(error.raw_code())));
                     }
                     NetlinkPayload::Done(_) => return Ok(Progress::Done),
                     _ => {} // an ACK
@@ -624,6 +628,16 @@ mod tests {
         let result = read_replies(bytes, SEQ, dump, NETNS, &mut batch);
         let undecodable = batch.undecodable;
         (result, out, undecodable)
+    }
+
+    #[test]
+    fn an_error_reply_with_errno_i32_min_is_a_refusal_not_an_overflow() {
+        // Found by the sock_diag fuzz target: NLMSG_ERROR whose error code is i32::MIN.
+        let reply = [
+            0x14, 0, 0, 0, 0x02, 0, 0, 0x03, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0x01,
+        ];
+        let err = parse_dump_batch(&reply, 1, 0).unwrap_err();
+        assert!(err.starts_with("the kernel refused the dump"), "{err}");
     }
 
     #[test]
