@@ -21,8 +21,12 @@ const TIMEOUT_S: u64 = 10;
 const RSS_LIMIT_MB: u64 = 2048;
 
 pub struct Options {
-    /// Seconds per target.
+    /// Seconds per target (at most, with `deterministic`).
     pub seconds: u64,
+    /// CI's run: a fixed seed and a fixed number of inputs per target, so a commit's result is
+    /// the same on every run (a new find fails the commit that made it reachable, not a later
+    /// one by chance); without it, a random seed for `seconds`.
+    pub deterministic: bool,
     /// Only these targets (all when empty).
     pub targets: Vec<String>,
 }
@@ -52,9 +56,9 @@ pub fn fuzz(ready: &Ready, opts: &Options) -> Result<()> {
     let scratch = target_dir().join("fuzz");
     let mut figures = Vec::new();
     for target in &targets {
-        figures.push(run_target(ready, &fuzz_dir, &scratch, target, opts.seconds)?);
+        figures.push(run_target(ready, &fuzz_dir, &scratch, target, opts)?);
     }
-    say!("fuzz: every target ran {} s without a crash, hang or out-of-memory", opts.seconds);
+    say!("fuzz: every target ran without a crash, hang or out-of-memory");
     say!("{:<12} {:>8} {:>12} {:>10} {:>8}", "target", "seconds", "execs", "coverage", "corpus");
     for f in &figures {
         say!("{:<12} {:>8.0} {:>12} {:>10} {:>8}", f.target, f.seconds, f.execs, f.coverage, f.corpus);
@@ -63,7 +67,11 @@ pub fn fuzz(ready: &Ready, opts: &Options) -> Result<()> {
 }
 
 /// Runs one target from its committed seeds (read-only) plus a scratch corpus of what it finds.
-fn run_target(ready: &Ready, fuzz_dir: &Path, scratch: &Path, target: &str, seconds: u64) -> Result<Figures> {
+/// Inputs per target in a deterministic run: 10-60 s each on 2 cores.
+const DETERMINISTIC_RUNS: u64 = 20_000;
+
+fn run_target(ready: &Ready, fuzz_dir: &Path, scratch: &Path, target: &str, opts: &Options) -> Result<Figures> {
+    let seconds = opts.seconds;
     let seeds = fuzz_dir.join("corpus").join(target);
     let found = scratch.join("corpus").join(target);
     let artifacts = scratch.join("artifacts").join(target);
@@ -76,12 +84,16 @@ fn run_target(ready: &Ready, fuzz_dir: &Path, scratch: &Path, target: &str, seco
     // libFuzzer writes new inputs to the first directory and only reads the others.
     command.args(["fuzz", "run", "-O", "-a", target]).arg(&found).arg(&seeds).arg("--");
     command.arg(format!("-max_total_time={seconds}"));
+    if opts.deterministic {
+        command.arg("-seed=1").arg(format!("-runs={DETERMINISTIC_RUNS}"));
+    }
     command.arg(format!("-timeout={TIMEOUT_S}"));
     command.arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"));
     command.arg(format!("-artifact_prefix={}/", artifacts.display()));
     command.arg("-print_final_stats=1");
     command.stdout(log.try_clone()?).stderr(log);
-    say!("fuzz: {target} for {seconds} s (log: {})", log_path.display());
+    let extent = if opts.deterministic { format!("{DETERMINISTIC_RUNS} inputs (seed 1), at most {seconds} s") } else { format!("{seconds} s") };
+    say!("fuzz: {target}, {extent} (log: {})", log_path.display());
     let started = Instant::now();
     let status = command.status().with_context(|| format!("could not start `{}`", cmd::show(&command)))?;
     let elapsed = started.elapsed().as_secs_f64();

@@ -245,8 +245,25 @@ pub fn capture(key: ProcessKey, pins: &Pins) -> Result<ProcessImage, CaptureErro
 
 /// The executable mappings of a `/proc/PID/maps` text, in its order: all a stack can point into.
 pub fn executable_maps(text: &[u8]) -> procfs_core::ProcResult<Vec<MemoryMap>> {
-    let maps = MemoryMaps::from_buf_read(text)?;
+    let maps = MemoryMaps::from_buf_read(without_malformed_sysv(text).as_slice())?;
     Ok(maps.into_iter().filter(|mapping| mapping.perms.contains(MMPermissions::EXECUTE)).collect())
+}
+
+/// The maps text without lines naming a SysV segment in a form the kernel never writes
+/// (`/SYSV` and 8 hex digits): procfs-core slices that name without checking its length. Such a
+/// segment is shared memory, never code a stack points into.
+fn without_malformed_sysv(text: &[u8]) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|&byte| byte == b'\n') {
+        let malformed = line.windows(5).position(|window| window == b"/SYSV").is_some_and(|at| {
+            let digits = line.get(at + 5..at + 13);
+            !digits.is_some_and(|digits| digits.iter().all(u8::is_ascii_hexdigit))
+        });
+        if !malformed {
+            kept.extend_from_slice(line);
+        }
+    }
+    kept
 }
 
 fn strip_deleted(path: &str) -> &str {
@@ -405,5 +422,20 @@ impl Registry {
             }
         });
         (image.clone(), outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_maps_line_naming_a_short_sysv_segment_is_left_out_not_a_panic() {
+        // Found by the proc fuzz target: `/SYSV` without its 8 hex digits.
+        let maps = b"558d363fd000-558f363fe000 r-xp 00000000 fe:00 18504    /usr/bin/python3.11\n\
+                     558f363fe000-558f362ff000 r-xp 00001000 fe:00 18504  /SYSV \n\
+                     7f0000000000-7f0000001000 rw-s 00000000 00:01 7  /SYSV0000abcd (deleted)\n";
+        let executable = executable_maps(maps).unwrap();
+        assert_eq!(executable.len(), 1, "{executable:?}");
     }
 }
