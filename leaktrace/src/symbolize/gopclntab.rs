@@ -193,16 +193,16 @@ impl GoTable {
     pub fn file_offset_to_address(&self, file_offset: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(_, offset, size)| (*offset..offset + size).contains(&file_offset))
-            .map(|(address, offset, _)| address + (file_offset - offset))
+            .find(|(_, offset, size)| within(*offset, *size, file_offset))
+            .and_then(|(address, offset, _)| address.checked_add(file_offset - offset))
     }
 
     /// The file offset virtual address `address` is loaded from (what a uprobe is attached by).
     pub fn address_to_file_offset(&self, address: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|(start, _, size)| (*start..start + size).contains(&address))
-            .map(|(start, offset, _)| offset + (address - start))
+            .find(|(start, _, size)| within(*start, *size, address))
+            .and_then(|(start, offset, _)| offset.checked_add(address - start))
     }
 
     /// The addresses of the function named `name` (exactly as Go names it, e.g.
@@ -518,9 +518,24 @@ fn c_string(data: &[u8], at: usize) -> Option<String> {
     Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
 }
 
+/// Whether `value` lies in the `size` bytes from `start`: a segment a malformed ELF header
+/// stretches past the end of the address space ends there.
+fn within(start: u64, size: u64, value: u64) -> bool {
+    value >= start && value - start < size
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_reaching_past_the_address_space_is_searched_without_overflow() {
+        // Found by the go_table fuzz target: a program header whose start + size overflows.
+        assert!(within(u64::MAX - 4, u64::MAX, u64::MAX));
+        assert!(!within(u64::MAX - 4, u64::MAX, 3));
+        assert!(within(0x1000, 0x10, 0x100f));
+        assert!(!within(0x1000, 0x10, 0x1010));
+    }
 
     #[test]
     fn uvarints_decode_like_go() {
