@@ -188,6 +188,59 @@ pub struct GoroutineKey {
     pub goid: u64,
 }
 
+/// Deepest Python stack taken at an open in a CPython process (innermost frame first).
+pub const MAX_PYTHON_DEPTH: usize = 32;
+
+/// Most thread states of an interpreter searched for the calling thread's.
+pub const MAX_PYTHON_THREADS: u32 = 64;
+
+/// `_PyInterpreterFrame.owner` of a frame the C stack owns (a 3.12+ shim between C and Python
+/// code): not an application frame, skipped by the walk.
+pub const PYTHON_FRAME_OWNED_BY_CSTACK: u8 = 3;
+
+/// Where a CPython process keeps its threads' frame chains: the address of its interpreter list
+/// (ASLR applied) and the byte offsets of the fields a walk reads, taken from CPython's headers
+/// for the process's version by userspace when it registers the process.
+///
+/// The walk: `*interpreters_head` is the interpreter; its `threads.head` (`tstate_head` before
+/// 3.11) the first thread state; thread states are linked by `next`, and the calling thread's is
+/// the one whose `thread_id` (its `pthread_t`, on x86_64 the thread's fsbase) matches. Its
+/// frame pointer is `frame` (3.8–3.10), `cframe->current_frame` (3.11–3.12) or
+/// `current_frame` (3.13); frames are linked by `f_back` / `previous`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonOffsets {
+    /// `task->group_leader->start_time` of the process they were resolved for, to within
+    /// [`PROCESS_START_TOLERANCE_NS`]: a reused pid does not inherit them.
+    pub process_start_ns: u64,
+    /// Address, in the process, of `_PyRuntime.interpreters.head`.
+    pub interpreters_head: u64,
+    /// `PyInterpreterState.threads.head` (`tstate_head` before 3.11).
+    pub interp_threads_head: u32,
+    /// `PyThreadState.next`.
+    pub tstate_next: u32,
+    /// `PyThreadState.thread_id`.
+    pub tstate_thread_id: u32,
+    /// `PyThreadState.frame` (3.8–3.10), `.cframe` (3.11–3.12) or `.current_frame` (3.13+).
+    pub tstate_frame: u32,
+    /// Non-zero: `tstate_frame` points to a `_PyCFrame`, whose `current_frame` is at
+    /// `cframe_current_frame`.
+    pub via_cframe: u32,
+    pub cframe_current_frame: u32,
+    /// `f_code` (3.8–3.12) or `f_executable` (3.13+): the frame's code object.
+    pub frame_code: u32,
+    /// `f_back` (3.8–3.10) or `previous` (3.11+).
+    pub frame_previous: u32,
+    /// `f_lasti` (an `int`, 3.8–3.10), `prev_instr` (3.11–3.12) or `instr_ptr` (3.13+, both
+    /// pointers into the code): sent to userspace as read, which turns it into a line.
+    pub frame_instr: u32,
+    /// Bytes of the `frame_instr` field: 4 (`int`) or 8 (a pointer).
+    pub frame_instr_size: u32,
+    /// `_PyInterpreterFrame.owner` (a byte); `u32::MAX` where frames have none (3.8–3.10).
+    pub frame_owner: u32,
+    pub _pad: u32,
+}
+
 /// The bytes of a [`ConnOpenRecord`] before its stack array: every open record has them.
 pub const OPEN_RECORD_FIXED: usize = core::mem::offset_of!(ConnOpenRecord, stack);
 
@@ -390,6 +443,7 @@ mod pod {
     unsafe impl aya::Pod for IouringRequestKey {}
     unsafe impl aya::Pod for GoRuntimeOffsets {}
     unsafe impl aya::Pod for GoroutineKey {}
+    unsafe impl aya::Pod for PythonOffsets {}
 }
 
 #[cfg(test)]
@@ -409,6 +463,7 @@ mod tests {
         assert_eq!(OPEN_RECORD_FIXED, 192);
         assert_eq!(size_of::<GoRuntimeOffsets>(), 24);
         assert_eq!(size_of::<GoroutineKey>(), 16);
+        assert_eq!(size_of::<PythonOffsets>(), 64);
         // Room for every hop after the deepest thread stack that still takes ancestry.
         const { assert!(GO_SPAWN_DEPTH * MAX_GO_HOPS < MAX_STACK_DEPTH) };
         assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
