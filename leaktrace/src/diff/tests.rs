@@ -18,6 +18,7 @@ use crate::{
 
 fn frame(address: u64, function: &str, line: u32) -> Frame {
     Frame {
+        runtime: None,
         address,
         function: Some(function.to_string()),
         file: Some("main.go".into()),

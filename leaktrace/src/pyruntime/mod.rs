@@ -9,6 +9,7 @@
 //! - [`lines`]: line tables (`co_lnotab`, PEP 626's, 3.11's location table) to line numbers;
 //! - [`code`]: code objects read from the process's memory;
 //! - [`names`]: the frames named so far, by process, shared with the symbolizer;
+//! - [`stack`]: Python frames joined to the native stack, as call sites are keyed;
 //! - [`policy`]: which processes get the walk, and what their call sites are told.
 pub mod code;
 pub mod detect;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod lines;
 pub mod names;
 // pub mod policy;
+pub mod stack;
 
 pub use detect::{Detection, PythonProcess, detect};
 pub use layout::PythonLayout;
