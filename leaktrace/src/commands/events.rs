@@ -102,6 +102,8 @@ pub fn report_counters(counters: &KernelCounters) {
         (counters.transitions_missed, "state transitions missed by every hook"),
         (counters.goroutines_recorded, "goroutine creations recorded for goroutine ancestry"),
         (counters.goroutines_unrecorded, "goroutine creations that could not be recorded"),
+        (counters.python_walks, "opens with their thread's Python frames"),
+        (counters.python_walks_failed, "opens in Python processes whose Python frames could not be taken"),
     ];
     for (count, what) in extra {
         if count > 0 {

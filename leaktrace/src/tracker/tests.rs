@@ -43,6 +43,8 @@ fn open(socket: SocketId, cookie: u64, ts_ns: u64, owner: Owner, accept: bool, s
         stack: stack.to_vec(),
         stack_error: None,
         goroutine: None,
+        python: vec![],
+        python_status: None,
     };
     let body = if accept { EventBody::Accept(open) } else { EventBody::Connect(open) };
     Event { ts_ns, cpu: 0, socket, cookie, body }
