@@ -117,8 +117,18 @@ pub struct Spawn {
 impl ConnOpen {
     /// The stack that names the call site: the thread's stack, then each spawning goroutine's
     /// stack after a [`GOROUTINE_BOUNDARY`] (so the same library dial reached from two
-    /// application functions is two call sites). Borrowed when there is no ancestry.
+    /// application functions is two call sites), then the Python frames (see
+    /// [`crate::pyruntime::stack`]). Borrowed when there is neither.
     pub fn call_stack(&self) -> std::borrow::Cow<'_, [u64]> {
+        let native = self.native_call_stack();
+        if self.python.is_empty() {
+            return native;
+        }
+        let python = self.python.iter().map(|frame| (frame.code, frame.instr));
+        std::borrow::Cow::Owned(crate::pyruntime::stack::join(&native, python))
+    }
+
+    fn native_call_stack(&self) -> std::borrow::Cow<'_, [u64]> {
         match &self.goroutine {
             Some(goroutine) if !goroutine.spawned_by.is_empty() => {
                 let mut joined = self.stack.clone();
