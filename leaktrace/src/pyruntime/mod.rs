@@ -16,7 +16,7 @@ pub mod detect;
 pub mod layout;
 pub mod lines;
 pub mod names;
-// pub mod policy;
+pub mod policy;
 pub mod stack;
 
 pub use detect::{Detection, PythonProcess, detect};

@@ -226,6 +226,16 @@ pub fn origin(frame: &Frame) -> Origin {
 /// says more than nothing), else none.
 pub fn pick(frames: &[Frame]) -> Option<usize> {
     let origins: Vec<Origin> = frames.iter().map(origin).collect();
+    // In a Python process the application's Python function names the call site: the native
+    // stack of an interpreter built without frame pointers can end in return addresses that
+    // merely land in some library.
+    if let Some(index) = frames
+        .iter()
+        .zip(&origins)
+        .position(|(frame, &origin)| frame.runtime.is_some() && origin == Origin::Application)
+    {
+        return Some(index);
+    }
     origins
         .iter()
         .position(|&origin| origin == Origin::Application)
@@ -278,6 +288,10 @@ mod tests {
         assert_eq!(origins[2], Origin::Library);
         assert_eq!(origins[4..8], [Origin::Library, Origin::Runtime, Origin::Runtime, Origin::Runtime]);
         assert_eq!(pick(&frames), Some(8));
+        // A native frame the walk left in some unknown library does not outrank it.
+        let mut with_stray = frames.to_vec();
+        with_stray.insert(1, frame(Some("inflate"), Some("/usr/lib/x86_64-linux-gnu/libz.so.1")));
+        assert_eq!(pick(&with_stray), Some(9));
         // A Python function whose name looks like CPython's own C functions is still the application's.
         assert_eq!(origin(&python("PyQueueWorker.run", "/srv/worker/queue.py")), Origin::Application);
         // Without the application's frames, the package says the most.

@@ -1,0 +1,227 @@
+//! Python call sites end to end, as a user runs leaktrace: the real binary tracing real CPython
+//! interpreters (Debian's 3.11 always, pyenv's 3.8 to 3.13 where installed). A connection's call
+//! site must name the application's Python function and line (not `socket.py`, not psycopg2's
+//! internals, not the interpreter's C frames), keep two functions apart, and survive the
+//! process exiting; a psycopg2 worker against a real PostgreSQL server leaks (or churns)
+//! under its own `handle_job`.
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use leaktrace_tests::{
+    cli::{LiveTrace, sites_of},
+    python::{DEBIAN_PYTHON, Postgres, PythonProgram, free_port, helper, interpreters, marker_line},
+    require_privileges,
+};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A server that accepts and holds every connection until the test ends.
+fn holding_server() -> (u16, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => held.push(stream),
+                Err(_) => return,
+            }
+        }
+    });
+    (port, handle)
+}
+
+/// The frame a call site is named by.
+fn telling(site: &Value) -> Option<&Value> {
+    site["frames"].get(site["telling_frame"].as_u64()? as usize)
+}
+
+/// The connect call site of `pid` named by the Python function `function`.
+fn python_site<'a>(report: &'a Value, pid: u32, function: &str) -> Option<&'a Value> {
+    sites_of(report, pid).into_iter().find(|site| {
+        site["direction"] == "connect"
+            && telling(site).is_some_and(|frame| frame["function"] == function && frame["runtime"] == "python")
+    })
+}
+
+fn opened(site: &Value) -> u64 {
+    site["opened"].as_u64().unwrap()
+}
+
+/// What a named Python call site shows: its function's frame, marked as Python, in `helper`
+/// at the line that connects, after the native frames, and the interpreter's own frames and
+/// the standard library's not chosen.
+#[track_caller]
+fn assert_named(site: &Value, function: &str, helper: &Path, what: &str) {
+    let frame = telling(site).unwrap();
+    assert_eq!(frame["function"], function, "{what}: {site:#}");
+    assert_eq!(frame["runtime"], "python", "{what}: {frame:#}");
+    assert_eq!(frame["file"], helper.display().to_string(), "{what}: {frame:#}");
+    assert_eq!(frame["line"].as_u64(), Some(marker_line(helper, function)), "{what}: {frame:#}");
+    assert!(frame["module"].is_null(), "{what}: {frame:#}");
+    let frames = site["frames"].as_array().unwrap();
+    let first_python = frames.iter().position(|frame| frame["runtime"] == "python").unwrap();
+    assert!(first_python > 0, "{what}: the native frames come first: {site:#}");
+    assert!(frames[first_python..].iter().all(|frame| frame["runtime"] == "python"), "{what}: {site:#}");
+    // The module's code is the outermost frame: the whole Python stack was taken.
+    assert_eq!(frames.last().unwrap()["function"], "<module>", "{what}: {site:#}");
+}
+
+#[test]
+fn two_functions_leaking_sockets_are_two_call_sites_each_named_by_its_function_and_line() {
+    let Some(_guard) = require_privileges("two_functions_leaking_sockets_are_two_call_sites_each_named_by_its_function_and_line")
+    else {
+        return;
+    };
+    let script = helper("two_leaks.py");
+    for interpreter in interpreters() {
+        let what = interpreter.display().to_string();
+        let (port, _server) = holding_server();
+        // Started before leaktrace: the scan at start registers it, so every connect is walked.
+        let mut program = PythonProgram::start(&interpreter, &script, &["127.0.0.1", &port.to_string(), "5", "0"]);
+        let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
+        program.go();
+        program.wait_line("round 5", PATIENCE);
+        let pid = program.pid();
+        let report = trace.wait_for(&format!("{what}: open_report and open_feed named"), PATIENCE, |report| {
+            ["open_report", "open_feed"].iter().all(|name| python_site(report, pid, name).is_some_and(|site| opened(site) == 5))
+        });
+        for function in ["open_report", "open_feed"] {
+            assert_named(python_site(&report, pid, function).unwrap(), function, &script, &what);
+        }
+        // open_report dials through socket.create_connection: the standard library's frame is
+        // in the stack, innermost, and not the one the call site is named by.
+        let report_site = python_site(&report, pid, "open_report").unwrap();
+        let python: Vec<&Value> = report_site["frames"].as_array().unwrap().iter().filter(|f| f["runtime"] == "python").collect();
+        assert!(python[0]["function"] == "create_connection", "{what}: {report_site:#}");
+        assert!(python[0]["file"].as_str().unwrap().ends_with("/socket.py"), "{what}: {report_site:#}");
+        let connects: u64 = sites_of(&report, pid).iter().filter(|site| site["direction"] == "connect").map(|site| opened(site)).sum();
+        assert_eq!(connects, 10, "{what}: every connect is in one of the two call sites");
+        let (last, status, stderr) = trace.interrupt();
+        assert!(status.success(), "{what}: {stderr}");
+        assert!(python_site(&last, pid, "open_feed").is_some(), "{what}: the final report names them too");
+        program.finish();
+        eprintln!("{what}: two call sites named");
+    }
+}
+
+/// A psycopg2 worker (Debian's python3-psycopg2) against a throwaway PostgreSQL cluster, started
+/// before leaktrace.
+fn psycopg2_worker(mode: &str, jobs: u32) -> Option<(Postgres, PythonProgram)> {
+    if let Some(reason) = Postgres::unavailable() {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    let postgres = Postgres::start();
+    let program = PythonProgram::start(
+        Path::new(DEBIAN_PYTHON),
+        &helper("pg_jobs.py"),
+        &[mode, "127.0.0.1", &postgres.port.to_string(), &jobs.to_string(), "20"],
+    );
+    Some((postgres, program))
+}
+
+#[test]
+fn a_psycopg2_worker_leaking_a_connection_per_job_is_a_leak_named_handle_job() {
+    let Some(_guard) = require_privileges("a_psycopg2_worker_leaking_a_connection_per_job_is_a_leak_named_handle_job") else {
+        return;
+    };
+    let Some((postgres, mut program)) = psycopg2_worker("leak", 300) else { return };
+    let mut trace = LiveTrace::start(&["--port", &postgres.port.to_string()]);
+    program.go();
+    let pid = program.pid();
+    let report = trace.wait_for("handle_job named as a leak", PATIENCE, |report| {
+        python_site(report, pid, "handle_job").is_some_and(|site| site["verdict"] == "leak")
+    });
+    let site = python_site(&report, pid, "handle_job").unwrap();
+    let script = helper("pg_jobs.py");
+    assert_named(site, "handle_job", &script, "psycopg2 leak");
+    // libpq's connect is below it, psycopg2's package frames between: named by neither.
+    let frames = site["frames"].as_array().unwrap();
+    assert!(frames.iter().any(|f| f["module"].as_str().is_some_and(|m| m.contains("libpq"))), "{site:#}");
+    // Every connection of the worker is in this one call site, all kept.
+    let connects: Vec<&Value> = sites_of(&report, pid).into_iter().filter(|site| site["direction"] == "connect").collect();
+    assert_eq!(connects.len(), 1, "{connects:#?}");
+    assert_eq!(site["live"], site["opened"], "{site:#}");
+}
+
+#[test]
+fn the_same_worker_closing_its_connections_is_churn_not_a_leak() {
+    let Some(_guard) = require_privileges("the_same_worker_closing_its_connections_is_churn_not_a_leak") else { return };
+    let Some((postgres, mut program)) = psycopg2_worker("close", 100) else { return };
+    let mut trace = LiveTrace::start(&["--port", &postgres.port.to_string()]);
+    program.go();
+    program.wait_line("job 100", PATIENCE);
+    let pid = program.pid();
+    let report = trace.wait_for("handle_job's 100 connections closed", PATIENCE, |report| {
+        python_site(report, pid, "handle_job").is_some_and(|site| opened(site) == 100 && site["live"] == 0)
+    });
+    let site = python_site(&report, pid, "handle_job").unwrap();
+    assert_named(site, "handle_job", &helper("pg_jobs.py"), "psycopg2 close");
+    assert_eq!(site["verdict"], "churn", "{site:#}");
+    let (last, status, stderr) = trace.interrupt();
+    assert!(status.success(), "{stderr}");
+    let site = python_site(&last, pid, "handle_job").unwrap();
+    assert_ne!(site["verdict"], "leak", "{site:#}");
+}
+
+#[test]
+fn a_python_process_started_later_in_its_own_mount_namespace_is_named_after_it_exits() {
+    let Some(_guard) =
+        require_privileges("a_python_process_started_later_in_its_own_mount_namespace_is_named_after_it_exits")
+    else {
+        return;
+    };
+    let (port, _server) = holding_server();
+    let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
+    // The interpreter is a copy on a tmpfs mounted in a mount namespace of its own: the host's
+    // paths do not show it. Started after leaktrace: registered at its first connect.
+    let private = std::env::temp_dir().join(format!("leaktrace-pyns-{}", std::process::id()));
+    std::fs::create_dir_all(&private).unwrap();
+    let script = helper("two_leaks.py");
+    let inner = format!(
+        "mount -t tmpfs leaktrace-pyns {dir} && cp {DEBIAN_PYTHON} {dir}/python3.11 && exec {dir}/python3.11 {script} 127.0.0.1 {port} 6 0.3",
+        dir = private.display(),
+        script = script.display()
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &inner]);
+    let mut program = PythonProgram::start_command(command, "python3.11 in its own mount namespace".into());
+    program.go();
+    program.wait_line("round 6", PATIENCE);
+    let pid = program.pid();
+    assert!(!private.join("python3.11").exists(), "the copy is not visible from the host");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, private.join("python3.11"));
+    program.finish();
+    // The process is gone; its call sites stay named.
+    let report = trace.wait_for("both functions named after the exit", PATIENCE, |report| {
+        ["open_report", "open_feed"].iter().all(|name| python_site(report, pid, name).is_some())
+    });
+    assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "pid {pid} exited");
+    for function in ["open_report", "open_feed"] {
+        let site = python_site(&report, pid, function).unwrap();
+        assert_named(site, function, &script, "mount namespace");
+        // Its first connect came before it was registered; the later rounds are walked.
+        assert!(opened(site) >= 4, "{site:#}");
+    }
+    let connects: u64 = sites_of(&report, pid).iter().filter(|site| site["direction"] == "connect").map(|site| opened(site)).sum();
+    assert_eq!(connects, 12);
+    // What was not walked says why.
+    for site in sites_of(&report, pid) {
+        if telling(site).is_none_or(|frame| frame["runtime"] != "python") {
+            let note = site["python_frames"].as_str().unwrap_or_else(|| panic!("{site:#}"));
+            assert!(note.contains("before leaktrace registered the process"), "{note}");
+        }
+    }
+    let (last, status, stderr) = trace.interrupt();
+    assert!(status.success(), "{stderr}");
+    assert!(python_site(&last, pid, "open_report").is_some(), "{last:#}");
+    let _ = std::fs::remove_dir(&private);
+}
