@@ -14,7 +14,7 @@ use std::{
 
 use leaktrace_tests::{
     cli::{LiveTrace, sites_of},
-    python::{DEBIAN_PYTHON, Postgres, PythonProgram, free_port, helper, interpreters, marker_line},
+    python::{DEBIAN_PYTHON, Postgres, PythonProgram, helper, interpreters, marker_line},
     require_privileges,
 };
 use serde_json::Value;
