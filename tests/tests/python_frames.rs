@@ -231,3 +231,46 @@ fn a_python_process_started_later_in_its_own_mount_namespace_is_named_after_it_e
     }
     let _ = std::fs::remove_dir(&private);
 }
+
+#[test]
+fn an_interpreter_leaktrace_cannot_walk_keeps_its_native_stack_and_says_why_once() {
+    let Some(_guard) = require_privileges("an_interpreter_leaktrace_cannot_walk_keeps_its_native_stack_and_says_why_once")
+    else {
+        return;
+    };
+    let Some(interpreter) = std::fs::read_dir("/root/.pyenv/versions")
+        .ok()
+        .and_then(|dir| dir.flatten().map(|entry| entry.path().join("bin/python3.7")).find(|path| path.exists()))
+    else {
+        eprintln!("skipped: no pyenv build of Python 3.7 (an unsupported version) under /root/.pyenv/versions");
+        return;
+    };
+    let (port, _server) = holding_server();
+    // Two processes of it: the reason is logged once.
+    let script = helper("two_leaks.py");
+    let mut programs: Vec<PythonProgram> =
+        (0..2).map(|_| PythonProgram::start(&interpreter, &script, &["127.0.0.1", &port.to_string(), "3", "0"])).collect();
+    let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
+    for program in &mut programs {
+        program.go();
+        program.wait_line("round 3", PATIENCE);
+    }
+    let pids: Vec<u32> = programs.iter().map(PythonProgram::pid).collect();
+    let report = trace.wait_for("both processes' 6 connects", PATIENCE, |report| {
+        pids.iter().all(|&pid| sites_of(report, pid).iter().map(|site| opened(site)).sum::<u64>() == 6)
+    });
+    for &pid in &pids {
+        for site in sites_of(&report, pid) {
+            let frames = site["frames"].as_array().unwrap();
+            assert!(frames.iter().all(|frame| frame["runtime"].is_null()), "native frames only: {site:#}");
+            assert!(frames.first().is_some_and(|frame| frame["function"] == "__libc_connect"), "{site:#}");
+            let note = site["python_frames"].as_str().unwrap_or_else(|| panic!("no python_frames: {site:#}"));
+            assert!(note.contains("Python 3.7") && note.contains("3.8 to 3.13"), "{note}");
+            assert!(note.contains("native stack"), "{note}");
+        }
+    }
+    let (_, status, stderr) = trace.interrupt();
+    assert!(status.success(), "{stderr}");
+    let warnings = stderr.lines().filter(|line| line.contains("leaktrace knows the layouts of CPython")).count();
+    assert_eq!(warnings, 1, "said once for both processes:\n{stderr}");
+}

@@ -152,10 +152,13 @@ impl Engine {
                     );
             }
         }
-        // Python frames are the callers of the native ones, named at event time.
+        // Python frames are the callers of the native ones, named at event time. The native walk
+        // of an interpreter without frame pointers stops early; its Python frames go on to the
+        // interpreter's outermost, so such a stack is not marked cut short.
         for (code, instr) in python {
             let name = self.shared.python.frame(key, code, instr);
             frames.push(crate::pyruntime::stack::frame(code, name.as_deref()));
+            truncated = false;
         }
         let stack = SymbolizedStack {
             telling_frame: telling::pick(&frames),
