@@ -6,7 +6,7 @@
 //! under its own `handle_job`.
 use std::{
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     thread,
     time::Duration,
@@ -14,6 +14,7 @@ use std::{
 
 use leaktrace_tests::{
     cli::{LiveTrace, sites_of},
+    go::go_tool_pprof,
     python::{DEBIAN_PYTHON, Postgres, PythonProgram, helper, interpreters, marker_line},
     require_privileges,
 };
@@ -133,7 +134,11 @@ fn a_psycopg2_worker_leaking_a_connection_per_job_is_a_leak_named_handle_job() {
         return;
     };
     let Some((postgres, mut program)) = psycopg2_worker("leak", 300) else { return };
-    let mut trace = LiveTrace::start(&["--port", &postgres.port.to_string()]);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-helpers/python_frames");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pprof, svg) = (dir.join("connections.pb.gz"), dir.join("connections.svg"));
+    let (pprof, svg) = (pprof.to_str().unwrap(), svg.to_str().unwrap());
+    let mut trace = LiveTrace::start(&["--port", &postgres.port.to_string(), "--pprof", pprof, "--flamegraph", svg]);
     program.go();
     let pid = program.pid();
     let report = trace.wait_for("handle_job named as a leak", PATIENCE, |report| {
@@ -149,6 +154,17 @@ fn a_psycopg2_worker_leaking_a_connection_per_job_is_a_leak_named_handle_job() {
     let connects: Vec<&Value> = sites_of(&report, pid).into_iter().filter(|site| site["direction"] == "connect").collect();
     assert_eq!(connects.len(), 1, "{connects:#?}");
     assert_eq!(site["live"], site["opened"], "{site:#}");
+    // The profiles name it as the table does, with its line, as their users open them.
+    let (last, status, stderr) = trace.interrupt();
+    assert_eq!(status.code(), Some(1), "leaks found: exit 1; stderr:\n{stderr}");
+    let live = python_site(&last, pid, "handle_job").unwrap()["live"].as_u64().unwrap();
+    let name = format!("handle_job (pg_jobs.py:{})", marker_line(&script, "handle_job"));
+    let top = go_tool_pprof(&["-top", pprof]);
+    let row = top.lines().find(|row| row.ends_with(&name)).unwrap_or_else(|| panic!("no {name} in:\n{top}"));
+    let cumulative: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(cumulative, live, "{row}");
+    let graph = std::fs::read_to_string(svg).unwrap();
+    assert!(graph.contains(&name), "{name} in the flame graph");
 }
 
 #[test]
