@@ -188,9 +188,9 @@ fn the_same_worker_closing_its_connections_is_churn_not_a_leak() {
 }
 
 #[test]
-fn a_python_process_started_later_in_its_own_mount_namespace_is_named_after_it_exits() {
+fn a_python_process_started_later_in_its_own_namespaces_is_named_after_it_exits() {
     let Some(_guard) =
-        require_privileges("a_python_process_started_later_in_its_own_mount_namespace_is_named_after_it_exits")
+        require_privileges("a_python_process_started_later_in_its_own_namespaces_is_named_after_it_exits")
     else {
         return;
     };
@@ -206,12 +206,18 @@ fn a_python_process_started_later_in_its_own_mount_namespace_is_named_after_it_e
         dir = private.display(),
         script = script.display()
     );
+    // Its own pid namespace too, as in a container: it is pid 1 there, unshare's child here.
     let mut command = Command::new("unshare");
-    command.args(["--mount", "--propagation", "private", "sh", "-c", &inner]);
-    let mut program = PythonProgram::start_command(command, "python3.11 in its own mount namespace".into());
+    command.args(["--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private", "sh", "-c", &inner]);
+    let mut program = PythonProgram::start_command(command, "python3.11 in its own mount and pid namespaces".into());
     program.go();
     program.wait_line("round 6", PATIENCE);
-    let pid = program.pid();
+    let unshare = program.pid();
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+    let pid: u32 = children.split_whitespace().next().unwrap_or_else(|| panic!("no child of unshare {unshare}")).parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|line| line.starts_with("NSpid:")).unwrap();
+    assert_eq!(nspid.split_whitespace().last(), Some("1"), "pid 1 in its namespace: {nspid}");
     assert!(!private.join("python3.11").exists(), "the copy is not visible from the host");
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, private.join("python3.11"));
