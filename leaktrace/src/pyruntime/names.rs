@@ -4,7 +4,10 @@
 //! event loop and the symbolizer thread.
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use super::{
@@ -37,6 +40,8 @@ struct Process {
 #[derive(Default)]
 pub struct FrameNames {
     processes: Mutex<HashMap<ProcessKey, Process>>,
+    /// Frames named since the total was last counted.
+    named: AtomicUsize,
 }
 
 impl FrameNames {
@@ -54,9 +59,13 @@ impl FrameNames {
     /// Names the frames `(code, instr)` of an event of `key` now, while the process runs.
     pub fn resolve(&self, key: ProcessKey, frames: impl IntoIterator<Item = (u64, u64)>) {
         let mut processes = self.lock();
-        let total: usize = processes.values().map(|process| process.frames.len()).sum();
-        if total >= MAX_FRAMES {
-            processes.retain(|key, _| capture::is_running(*key));
+        // Counted every 1024 frames named, not at every event.
+        if self.named.load(Ordering::Relaxed) >= 1024 {
+            self.named.store(0, Ordering::Relaxed);
+            let total: usize = processes.values().map(|process| process.frames.len()).sum();
+            if total >= MAX_FRAMES {
+                processes.retain(|key, _| capture::is_running(*key));
+            }
         }
         let Some(process) = processes.get_mut(&key) else { return };
         for (code, instr) in frames {
@@ -79,6 +88,7 @@ impl FrameNames {
             let line = object.line(process.python.layout, code, instr);
             let named = NamedFrame { function: object.function.clone(), file: object.file.clone(), line };
             process.frames.insert((code, instr), Arc::new(named));
+            self.named.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -13,7 +13,7 @@ use std::{
 
 use leaktrace_common::PROCESS_START_TOLERANCE_NS;
 
-use super::{Detection, PythonProcess, PythonVersion, detect, detect::maps_name_python, names::FrameNames};
+use super::{Detection, PythonProcess, detect, detect::maps_name_python, names::FrameNames};
 use crate::{
     event::Owner,
     kernel::{Tracer, TracerOptions},
@@ -142,18 +142,7 @@ impl PythonPolicy {
     /// After each periodic report: detaches from processes that exited, forgets what no call
     /// site needs any more, and says on call sites what their Python frames are.
     pub fn after_report(&mut self, report: &mut Report, tracer: &mut Tracer) {
-        let gone: Vec<ProcessKey> = self
-            .processes
-            .iter()
-            .filter(|(key, state)| {
-                matches!(state, State::Walked { .. }) && !self.detached.contains(*key) && !capture::is_running(**key)
-            })
-            .map(|(key, _)| *key)
-            .collect();
-        for key in gone {
-            tracer.detach_python(key.pid);
-            self.detached.insert(key);
-        }
+        self.detach_exited(tracer);
         // An exited process's decision and named frames stay while its call sites are reported.
         let tracked: HashSet<ProcessKey> =
             report.processes.iter().map(|process| ProcessKey { pid: process.pid, start_ns: process.start_ns }).collect();
@@ -170,6 +159,22 @@ impl PythonPolicy {
             keep
         });
         self.annotate(report);
+    }
+
+    /// Detaches the walk from processes that exited (their decision is kept).
+    pub fn detach_exited(&mut self, tracer: &mut Tracer) {
+        let gone: Vec<ProcessKey> = self
+            .processes
+            .iter()
+            .filter(|(key, state)| {
+                matches!(state, State::Walked { .. }) && !self.detached.contains(*key) && !capture::is_running(**key)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in gone {
+            tracer.detach_python(key.pid);
+            self.detached.insert(key);
+        }
     }
 
     /// Says on the call sites of CPython processes that are not walked why they have no Python
@@ -190,19 +195,5 @@ impl PythonPolicy {
                 Some(State::NotPython) | None => None,
             };
         }
-    }
-
-    /// Versions of the processes walked now, for the log at exit.
-    pub fn walked(&self) -> Vec<(u32, PythonVersion)> {
-        let mut walked: Vec<(u32, PythonVersion)> = self
-            .processes
-            .iter()
-            .filter_map(|(key, state)| match state {
-                State::Walked { python } => Some((key.pid, python.version)),
-                _ => None,
-            })
-            .collect();
-        walked.sort();
-        walked
     }
 }
