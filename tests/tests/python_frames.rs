@@ -105,7 +105,7 @@ fn two_functions_leaking_sockets_are_two_call_sites_each_named_by_its_function_a
         let connects: u64 = sites_of(&report, pid).iter().filter(|site| site["direction"] == "connect").map(|site| opened(site)).sum();
         assert_eq!(connects, 10, "{what}: every connect is in one of the two call sites");
         let (last, status, stderr) = trace.interrupt();
-        assert!(status.success(), "{what}: {stderr}");
+        assert!(matches!(status.code(), Some(0 | 1)), "{what}: {status}: {stderr}");
         assert!(python_site(&last, pid, "open_feed").is_some(), "{what}: the final report names them too");
         program.finish();
         eprintln!("{what}: two call sites named");
@@ -246,7 +246,8 @@ fn a_python_process_started_later_in_its_own_namespaces_is_named_after_it_exits(
     }
     // The final report, well after the exit, still names them.
     let (last, status, stderr) = trace.interrupt();
-    assert!(status.success(), "{stderr}");
+    // Exit 1 once the held connections read as a leak, 0 before.
+    assert!(matches!(status.code(), Some(0 | 1)), "{status}: {stderr}");
     assert_eq!(connects(&last), 12, "{last:#}");
     for function in ["open_report", "open_feed"] {
         assert_named(python_site(&last, pid, function).unwrap(), function, &script, "final report");
@@ -292,7 +293,7 @@ fn an_interpreter_leaktrace_cannot_walk_keeps_its_native_stack_and_says_why_once
         }
     }
     let (_, status, stderr) = trace.interrupt();
-    assert!(status.success(), "{stderr}");
+    assert!(matches!(status.code(), Some(0 | 1)), "{status}: {stderr}");
     let warnings = stderr.lines().filter(|line| line.contains("leaktrace knows the layouts of CPython")).count();
     assert_eq!(warnings, 1, "said once for both processes:\n{stderr}");
 }
