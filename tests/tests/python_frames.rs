@@ -2,8 +2,9 @@
 //! interpreters (Debian's 3.11 always, pyenv's 3.8 to 3.13 where installed). A connection's call
 //! site must name the application's Python function and line (not `socket.py`, not psycopg2's
 //! internals, not the interpreter's C frames), keep two functions apart, and survive the
-//! process exiting; a psycopg2 worker against a real PostgreSQL server leaks (or churns)
-//! under its own `handle_job`.
+//! process exiting, in other mount and pid namespaces and in a podman container too; a psycopg2
+//! worker against a real PostgreSQL server leaks (or churns) under its own `handle_job`; an
+//! interpreter leaktrace cannot walk (3.7) keeps its native stack and says why.
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -14,6 +15,7 @@ use std::{
 
 use leaktrace_tests::{
     cli::{LiveTrace, sites_of},
+    containers::{self, Container},
     go::go_tool_pprof,
     python::{DEBIAN_PYTHON, Postgres, PythonProgram, helper, interpreters, marker_line},
     require_privileges,
@@ -60,10 +62,16 @@ fn opened(site: &Value) -> u64 {
 /// the standard library's not chosen.
 #[track_caller]
 fn assert_named(site: &Value, function: &str, helper: &Path, what: &str) {
+    assert_named_in(site, function, helper, &helper.display().to_string(), what);
+}
+
+/// [`assert_named`] for a helper the process sees at `file` (in a container).
+#[track_caller]
+fn assert_named_in(site: &Value, function: &str, helper: &Path, file: &str, what: &str) {
     let frame = telling(site).unwrap();
     assert_eq!(frame["function"], function, "{what}: {site:#}");
     assert_eq!(frame["runtime"], "python", "{what}: {frame:#}");
-    assert_eq!(frame["file"], helper.display().to_string(), "{what}: {frame:#}");
+    assert_eq!(frame["file"], file, "{what}: {frame:#}");
     assert_eq!(frame["line"].as_u64(), Some(marker_line(helper, function)), "{what}: {frame:#}");
     assert!(frame["module"].is_null(), "{what}: {frame:#}");
     let frames = site["frames"].as_array().unwrap();
@@ -296,4 +304,50 @@ fn an_interpreter_leaktrace_cannot_walk_keeps_its_native_stack_and_says_why_once
     assert!(matches!(status.code(), Some(0 | 1)), "{status}: {stderr}");
     let warnings = stderr.lines().filter(|line| line.contains("leaktrace knows the layouts of CPython")).count();
     assert_eq!(warnings, 1, "said once for both processes:\n{stderr}");
+}
+
+#[test]
+fn debians_python_in_a_podman_container_is_named_and_attributed_to_its_container() {
+    let Some(_guard) = require_privileges("debians_python_in_a_podman_container_is_named_and_attributed_to_its_container")
+    else {
+        return;
+    };
+    if let Some(reason) = containers::unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let (port, _server) = holding_server();
+    let mut trace = LiveTrace::start(&["--port", &port.to_string()]);
+    // The host's root as the container's (an overlay: its writes stay in the container), so its
+    // python3.11 is Debian's; the helper mounted at /app. It exits after its last round.
+    let script = helper("two_leaks.py");
+    let helpers = format!("{}:/app:ro", script.parent().unwrap().display());
+    let command = format!("(sleep 1; echo go) | exec {DEBIAN_PYTHON} /app/two_leaks.py 127.0.0.1 {port} 6 0.3");
+    let container = Container::run(
+        "python3.11 two_leaks.py",
+        &["--network", "host", "-v", &helpers, "--rootfs", "/:O", "sh", "-c", &command].map(String::from),
+    );
+    let in_container = |report: &Value| -> Vec<Value> {
+        report["call_sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|site| site["container"]["id"] == container.id() && site["direction"] == "connect")
+            .cloned()
+            .collect()
+    };
+    let report = trace.wait_for("the container's 12 connects, both functions named", PATIENCE, |report| {
+        let sites = in_container(report);
+        sites.iter().map(opened).sum::<u64>() == 12
+            && ["open_report", "open_feed"]
+                .iter()
+                .all(|name| sites.iter().any(|site| telling(site).is_some_and(|frame| frame["function"] == *name)))
+    });
+    for function in ["open_report", "open_feed"] {
+        let sites = in_container(&report);
+        let site = sites.iter().find(|site| telling(site).is_some_and(|frame| frame["function"] == function)).unwrap();
+        assert_named_in(site, function, &script, "/app/two_leaks.py", "podman");
+        assert_eq!(site["container"]["runtime"], "podman", "{site:#}");
+        assert!(opened(site) >= 4, "{site:#}");
+    }
 }
