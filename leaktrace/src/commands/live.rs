@@ -170,9 +170,11 @@ impl Live {
         self.go_ancestry != AncestryMode::Off
     }
 
-    /// Forgets what no longer matters (see [`Tracker::expire`]) without building a report.
+    /// Forgets what no longer matters (see [`Tracker::expire`]) without building a report, and
+    /// detaches the Python walk from processes that exited.
     pub fn expire(&mut self) {
         self.tracker.expire(monotonic_ns());
+        self.python.detach_exited(&mut self.tracer);
     }
 
     /// Detaches the probes, applies what they still wrote, closes the recording, and returns the
