@@ -162,6 +162,13 @@ fn inspect(file: &File, path: &str, base: u64) -> Option<Detection> {
             ),
         });
     };
+    if let Some(reason) = elf
+        .sections()
+        .find_map(|section| section.data_range(runtime, DEBUG_OFFSETS_SIZE).ok().flatten())
+        .and_then(|debug_offsets| debug_offsets_disagree(debug_offsets, layout))
+    {
+        return Some(Detection::Unsupported { version: Some(version), module: path.to_string(), reason });
+    }
     // Where the file's first byte is mapped, against the address its first segment asks for.
     let first_segment =
         elf.segments().filter(|segment| segment.file_range().0 == 0).map(|segment| segment.address()).min().unwrap_or(0);
@@ -173,6 +180,46 @@ fn inspect(file: &File, path: &str, base: u64) -> Option<Detection> {
         code_type: symbol("PyCode_Type").map(|address| address.wrapping_add(bias)),
         module: path.to_string(),
     }))
+}
+
+/// Bytes of `_Py_DebugOffsets` (3.13) read: up to `pyobject.ob_type`.
+const DEBUG_OFFSETS_SIZE: u64 = 368;
+
+/// From 3.13, `_PyRuntime` starts with `_Py_DebugOffsets` (cookie `xdebugpy`), the offsets of
+/// this very build, initialised in the file: where they differ from the table (a free-threaded
+/// or otherwise configured build), the table would read the wrong fields. Says how, if so.
+fn debug_offsets_disagree(bytes: &[u8], layout: &PythonLayout) -> Option<String> {
+    if layout.minor < 13 || !bytes.starts_with(b"xdebugpy") {
+        return None;
+    }
+    let word = |at: usize| bytes.get(at..at + 8).map_or(u64::MAX, |word| u64::from_le_bytes(word.try_into().unwrap()));
+    if word(16) != 0 {
+        return Some("a free-threaded build (its objects and frames are laid out differently)".to_string());
+    }
+    let (walk, code) = (&layout.walk, &layout.code);
+    let expected: [(&str, usize, u64); 15] = [
+        ("runtime_state.interpreters_head", 40, layout.runtime_interpreters_head),
+        ("interpreter_state.threads_head", 72, walk.interp_threads_head.into()),
+        ("thread_state.next", 168, walk.tstate_next.into()),
+        ("thread_state.current_frame", 184, walk.tstate_frame.into()),
+        ("thread_state.thread_id", 192, walk.tstate_thread_id.into()),
+        ("interpreter_frame.previous", 232, walk.frame_previous.into()),
+        ("interpreter_frame.executable", 240, walk.frame_code.into()),
+        ("interpreter_frame.instr_ptr", 248, walk.frame_instr.into()),
+        ("interpreter_frame.owner", 264, walk.frame_owner.into()),
+        ("code_object.filename", 280, code.filename.into()),
+        ("code_object.qualname", 296, code.qualname.unwrap_or(u32::MAX).into()),
+        ("code_object.linetable", 304, code.linetable.into()),
+        ("code_object.firstlineno", 312, code.firstlineno.into()),
+        ("code_object.co_code_adaptive", 344, code.code_adaptive.unwrap_or(u32::MAX).into()),
+        ("pyobject.ob_type", 360, super::layout::OB_TYPE),
+    ];
+    let differ: Vec<String> = expected
+        .iter()
+        .filter(|(_, at, value)| word(*at) != *value)
+        .map(|(name, at, value)| format!("{name} is {} here, {value} in leaktrace's table", word(*at)))
+        .collect();
+    (!differ.is_empty()).then(|| format!("this build's _Py_DebugOffsets differ from leaktrace's table: {}", differ.join(", ")))
 }
 
 /// Whether `path` (an executable or library on this host) holds CPython, and which: for tests
@@ -221,6 +268,28 @@ mod tests {
         assert!(found.version.micro.is_some());
         assert!(found.runtime != 0 && found.code_type.is_some());
         assert_eq!(found.layout.minor, 11);
+    }
+
+    #[test]
+    fn python_3_13s_own_debug_offsets_agree_with_the_table_and_a_differing_build_is_refused() {
+        let Some(library) = std::fs::read_dir("/root/.pyenv/versions").ok().and_then(|dir| {
+            dir.flatten().map(|entry| entry.path().join("lib/libpython3.13.so.1.0")).find(|path| path.exists())
+        }) else {
+            eprintln!("skipped: no pyenv build of Python 3.13 under /root/.pyenv/versions");
+            return;
+        };
+        let Some(Detection::Python(found)) = inspect_file(&library) else { panic!("{:?}", inspect_file(&library)) };
+        let bytes = std::fs::read(&library).unwrap();
+        let elf = object::File::parse(&*bytes).unwrap();
+        let offsets = elf.sections().find_map(|section| section.data_range(found.runtime, DEBUG_OFFSETS_SIZE).ok().flatten()).unwrap();
+        assert!(offsets.starts_with(b"xdebugpy"));
+        assert_eq!(debug_offsets_disagree(offsets, found.layout), None);
+        let mut changed = offsets.to_vec();
+        changed[72] = 0x10;
+        let reason = debug_offsets_disagree(&changed, found.layout).unwrap();
+        assert!(reason.contains("interpreter_state.threads_head is"), "{reason}");
+        changed[16] = 1;
+        assert!(debug_offsets_disagree(&changed, found.layout).unwrap().contains("free-threaded"));
     }
 
     #[test]
