@@ -197,3 +197,62 @@ impl PythonPolicy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        pyruntime::PythonVersion,
+        report::testing::call_site,
+        tracker::{Thresholds, TrackerStats, Verdict},
+    };
+
+    fn policy(states: Vec<(u32, State)>) -> PythonPolicy {
+        let mut policy = PythonPolicy::new(Arc::default(), &TracerOptions::default());
+        for (pid, state) in states {
+            policy.processes.insert(ProcessKey { pid, start_ns: 1 }, state);
+        }
+        policy
+    }
+
+    fn python(minor: u32) -> PythonProcess {
+        let version = PythonVersion { major: 3, minor, micro: Some(2) };
+        PythonProcess {
+            version,
+            layout: super::super::PythonLayout::of(version).unwrap(),
+            runtime: 0x1000,
+            code_type: None,
+            module: "/usr/bin/python3.11".into(),
+        }
+    }
+
+    #[test]
+    fn call_sites_without_python_frames_say_why_and_others_say_nothing() {
+        let named = crate::pyruntime::stack::frame(0x7f00, None);
+        let native = vec![crate::symbolize::SymbolizedStack::addresses_only(&[0x401000]).frames[0].clone()];
+        let mut report = Report {
+            version: 1,
+            duration_s: 1.0,
+            events: None,
+            tracker: TrackerStats::default(),
+            thresholds: Thresholds::default(),
+            call_sites: vec![
+                call_site(10, "python3.7", native.clone(), 1, 1, Verdict::Ok),
+                call_site(11, "python3.11", native.clone(), 1, 1, Verdict::Ok),
+                call_site(11, "python3.11", vec![named], 1, 1, Verdict::Ok),
+                call_site(12, "curl", native, 1, 1, Verdict::Ok),
+            ],
+            processes: Vec::new(),
+        };
+        let policy = policy(vec![
+            (10, State::NotWalked("/usr/bin/python3.7: Python 3.7: not walked".into())),
+            (11, State::Walked { python: python(11) }),
+            (12, State::NotPython),
+        ]);
+        policy.annotate(&mut report);
+        let notes: Vec<Option<&str>> = report.call_sites.iter().map(|site| site.python_frames.as_deref()).collect();
+        assert_eq!(notes[0], Some("/usr/bin/python3.7: Python 3.7: not walked"));
+        assert!(notes[1].is_some_and(|note| note.starts_with("Python 3.11.2: no Python frames")), "{notes:?}");
+        assert_eq!((notes[2], notes[3]), (None, None));
+    }
+}
