@@ -198,6 +198,10 @@ pub const MAX_PYTHON_DEPTH: usize = 32;
 /// Most thread states of an interpreter searched for the calling thread's.
 pub const MAX_PYTHON_THREADS: u32 = 64;
 
+/// Bytes at the start of a frame the walk reads in one go: every frame field it reads
+/// (`frame_code`, `frame_previous`, `frame_instr`, `frame_owner`) must end within them.
+pub const PYTHON_FRAME_WINDOW: usize = 128;
+
 /// `_PyInterpreterFrame.owner` of a frame the C stack owns (a 3.12+ shim between C and Python
 /// code): not an application frame, skipped by the walk.
 pub const PYTHON_FRAME_OWNED_BY_CSTACK: u8 = 3;

@@ -17,11 +17,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_user},
     macros::map,
-    maps::HashMap,
+    maps::{HashMap, PerCpuArray},
 };
+use core::ffi::c_void;
 use leaktrace_common::{
     ConnOpenRecord, Counter, MAX_PYTHON_DEPTH, MAX_PYTHON_THREADS, PROCESS_START_TOLERANCE_NS,
-    PYTHON_FRAME_OWNED_BY_CSTACK, PYTHON_NATIVE_DEPTH, PythonOffsets, PythonTrail, PythonWalk,
+    PYTHON_FRAME_OWNED_BY_CSTACK, PYTHON_FRAME_WINDOW, PYTHON_NATIVE_DEPTH, PythonOffsets, PythonTrail, PythonWalk,
 };
 
 use crate::{
@@ -34,6 +35,11 @@ use crate::{
 /// keeps its threads. Filled by userspace (`Tracer::attach_python`).
 #[map]
 pub static PYTHON_PROCESSES: HashMap<u32, PythonOffsets> = HashMap::with_max_entries(1024, 0);
+
+/// Where each frame's first bytes are read to (too big for the BPF stack beside the rest). Per
+/// CPU.
+#[map]
+static FRAME_WINDOW: PerCpuArray<[u8; PYTHON_FRAME_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The Python offsets of the current process, if it is registered and not a later process that
 /// reused its pid (userspace may know its start time only to the clock tick `/proc` gives).
@@ -83,8 +89,9 @@ fn user<T>(address: u64) -> Result<T, i32> {
 
 /// The thread's frames into `open.stack` from word `native` on, `open.python.depth` counting.
 /// One frame is taken per iteration (the loop counter is the depth, which keeps the verifier's
-/// states few); a C-stack shim (3.12+) is stepped over on the way, and is never followed by
-/// another (its `previous` is the Python frame that called into C, or nothing).
+/// states few), with one read of its first bytes; a C-stack shim (3.12+) is stepped over on the
+/// way, and is never followed by another (its `previous` is the Python frame that called into
+/// C, or nothing).
 #[inline(always)]
 fn walk(open: &mut ConnOpenRecord, native: usize, offsets: &PythonOffsets) -> Result<PythonWalk, Failure> {
     let mut frame = current_frame(offsets)?;
@@ -93,38 +100,107 @@ fn walk(open: &mut ConnOpenRecord, native: usize, offsets: &PythonOffsets) -> Re
     if native > PYTHON_NATIVE_DEPTH {
         return Ok(PythonWalk::Truncated);
     }
-    let instr_mask = if offsets.frame_instr_size == 8 { u64::MAX } else { u32::MAX as u64 };
+    let window = FRAME_WINDOW.get_ptr_mut(0).ok_or(Failure::Read(-12))?;
+    // SAFETY: this CPU's slot; programs do not migrate while they run.
+    let window = unsafe { &mut *window };
+    let fields = FrameFields::of(offsets);
     for depth in 0..MAX_PYTHON_DEPTH {
-        frame = past_shim(frame, offsets)?;
         if frame == 0 {
             return Ok(PythonWalk::Complete);
         }
-        let code = user::<u64>(frame + offsets.frame_code as u64)?;
-        let instr = user::<u64>(frame + offsets.frame_instr as u64)? & instr_mask;
+        fields.read(window, frame)?;
+        if fields.is_shim(window) {
+            frame = fields.previous(window);
+            if frame == 0 {
+                return Ok(PythonWalk::Complete);
+            }
+            fields.read(window, frame)?;
+        }
         // SAFETY: native <= PYTHON_NATIVE_DEPTH and depth < MAX_PYTHON_DEPTH, so both words are
         // inside the array (PYTHON_NATIVE_DEPTH + 2 * MAX_PYTHON_DEPTH <= MAX_STACK_DEPTH); the
         // verifier checks the same bound.
         unsafe {
             let words = open.stack.as_mut_ptr().add(native + 2 * depth);
-            *words = code;
-            *words.add(1) = instr;
+            *words = fields.code(window);
+            *words.add(1) = fields.instr(window);
         }
         open.python.depth = depth as u32 + 1;
-        frame = user::<u64>(frame + offsets.frame_previous as u64)?;
+        frame = fields.previous(window);
     }
-    Ok(if past_shim(frame, offsets)? == 0 { PythonWalk::Complete } else { PythonWalk::Truncated })
+    if frame == 0 {
+        return Ok(PythonWalk::Complete);
+    }
+    // Only the outermost entry shim left is the whole chain too.
+    fields.read(window, frame)?;
+    Ok(if fields.is_shim(window) && fields.previous(window) == 0 { PythonWalk::Complete } else { PythonWalk::Truncated })
 }
 
-/// `frame`, or the frame before it when it is a C-stack shim (never the application's).
-#[inline(always)]
-fn past_shim(frame: u64, offsets: &PythonOffsets) -> Result<u64, Failure> {
-    if frame == 0 || offsets.frame_owner == u32::MAX {
-        return Ok(frame);
+/// Where a frame's fields are in the bytes read of it, bounded for the verifier (userspace
+/// refuses offsets past [`PYTHON_FRAME_WINDOW`]).
+struct FrameFields {
+    /// Bytes read of each frame: up to the end of the last field used.
+    span: u32,
+    code: usize,
+    previous: usize,
+    instr: usize,
+    instr_mask: u64,
+    /// Frames have an owner (3.11+; `owner` is 0 otherwise, always a byte of the window).
+    has_owner: bool,
+    owner: usize,
+}
+
+const LAST_WORD: usize = PYTHON_FRAME_WINDOW - 8;
+
+impl FrameFields {
+    #[inline(always)]
+    fn of(offsets: &PythonOffsets) -> Self {
+        let word = |offset: u32| if (offset as usize) < LAST_WORD { offset as usize } else { LAST_WORD };
+        let has_owner = offsets.frame_owner != u32::MAX;
+        let owner = offsets.frame_owner as usize;
+        let owner = if !has_owner { 0 } else if owner < PYTHON_FRAME_WINDOW - 1 { owner } else { PYTHON_FRAME_WINDOW - 1 };
+        let (code, previous, instr) = (word(offsets.frame_code), word(offsets.frame_previous), word(offsets.frame_instr));
+        let span = code.max(previous).max(instr).max(owner) + 8;
+        let instr_mask = if offsets.frame_instr_size == 8 { u64::MAX } else { u32::MAX as u64 };
+        Self { span: span.min(PYTHON_FRAME_WINDOW) as u32, code, previous, instr, instr_mask, has_owner, owner }
     }
-    if user::<u8>(frame + offsets.frame_owner as u64)? == PYTHON_FRAME_OWNED_BY_CSTACK {
-        return Ok(user::<u64>(frame + offsets.frame_previous as u64)?);
+
+    /// The frame's first `span` bytes into `window`.
+    #[inline(always)]
+    fn read(&self, window: &mut [u8; PYTHON_FRAME_WINDOW], frame: u64) -> Result<(), i32> {
+        let span = if self.span as usize <= PYTHON_FRAME_WINDOW { self.span } else { PYTHON_FRAME_WINDOW as u32 };
+        let read = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(window.as_mut_ptr().cast(), span, frame as *const c_void)
+        };
+        if read < 0 { Err(read as i32) } else { Ok(()) }
     }
-    Ok(frame)
+
+    #[inline(always)]
+    fn word(window: &[u8; PYTHON_FRAME_WINDOW], at: usize) -> u64 {
+        let at = if at < LAST_WORD { at } else { LAST_WORD };
+        // SAFETY: at + 8 <= PYTHON_FRAME_WINDOW.
+        unsafe { core::ptr::read_unaligned(window.as_ptr().add(at).cast::<u64>()) }
+    }
+
+    #[inline(always)]
+    fn code(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> u64 {
+        Self::word(window, self.code)
+    }
+
+    #[inline(always)]
+    fn previous(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> u64 {
+        Self::word(window, self.previous)
+    }
+
+    #[inline(always)]
+    fn instr(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> u64 {
+        Self::word(window, self.instr) & self.instr_mask
+    }
+
+    #[inline(always)]
+    fn is_shim(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> bool {
+        let owner = if self.owner < PYTHON_FRAME_WINDOW { self.owner } else { PYTHON_FRAME_WINDOW - 1 };
+        self.has_owner && window[owner] == PYTHON_FRAME_OWNED_BY_CSTACK
+    }
 }
 
 /// The innermost frame of the calling thread (0 when it runs no Python code).

@@ -4,7 +4,7 @@
 //! No probe is attached per process: the walk runs in the probes that already see every open,
 //! and a process that is not in the map pays one hash lookup.
 use aya::maps::HashMap;
-use leaktrace_common::PythonOffsets;
+use leaktrace_common::{PYTHON_FRAME_WINDOW, PythonOffsets};
 
 use super::Tracer;
 
@@ -50,8 +50,8 @@ impl Tracer {
     }
 }
 
-/// What the walk cannot do without: an interpreter list to start from, and an instruction
-/// field the probe knows how to read.
+/// What the walk cannot do without: an interpreter list to start from, an instruction field
+/// the probe knows how to read, and frame fields inside the bytes it reads of each frame.
 fn check(pid: u32, offsets: &PythonOffsets) -> Result<(), PythonFramesError> {
     let bad = |what| Err(PythonFramesError::BadOffsets { pid, what });
     if offsets.interpreters_head == 0 {
@@ -63,6 +63,16 @@ fn check(pid: u32, offsets: &PythonOffsets) -> Result<(), PythonFramesError> {
     if !matches!(offsets.frame_instr_size, 4 | 8) {
         return bad("an instruction field of 4 or 8 bytes");
     }
+    let owner_end = if offsets.frame_owner == u32::MAX { 0 } else { offsets.frame_owner as u64 + 1 };
+    let ends = [
+        offsets.frame_code as u64 + 8,
+        offsets.frame_previous as u64 + 8,
+        offsets.frame_instr as u64 + offsets.frame_instr_size as u64,
+        owner_end,
+    ];
+    if ends.iter().any(|&end| end > PYTHON_FRAME_WINDOW as u64) {
+        return bad("frame fields within the first 128 bytes of a frame (the bytes the walk reads)");
+    }
     Ok(())
 }
 
@@ -71,13 +81,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_without_a_start_an_interpreter_list_or_a_readable_instruction_are_refused() {
+    fn offsets_the_walk_cannot_use_are_refused() {
         let good = PythonOffsets { process_start_ns: 1, interpreters_head: 0x1000, frame_instr_size: 8, ..Default::default() };
         assert!(check(7, &good).is_ok());
         for (bad, what) in [
             (PythonOffsets { interpreters_head: 0, ..good }, "interpreters.head"),
             (PythonOffsets { process_start_ns: 0, ..good }, "start time"),
             (PythonOffsets { frame_instr_size: 2, ..good }, "4 or 8 bytes"),
+            (PythonOffsets { frame_instr: 124, ..good }, "first 128 bytes"),
+            (PythonOffsets { frame_owner: 128, ..good }, "first 128 bytes"),
         ] {
             let message = check(7, &bad).unwrap_err().to_string();
             assert!(message.contains(what) && message.contains("pid 7"), "{message}");
