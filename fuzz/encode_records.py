@@ -35,6 +35,7 @@ def record(event):
     fixed += tuple_(event["local"], event["remote"])
     fixed += struct.pack("=IIiI", STATES[event["state"]], len(stack), event.get("stack_error") or 0, 0)
     fixed += struct.pack("=QII3Q3II", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    fixed += struct.pack("=IIiI", 0, 0, 0, 0)  # PythonTrail: no Python walk
     return fixed + b"".join(struct.pack("=Q", frame) for frame in stack)
 
 

@@ -1,7 +1,8 @@
 //! `leaktrace-bench trace`: the real probes, hosted the way leaktrace hosts them (a tokio
 //! current-thread runtime draining the ring buffer in batches and decoding every record), plus
 //! what the benchmarks need: attach them paused (the "probes loaded but disabled" row), BPF
-//! run-time statistics, and snapshots of the counters, per-program cost and map memory.
+//! run-time statistics, snapshots of the counters, per-program cost and map memory, and a CPython
+//! process registered for Python frames on request (`python PID`).
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -9,6 +10,8 @@ use clap::Args;
 use leaktrace::{
     event::{Event, EventBody},
     kernel::{AttachedHook, KernelCounters, MapMemory, ProgramStats, RunTimeStats, Tracer, Transitions},
+    pyruntime::{self, Detection},
+    symbolize::capture::process_start_ns,
 };
 use serde::Serialize;
 
@@ -116,7 +119,10 @@ pub fn run(args: &TraceArgs) -> Result<()> {
                     Some("snapshot") => print_line(&report("snapshot", &tracer, seen, tracer.counters()?, false)?)?,
                     Some("snapshot sockets") => print_line(&report("snapshot", &tracer, seen, tracer.counters()?, true)?)?,
                     Some("stop") | None => break,
-                    Some(other) => eprintln!("leaktrace-bench: unknown command {other:?} (snapshot, snapshot sockets, stop)"),
+                    Some(command) if command.starts_with("python ") => {
+                        print_line(&attach_python(&mut tracer, command.trim_start_matches("python ").trim()))?
+                    }
+                    Some(other) => eprintln!("leaktrace-bench: unknown command {other:?} (snapshot, snapshot sockets, python PID, stop)"),
                 },
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
@@ -130,6 +136,34 @@ pub fn run(args: &TraceArgs) -> Result<()> {
         last.counters = counters;
         print_line(&last)
     })
+}
+
+/// The answer to `python PID`: whether the process's Python frames are walked from now on.
+#[derive(Serialize)]
+struct PythonAttached {
+    r#type: &'static str,
+    pid: String,
+    /// The CPython version found, when attached.
+    version: Option<String>,
+    /// Why not, when not.
+    error: Option<String>,
+}
+
+/// Detects CPython in process `pid` and registers it for Python frames.
+fn attach_python(tracer: &mut Tracer, pid: &str) -> PythonAttached {
+    let attach = |tracer: &mut Tracer| -> Result<String> {
+        let pid: u32 = pid.parse().with_context(|| format!("python {pid:?}: not a pid"))?;
+        let Detection::Python(found) = pyruntime::detect(pid)? else {
+            anyhow::bail!("pid {pid} is no CPython leaktrace can walk");
+        };
+        let start = process_start_ns(pid).with_context(|| format!("pid {pid} exited"))?;
+        tracer.attach_python(pid, found.layout.offsets(found.runtime, start))?;
+        Ok(found.version.to_string())
+    };
+    match attach(tracer) {
+        Ok(version) => PythonAttached { r#type: "python", pid: pid.into(), version: Some(version), error: None },
+        Err(err) => PythonAttached { r#type: "python", pid: pid.into(), version: None, error: Some(format!("{err:#}")) },
+    }
 }
 
 fn hooks(hooks: &[AttachedHook]) -> Vec<Hook<'_>> {

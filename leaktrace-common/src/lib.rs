@@ -108,7 +108,8 @@ pub struct Owner {
 
 /// A connection's birth, with its owner and the user stack that opened it. The probes send it
 /// only up to the end of its frames: [`OPEN_RECORD_FIXED`] bytes, then `stack_depth` frames of
-/// the opening thread's stack, then the goroutine ancestry's frames ([`GoroutineTrail`]).
+/// the opening thread's stack, then the goroutine ancestry's frames ([`GoroutineTrail`]), then
+/// the Python frames ([`PythonTrail`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnOpenRecord {
@@ -125,7 +126,10 @@ pub struct ConnOpenRecord {
     pub _pad: u32,
     /// Where a Go goroutine doing the open was spawned from, hop by hop.
     pub goroutine: GoroutineTrail,
-    /// The thread's stack, then each ancestry hop's frames in turn.
+    /// The opening thread's Python frames, in a CPython process registered for them.
+    pub python: PythonTrail,
+    /// The thread's stack, then each ancestry hop's frames in turn, then the Python frames as
+    /// (code, instruction) pairs.
     pub stack: [u64; MAX_STACK_DEPTH],
 }
 
@@ -194,6 +198,10 @@ pub const MAX_PYTHON_DEPTH: usize = 32;
 /// Most thread states of an interpreter searched for the calling thread's.
 pub const MAX_PYTHON_THREADS: u32 = 64;
 
+/// Bytes at the start of a frame the walk reads in one go: every frame field it reads
+/// (`frame_code`, `frame_previous`, `frame_instr`, `frame_owner`) must end within them.
+pub const PYTHON_FRAME_WINDOW: usize = 128;
+
 /// `_PyInterpreterFrame.owner` of a frame the C stack owns (a 3.12+ shim between C and Python
 /// code): not an application frame, skipped by the walk.
 pub const PYTHON_FRAME_OWNED_BY_CSTACK: u8 = 3;
@@ -241,6 +249,66 @@ pub struct PythonOffsets {
     pub _pad: u32,
 }
 
+/// Deepest thread stack taken at an open in a registered CPython process: the rest of the
+/// record's frames are room for [`MAX_PYTHON_DEPTH`] Python frames of two words each.
+pub const PYTHON_NATIVE_DEPTH: usize = MAX_STACK_DEPTH - 2 * MAX_PYTHON_DEPTH;
+
+/// The Python frames of the thread that opened a connection. Each frame is two words of the
+/// record's `stack`, after the thread's stack and any goroutine hops: the code object's address
+/// (`f_code` / `f_executable`) and the instruction field as read (`f_lasti`, `prev_instr` or
+/// `instr_ptr`, see [`PythonOffsets::frame_instr`]), innermost frame first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonTrail {
+    /// Frames that follow (pairs of words).
+    pub depth: u32,
+    /// A [`PythonWalk`] value: how the walk ended.
+    pub status: u32,
+    /// The negative errno of the read that failed ([`PythonWalk::ReadFailed`]), else 0.
+    pub error: i32,
+    pub _pad: u32,
+}
+
+/// How the Python walk at an open ended ([`PythonTrail::status`]). Values are never reused.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PythonWalk {
+    /// Not walked: the opener is not a CPython process registered for it. No frames.
+    NotWalked = 0,
+    /// The thread's frame chain was followed to its outermost frame (no frames at all when the
+    /// thread runs no Python code).
+    Complete = 1,
+    /// The outermost frames were left out: the chain is deeper than [`MAX_PYTHON_DEPTH`], or
+    /// than the record's room after the thread's stack.
+    Truncated = 2,
+    /// The interpreter list is empty (the interpreter is starting or shutting down).
+    NoInterpreter = 3,
+    /// None of the first [`MAX_PYTHON_THREADS`] thread states is the calling thread's (a
+    /// thread CPython does not know, or more threads than are searched).
+    ThreadNotFound = 4,
+    /// A read of the process's memory failed (`error` says how): a page not resident, or the
+    /// structures changing under the walk.
+    ReadFailed = 5,
+    /// This kernel gives no thread base (`task_struct.thread.fsbase`) to find the calling
+    /// thread by (not x86_64).
+    NoThreadBase = 6,
+}
+
+impl PythonWalk {
+    pub const fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            0 => Some(Self::NotWalked),
+            1 => Some(Self::Complete),
+            2 => Some(Self::Truncated),
+            3 => Some(Self::NoInterpreter),
+            4 => Some(Self::ThreadNotFound),
+            5 => Some(Self::ReadFailed),
+            6 => Some(Self::NoThreadBase),
+            _ => None,
+        }
+    }
+}
+
 /// The bytes of a [`ConnOpenRecord`] before its stack array: every open record has them.
 pub const OPEN_RECORD_FIXED: usize = core::mem::offset_of!(ConnOpenRecord, stack);
 
@@ -283,9 +351,14 @@ pub enum Counter {
     /// Goroutine creations seen but not recorded (a runtime structure could not be read, or
     /// the stack walk failed).
     GoroutinesUnrecorded = 9,
+    /// Python walks at an open in a registered CPython process that found the calling thread's
+    /// frame chain ([`PythonWalk::Complete`] or [`PythonWalk::Truncated`]).
+    PythonWalks = 10,
+    /// Python walks that found no frames to give (any other [`PythonWalk`] but `NotWalked`).
+    PythonWalksFailed = 11,
 }
 
-pub const COUNTER_SLOTS: u32 = 10;
+pub const COUNTER_SLOTS: u32 = 12;
 
 /// Filter switches in [`Config::filters`].
 pub mod filter {
@@ -459,13 +532,16 @@ mod tests {
         assert_eq!(size_of::<Owner>(), 40);
         assert_eq!(size_of::<StateChangeRecord>(), 88);
         assert_eq!(size_of::<GoroutineTrail>(), 56);
-        assert_eq!(size_of::<ConnOpenRecord>(), 192 + 8 * MAX_STACK_DEPTH);
-        assert_eq!(OPEN_RECORD_FIXED, 192);
+        assert_eq!(size_of::<PythonTrail>(), 16);
+        assert_eq!(size_of::<ConnOpenRecord>(), 208 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(OPEN_RECORD_FIXED, 208);
         assert_eq!(size_of::<GoRuntimeOffsets>(), 24);
         assert_eq!(size_of::<GoroutineKey>(), 16);
         assert_eq!(size_of::<PythonOffsets>(), 64);
         // Room for every hop after the deepest thread stack that still takes ancestry.
         const { assert!(GO_SPAWN_DEPTH * MAX_GO_HOPS < MAX_STACK_DEPTH) };
+        // Room for every Python frame after the deepest thread stack of a CPython process.
+        const { assert!(PYTHON_NATIVE_DEPTH + 2 * MAX_PYTHON_DEPTH <= MAX_STACK_DEPTH) };
         assert_eq!(size_of::<ConnOpenRecord>() % 8, 0);
     }
 
@@ -488,5 +564,13 @@ mod tests {
         }
         assert_eq!(EventKind::from_u32(0), None);
         assert_eq!(EventKind::from_u32(4), None);
+    }
+
+    #[test]
+    fn python_walks_round_trip() {
+        for value in 0..7 {
+            assert_eq!(PythonWalk::from_u32(value).map(|walk| walk as u32), Some(value));
+        }
+        assert_eq!(PythonWalk::from_u32(7), None);
     }
 }

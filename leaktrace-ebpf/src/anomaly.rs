@@ -20,8 +20,9 @@ pub enum Kind {
     PassiveNotTracked = 1,
     StackFailed = 2,
     AcceptUnresolved = 3,
+    PythonWalkFailed = 4,
 }
-pub const KINDS: u32 = 4;
+pub const KINDS: u32 = 5;
 
 /// Counts `counter`, and `kind` on this CPU; `Some(n)` when this is the `n`th message of
 /// `kind` here and `n` is a power of two (see above).
@@ -104,6 +105,21 @@ pub fn accept_unresolved(tgid: u32, fd: u32, error: i32) {
         "kernel: accept by pid {} returned fd {} that could not be followed to its socket (error {}; occurrence {} of this anomaly on this CPU)",
         tgid,
         fd,
+        error,
+        n
+    );
+}
+
+/// An open in a registered CPython process got no Python frames: `status` is the
+/// `PythonWalk` value saying why, `error` the failed read's errno.
+#[inline(always)]
+pub fn python_walk_failed(tgid: u32, status: u32, error: i32) {
+    let Some(n) = count_rare(Counter::PythonWalksFailed, Kind::PythonWalkFailed) else { return };
+    debug!(
+        &(),
+        "kernel: no Python frames for an open by pid {} (walk status {}, read error {}; occurrence {} of this anomaly on this CPU)",
+        tgid,
+        status,
         error,
         n
     );

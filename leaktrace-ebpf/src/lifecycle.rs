@@ -25,15 +25,16 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use leaktrace_common::{
-    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_GO_HOPS, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, Owner,
-    StateChangeRecord, Tuple, filter, reported_states, tcp_state,
+    ConnOpenRecord, Counter, EventHeader, EventKind, IPPROTO_TCP, MAX_GO_HOPS, MAX_PYTHON_DEPTH, MAX_STACK_DEPTH,
+    OPEN_RECORD_FIXED, Owner, PYTHON_NATIVE_DEPTH, PythonOffsets, PythonTrail, StateChangeRecord, Tuple, filter,
+    reported_states, tcp_state,
 };
 
 /// The `stack_error` of an open whose stack was not asked for (`CONFIG.user_stacks` off).
 const ENOENT: i32 = 2;
 
 use crate::{
-    anomaly, emit, goroutines,
+    anomaly, emit, goroutines, python,
     kernel::{self, Probed, SockAccess},
     maps::{
         FILTER_CGROUPS, FILTER_PIDS, FILTER_PORTS, OPEN_SCRATCH, PENDING_CONNECTS, SCRATCH_ACCEPT, SCRATCH_CONNECT,
@@ -105,23 +106,25 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
     open.tuple = tuple;
     open.state = tcp_state::SYN_SENT;
-    take_user_stack(ctx, open);
+    let python = python::offsets_of(tgid, open.owner.process_start_ns);
+    take_user_stack(ctx, open, python.is_some());
     // No user stack at all (not even an error): a kernel thread, or an io_uring worker issuing
-    // a connect whose submitter's stack was kept. Never true for a process's own connect.
-    if open.stack_depth == 0 && open.stack_error == 0 {
-        adopt_submitter(sk, open);
-    }
+    // a connect whose submitter's stack (and Python frames) were kept. Never true for a
+    // process's own connect.
+    let adopted = open.stack_depth == 0 && open.stack_error == 0 && adopt_submitter(sk, open);
     goroutines::add_trail(open, tgid, open.owner.process_start_ns);
+    if !adopted {
+        add_python_trail(open, python.as_ref());
+    }
     if !emit_open(open) {
         // The open is lost (and counted): stop tracking so no orphan transitions follow.
         let _ = SOCKETS.remove(sk);
     }
 }
 
-/// Sends an open's record up to the end of its frames (the stack's, then the goroutine
-/// ancestry's); whether it was written.
+/// Words of the record's native stacks: the thread's stack, then the goroutine ancestry's.
 #[inline(always)]
-fn emit_open(open: &ConnOpenRecord) -> bool {
+fn native_frames(open: &ConnOpenRecord) -> usize {
     let trail = &open.goroutine;
     let mut depth = open.stack_depth as usize;
     for hop in 0..MAX_GO_HOPS {
@@ -129,6 +132,23 @@ fn emit_open(open: &ConnOpenRecord) -> bool {
             depth += trail.hop_depth[hop] as usize;
         }
     }
+    depth
+}
+
+/// The current thread's Python frames after the native ones, in a registered CPython process.
+#[inline(always)]
+fn add_python_trail(open: &mut ConnOpenRecord, offsets: Option<&PythonOffsets>) {
+    let native = if offsets.is_some() { native_frames(open) } else { 0 };
+    python::add_trail(open, native, offsets);
+}
+
+/// Sends an open's record up to the end of its frames (the stack's, the goroutine ancestry's,
+/// then the Python frames' word pairs); whether it was written.
+#[inline(always)]
+fn emit_open(open: &ConnOpenRecord) -> bool {
+    let python = open.python.depth as usize;
+    let python = if python < MAX_PYTHON_DEPTH { python } else { MAX_PYTHON_DEPTH };
+    let depth = native_frames(open) + 2 * python;
     let depth = if depth < MAX_STACK_DEPTH { depth } else { MAX_STACK_DEPTH };
     emit::output_prefix(open, OPEN_RECORD_FIXED + depth * 8)
 }
@@ -211,7 +231,9 @@ pub fn on_accept(ctx: *mut c_void, fd: u32) {
     fill_owner(&mut open.owner, pid_tgid, cgroup_id);
     fill_accept(open, sk, &entry);
     // The accept slot never carries a goroutine trail (only connects take one): it stays zero.
-    take_user_stack(ctx, open);
+    let python = python::offsets_of(open.owner.tgid, open.owner.process_start_ns);
+    take_user_stack(ctx, open, python.is_some());
+    add_python_trail(open, python.as_ref());
     if !emit_open(open) {
         let _ = SOCKETS.remove(sk);
     }
@@ -232,21 +254,25 @@ pub fn on_submitted_accept(fd: u32, open: &mut ConnOpenRecord) {
     }
 }
 
-/// An io_uring connect an io-wq worker is issuing: its submitter (owner and stack) was kept at
-/// submission (`probes::io_uring`); the connect is theirs.
+/// An io_uring connect an io-wq worker is issuing: its submitter (owner, stack and Python
+/// frames) was kept at submission (`probes::io_uring`); the connect is theirs. Whether there
+/// was one.
 #[inline(always)]
-fn adopt_submitter(sk: u64, open: &mut ConnOpenRecord) {
-    let Some(pending) = PENDING_CONNECTS.get_ptr(sk) else { return };
+fn adopt_submitter(sk: u64, open: &mut ConnOpenRecord) -> bool {
+    let Some(pending) = PENDING_CONNECTS.get_ptr(sk) else { return false };
     let submitted = unsafe { &(*pending).open };
     open.owner = submitted.owner;
     open.stack_depth = submitted.stack_depth;
     open.stack_error = submitted.stack_error;
+    open.python = submitted.python;
     // SAFETY: both are the whole array; a map value is readable kernel memory.
     let stack = unsafe { core::slice::from_raw_parts_mut(open.stack.as_mut_ptr().cast::<u8>(), MAX_STACK_DEPTH * 8) };
     if unsafe { bpf_probe_read_kernel_buf(submitted.stack.as_ptr().cast::<u8>(), stack) }.is_err() {
         open.stack_depth = 0;
+        open.python.depth = 0;
     }
     let _ = PENDING_CONNECTS.remove(sk);
+    true
 }
 
 /// An io_uring accept is being submitted in the current task: the owner and the user stack
@@ -267,8 +293,11 @@ pub fn take_submitter(ctx: *mut c_void, open: &mut ConnOpenRecord, sq_thread: bo
         open._pad = 0;
         open.stack_depth = 0;
         open.stack_error = -ENOENT;
+        open.python = PythonTrail::default();
     } else {
-        take_user_stack(ctx, open);
+        let python = python::offsets_of(open.owner.tgid, open.owner.process_start_ns);
+        take_user_stack(ctx, open, python.is_some());
+        add_python_trail(open, python.as_ref());
     }
     true
 }
@@ -342,22 +371,19 @@ fn fill_owner(owner: &mut Owner, pid_tgid: u64, cgroup_id: u64) {
 }
 
 /// The current task's user stack, straight into the record (no copy, no stack-id map whose
-/// hash collisions would silently drop new stacks).
+/// hash collisions would silently drop new stacks). In a CPython process registered for Python
+/// frames (`python_room`) its outermost frames leave room for them.
 #[inline(always)]
-fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord) {
+fn take_user_stack(ctx: *mut c_void, open: &mut ConnOpenRecord, python_room: bool) {
     open._pad = 0;
     if config!(user_stacks) == 0 {
         open.stack_depth = 0;
         open.stack_error = -ENOENT;
         return;
     }
+    let frames = if python_room { PYTHON_NATIVE_DEPTH } else { MAX_STACK_DEPTH };
     let bytes = unsafe {
-        bpf_get_stack(
-            ctx,
-            open.stack.as_mut_ptr().cast(),
-            (MAX_STACK_DEPTH * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        )
+        bpf_get_stack(ctx, open.stack.as_mut_ptr().cast(), (frames * 8) as u32, BPF_F_USER_STACK as u64)
     };
     if bytes < 0 {
         anomaly::stack_failed((bpf_get_current_pid_tgid() >> 32) as u32, bytes);

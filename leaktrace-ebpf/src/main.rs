@@ -19,6 +19,7 @@ mod kernel;
 mod lifecycle;
 mod maps;
 mod probes;
+mod python;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,11 +1,15 @@
 //! Ring-buffer records to [`Event`]s, with every length checked: a record too short for its
 //! kind, an unknown kind or a stack depth past the array is an error, never a misread.
 use leaktrace_common::{
-    ConnOpenRecord, EventHeader, EventKind, MAX_GO_HOPS, MAX_STACK_DEPTH, OPEN_RECORD_FIXED, StateChangeRecord, Tuple,
+    ConnOpenRecord, EventHeader, EventKind, MAX_GO_HOPS, MAX_PYTHON_DEPTH, MAX_STACK_DEPTH, OPEN_RECORD_FIXED,
+    PythonWalk, StateChangeRecord, Tuple,
 };
 
 use crate::{
-    event::{ConnOpen, Event, EventBody, Goroutine, Owner, SocketId, Spawn, StateChange, normalise_addr},
+    event::{
+        ConnOpen, Event, EventBody, Goroutine, Owner, PythonFrameRef, PythonStatus, SocketId, Spawn, StateChange,
+        normalise_addr,
+    },
     tcp::TcpState,
 };
 
@@ -21,6 +25,10 @@ pub enum DecodeError {
     StackTooDeep { depth: u32, max: usize },
     #[error("goroutine ancestry of {hops} hops, at most {max} expected")]
     TooManyHops { hops: u32, max: usize },
+    #[error("{depth} Python frames, at most {max} expected")]
+    TooManyPythonFrames { depth: u32, max: usize },
+    #[error("Python walk status {status} is unknown to this build (kernel programs and userspace out of step?)")]
+    UnknownPythonWalk { status: u32 },
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
@@ -60,6 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 fn conn_open(record: &ConnOpenRecord) -> Result<ConnOpen, DecodeError> {
     let depth = record.stack_depth as usize;
     let goroutine = goroutine(record, depth)?;
+    let (python, python_status) = python(record)?;
     let (local, remote) = endpoints(&record.tuple);
     let comm_len = record.owner.comm.iter().position(|&b| b == 0).unwrap_or(record.owner.comm.len());
     Ok(ConnOpen {
@@ -76,7 +85,37 @@ fn conn_open(record: &ConnOpenRecord) -> Result<ConnOpen, DecodeError> {
         stack: record.stack[..depth].to_vec(),
         stack_error: (record.stack_error != 0).then_some(record.stack_error),
         goroutine,
+        python,
+        python_status,
     })
+}
+
+/// The Python frames, (code, instruction) word pairs after the thread's and goroutines' frames.
+fn python(record: &ConnOpenRecord) -> Result<(Vec<PythonFrameRef>, Option<PythonStatus>), DecodeError> {
+    let trail = &record.python;
+    let walk = PythonWalk::from_u32(trail.status).ok_or(DecodeError::UnknownPythonWalk { status: trail.status })?;
+    let status = match walk {
+        PythonWalk::NotWalked => None,
+        PythonWalk::Complete => Some(PythonStatus::Complete),
+        PythonWalk::Truncated => Some(PythonStatus::Truncated),
+        PythonWalk::NoInterpreter => Some(PythonStatus::NoInterpreter),
+        PythonWalk::ThreadNotFound => Some(PythonStatus::ThreadNotFound),
+        PythonWalk::ReadFailed => Some(PythonStatus::ReadFailed { errno: trail.error }),
+        PythonWalk::NoThreadBase => Some(PythonStatus::NoThreadBase),
+    };
+    let at = native_frames_in(record);
+    let end = at + 2 * python_depth(record)?;
+    let words = record.stack.get(at..end).ok_or(DecodeError::StackTooDeep { depth: end as u32, max: MAX_STACK_DEPTH })?;
+    let frames = words.chunks_exact(2).map(|pair| PythonFrameRef { code: pair[0], instr: pair[1] }).collect();
+    Ok((frames, status))
+}
+
+fn python_depth(record: &ConnOpenRecord) -> Result<usize, DecodeError> {
+    let depth = record.python.depth;
+    if depth as usize > MAX_PYTHON_DEPTH {
+        return Err(DecodeError::TooManyPythonFrames { depth, max: MAX_PYTHON_DEPTH });
+    }
+    Ok(depth as usize)
 }
 
 /// The goroutine trail, whose hops' frames follow the thread's `depth` frames.
@@ -100,11 +139,16 @@ fn goroutine(record: &ConnOpenRecord, depth: usize) -> Result<Option<Goroutine>,
     Ok(Some(Goroutine { goid: trail.goid, spawned_by }))
 }
 
-/// Frames the record holds in all: the thread's stack and every goroutine hop's.
-fn frames_in(record: &ConnOpenRecord) -> usize {
+/// Frames of the record's native stacks: the thread's stack and every goroutine hop's.
+fn native_frames_in(record: &ConnOpenRecord) -> usize {
     let trail = &record.goroutine;
     let hops = (trail.hops as usize).min(MAX_GO_HOPS);
     record.stack_depth as usize + trail.hop_depth[..hops].iter().map(|&depth| depth as usize).sum::<usize>()
+}
+
+/// Words the record's `stack` holds in all: the native stacks' frames, then two per Python frame.
+fn frames_in(record: &ConnOpenRecord) -> Result<usize, DecodeError> {
+    Ok(native_frames_in(record) + 2 * python_depth(record)?)
 }
 
 fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
@@ -115,7 +159,8 @@ fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
 }
 
 /// An open record, which the probes send only up to the end of its frames: the fixed part, then
-/// `stack_depth` frames and the goroutine hops' (the rest of the array reads as zeros).
+/// `stack_depth` frames, the goroutine hops' and the Python frames' words (the rest of the array
+/// reads as zeros).
 fn read_open_record(bytes: &[u8], kind: EventKind) -> Result<ConnOpenRecord, DecodeError> {
     let truncated = |expected| DecodeError::Truncated { kind, len: bytes.len(), expected };
     if bytes.len() < OPEN_RECORD_FIXED {
@@ -125,7 +170,7 @@ fn read_open_record(bytes: &[u8], kind: EventKind) -> Result<ConnOpenRecord, Dec
     let len = bytes.len().min(whole.len());
     whole[..len].copy_from_slice(&bytes[..len]);
     let record: ConnOpenRecord = read_record(&whole).expect("the buffer is one record long");
-    let depth = frames_in(&record);
+    let depth = frames_in(&record)?;
     if depth > MAX_STACK_DEPTH {
         return Err(DecodeError::StackTooDeep { depth: depth as u32, max: MAX_STACK_DEPTH });
     }
@@ -226,6 +271,43 @@ pub(crate) mod tests {
         );
         record.goroutine.hops = 4;
         assert_eq!(decode(&as_bytes(&record)), Err(DecodeError::TooManyHops { hops: 4, max: MAX_GO_HOPS }));
+    }
+
+    #[test]
+    fn python_frames_follow_the_thread_stack_as_word_pairs() {
+        let mut record = connect_record(2);
+        record.python.depth = 2;
+        record.python.status = PythonWalk::Complete as u32;
+        record.stack[2..6].copy_from_slice(&[0x7f00_1000, 0x7f00_1042, 0x7f00_2000, 0x7f00_2010]);
+        let full = as_bytes(&record);
+        let event = decode(&full[..OPEN_RECORD_FIXED + 6 * 8]).unwrap();
+        let open = event.open().unwrap();
+        assert_eq!(open.stack, vec![0x1111, 0x2222]);
+        assert_eq!(
+            open.python,
+            vec![PythonFrameRef { code: 0x7f00_1000, instr: 0x7f00_1042 }, PythonFrameRef { code: 0x7f00_2000, instr: 0x7f00_2010 }]
+        );
+        assert_eq!(open.python_status, Some(PythonStatus::Complete));
+        assert_eq!(
+            decode(&full[..OPEN_RECORD_FIXED + 5 * 8]),
+            Err(DecodeError::Truncated { kind: EventKind::Connect, len: OPEN_RECORD_FIXED + 40, expected: OPEN_RECORD_FIXED + 48 })
+        );
+        // A failed walk: no frames, the errno kept.
+        record.python = leaktrace_common::PythonTrail { depth: 0, status: PythonWalk::ReadFailed as u32, error: -14, _pad: 0 };
+        let open = decode(&as_bytes(&record)[..OPEN_RECORD_FIXED + 16]).unwrap();
+        let open = open.open().unwrap();
+        assert_eq!((open.python.len(), open.python_status), (0, Some(PythonStatus::ReadFailed { errno: -14 })));
+        // Not a registered process: no status at all.
+        record.python = Default::default();
+        assert_eq!(decode(&as_bytes(&record)).unwrap().open().unwrap().python_status, None);
+        record.python.status = 99;
+        assert_eq!(decode(&as_bytes(&record)), Err(DecodeError::UnknownPythonWalk { status: 99 }));
+        record.python = leaktrace_common::PythonTrail { depth: 33, status: 1, error: 0, _pad: 0 };
+        assert_eq!(decode(&as_bytes(&record)), Err(DecodeError::TooManyPythonFrames { depth: 33, max: MAX_PYTHON_DEPTH }));
+        // Python frames past the record's end.
+        let mut deep = connect_record(120);
+        deep.python = leaktrace_common::PythonTrail { depth: 4, status: 1, error: 0, _pad: 0 };
+        assert_eq!(decode(&as_bytes(&deep)), Err(DecodeError::StackTooDeep { depth: 128, max: MAX_STACK_DEPTH }));
     }
 
     #[test]

@@ -58,6 +58,43 @@ pub struct ConnOpen {
     /// goroutine ancestry attached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goroutine: Option<Goroutine>,
+    /// The opening thread's Python frames, innermost first, in a CPython process registered
+    /// for them (`Tracer::attach_python`). Empty elsewhere, or when the walk found none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub python: Vec<PythonFrameRef>,
+    /// How the Python walk went; `None` where there was none (not a registered process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_status: Option<PythonStatus>,
+}
+
+/// A Python frame as the kernel read it: the code object's address in the process and its
+/// instruction field, raw (`f_lasti` before 3.11, else a pointer into the code's bytecode).
+/// Userspace reads the code object to name it and turn the instruction into a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PythonFrameRef {
+    #[serde(with = "hex_u64")]
+    pub code: u64,
+    #[serde(with = "hex_u64")]
+    pub instr: u64,
+}
+
+/// How the kernel's walk of the opening thread's Python frames ended (see
+/// `leaktrace_common::PythonWalk`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PythonStatus {
+    /// Every frame, to the outermost.
+    Complete,
+    /// The innermost frames; the outermost were left out (deeper than a record holds).
+    Truncated,
+    /// The process's interpreter list was empty (starting or shutting down).
+    NoInterpreter,
+    /// The thread is not one of the interpreter's (first 64) threads.
+    ThreadNotFound,
+    /// Reading the process's memory failed with this negative errno.
+    ReadFailed { errno: i32 },
+    /// The kernel gives no thread base to find the thread by (not x86_64).
+    NoThreadBase,
 }
 
 /// A connecting goroutine and its recorded ancestry.
@@ -80,8 +117,18 @@ pub struct Spawn {
 impl ConnOpen {
     /// The stack that names the call site: the thread's stack, then each spawning goroutine's
     /// stack after a [`GOROUTINE_BOUNDARY`] (so the same library dial reached from two
-    /// application functions is two call sites). Borrowed when there is no ancestry.
+    /// application functions is two call sites), then the Python frames (see
+    /// [`crate::pyruntime::stack`]). Borrowed when there is neither.
     pub fn call_stack(&self) -> std::borrow::Cow<'_, [u64]> {
+        let native = self.native_call_stack();
+        if self.python.is_empty() {
+            return native;
+        }
+        let python = self.python.iter().map(|frame| (frame.code, frame.instr));
+        std::borrow::Cow::Owned(crate::pyruntime::stack::join(&native, python))
+    }
+
+    fn native_call_stack(&self) -> std::borrow::Cow<'_, [u64]> {
         match &self.goroutine {
             Some(goroutine) if !goroutine.spawned_by.is_empty() => {
                 let mut joined = self.stack.clone();
@@ -220,6 +267,8 @@ mod tests {
                 stack: vec![0x401000, 0x7fff_0000_1000],
                 stack_error: None,
                 goroutine: Some(Goroutine { goid: 77, spawned_by: vec![Spawn { goid: 1, stack: vec![0x402000] }] }),
+                python: vec![],
+                python_status: None,
             }),
         };
         let line = serde_json::to_string(&event).unwrap();
@@ -230,5 +279,27 @@ mod tests {
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
         let open = event.open().unwrap();
         assert_eq!(&*open.call_stack(), &[0x401000, 0x7fff_0000_1000, GOROUTINE_BOUNDARY, 0x402000]);
+        assert!(!line.contains("python"), "no Python fields outside a CPython process: {line}");
+    }
+
+    #[test]
+    fn python_frames_round_trip_and_old_lines_read_without_them() {
+        let old = r#"{"ts_ns":5,"cpu":0,"socket":{"sk":"0x10","birth_ns":4},"cookie":0,"type":"connect","owner":{"pid":1,"tid":1,"process_start_ns":2,"cgroup_id":3,"comm":"python3"},"local":"127.0.0.1:1","remote":"127.0.0.1:2","state":"SYN_SENT","stack":["0x1"]}"#;
+        let mut event: Event = serde_json::from_str(old).unwrap();
+        let EventBody::Connect(open) = &mut event.body else { panic!("{event:?}") };
+        assert_eq!((open.python.as_slice(), open.python_status), (&[][..], None));
+        open.python = vec![PythonFrameRef { code: 0x7f00_0000_1000, instr: 0x7f00_0000_1042 }, PythonFrameRef { code: 0x2000, instr: 6 }];
+        open.python_status = Some(PythonStatus::Truncated);
+        let line = serde_json::to_string(&event).unwrap();
+        assert!(
+            line.contains(r#""python":[{"code":"0x7f0000001000","instr":"0x7f0000001042"},{"code":"0x2000","instr":"0x6"}],"python_status":"truncated""#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        let EventBody::Connect(open) = &mut event.body else { unreachable!() };
+        open.python_status = Some(PythonStatus::ReadFailed { errno: -14 });
+        let line = serde_json::to_string(&event).unwrap();
+        assert!(line.contains(r#""python_status":{"read_failed":{"errno":-14}}"#), "{line}");
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
     }
 }

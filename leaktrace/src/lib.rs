@@ -17,6 +17,7 @@ pub mod diff;
 pub mod event;
 pub mod export;
 pub mod goruntime;
+pub mod pyruntime;
 pub mod host_access;
 pub mod inventory;
 pub mod kernel;

@@ -158,6 +158,33 @@ mod tests {
         assert!(line.contains(r#"{"type":"end","ts_ns":7}"#), "{line}");
     }
 
+    /// Python frames and the walk's status are kept through a recording; a recording made
+    /// before them (no such fields) reads as opens without them.
+    #[test]
+    fn python_frames_survive_a_recording_and_older_recordings_read() {
+        use crate::event::{ConnOpen, Owner, PythonFrameRef, PythonStatus};
+        let open = ConnOpen {
+            owner: Owner { pid: 4, tid: 5, process_start_ns: 6, cgroup_id: 7, comm: "python3.11".into() },
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:5432".parse().unwrap(),
+            state: TcpState::SynSent,
+            stack: vec![0x7f00_0000_1234],
+            stack_error: None,
+            goroutine: None,
+            python: vec![PythonFrameRef { code: 0x7f11_0000_0040, instr: 0x7f11_0000_00c6 }],
+            python_status: Some(PythonStatus::Complete),
+        };
+        let event = Event { ts_ns: 5, cpu: 1, socket: SocketId { sk: 0x20, birth_ns: 4 }, cookie: 0, body: EventBody::Connect(open) };
+        let mut text = Vec::new();
+        write_line(&mut text, &event).unwrap();
+        let records: Vec<Record> = read(&text[..]).collect::<Result<_, _>>().unwrap();
+        assert_eq!(records, vec![Record::Event(event)]);
+        let older = r#"{"ts_ns":5,"cpu":1,"socket":{"sk":"0x20","birth_ns":4},"cookie":0,"type":"connect","owner":{"pid":4,"tid":5,"process_start_ns":6,"cgroup_id":7,"comm":"python3.11"},"local":"127.0.0.1:40000","remote":"127.0.0.1:5432","state":"SYN_SENT","stack":["0x7f0000001234"]}"#;
+        let Some(Record::Event(event)) = Record::parse(older, 1).unwrap() else { panic!("not an event") };
+        let open = event.open().unwrap();
+        assert_eq!((open.python.len(), open.python_status), (0, None));
+    }
+
     #[test]
     fn a_bad_line_names_its_number() {
         let err = read(&b"{\"type\":\"end\",\"ts_ns\":1}\nnot json\n"[..]).nth(1).unwrap().unwrap_err();

@@ -13,6 +13,8 @@
 //! - [`tcp_table`]: the connections /proc says a process holds, the ground truth without eBPF.
 //! - [`containers`]: real podman containers (rootful, runc), removed on drop.
 //! - [`uring`]: a server and client that accept and connect only through io_uring.
+//! - [`python`]: CPython interpreters running the helpers of `helpers/python/`, and a throwaway
+//!   PostgreSQL cluster for psycopg2.
 //! - [`deploy`]: deploy/kubernetes/ as Kubernetes objects, its pod as podman flags, the image.
 pub mod agent;
 pub mod cli;
@@ -20,6 +22,7 @@ pub mod containers;
 pub mod deploy;
 pub mod go;
 pub mod puppet;
+pub mod python;
 pub mod session;
 pub mod tcp_table;
 pub mod uring;

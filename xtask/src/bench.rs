@@ -14,6 +14,7 @@ mod go_ancestry;
 mod kernel_cost;
 mod leak_latency;
 mod memory;
+mod python_frames;
 mod report;
 mod rig;
 mod throughput;
@@ -42,6 +43,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("time to a leak verdict", leak_latency::section),
     ("aggregator", aggregator::section),
     ("goroutine ancestry", go_ancestry::section),
+    ("python frames", python_frames::section),
     ("agent over time", agent_soak::section),
 ];
 

@@ -27,6 +27,12 @@ const TEST_PREREQUISITES: &[(&str, &str)] = &[
         "golang-google-grpc-dev",
     ),
     ("python3", "python3"),
+    // The Python frames tests: Debian's CPython 3.11 (its headers for the offset check), psycopg2
+    // and a PostgreSQL server the psycopg2 test starts a throwaway cluster of.
+    ("/usr/bin/python3.11", "python3.11"),
+    ("/usr/include/python3.11/internal", "libpython3.11-dev"),
+    ("/usr/lib/python3/dist-packages/psycopg2", "python3-psycopg2"),
+    ("/usr/lib/postgresql/15/bin/initdb", "postgresql"),
     // The io_uring tests' server and client (tests/helpers/uringpuppet.c) link liburing.
     ("/usr/include/liburing.h", "liburing-dev"),
     // The agent tests: the Prometheus server scrapes the agent; promtool checks its metrics

@@ -249,6 +249,8 @@ impl World {
             stack: site.stack.clone(),
             stack_error: None,
             goroutine: None,
+            python: vec![],
+            python_status: None,
         };
         let body = if site.accept {
             EventBody::Accept(open)

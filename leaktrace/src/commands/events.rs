@@ -12,6 +12,7 @@ use crate::{
     container::{self, events::EventFilter},
     event::Event,
     kernel::{KernelCounters, Tracer, Transitions},
+    pyruntime::policy::PythonPolicy,
     recording::{Mark, RECORDING_VERSION, write_line},
 };
 
@@ -21,6 +22,10 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
     let (pod_names, workload_filter) = args.containers.from_environment()?;
     let max_sockets = options.max_sockets as usize;
     let mut tracer = Tracer::start(options)?;
+    // CPython processes' opens carry their Python frames (raw: code objects and instructions).
+    let mut python = PythonPolicy::new(Default::default(), tracer.options());
+    python.scan(&mut tracer);
+    let mut exits_checked = std::time::Instant::now();
     // Containers are only looked up when the stream is filtered by them.
     let mut filter = if workload_filter.is_empty() {
         None
@@ -46,6 +51,13 @@ pub async fn run(args: &EventsArgs) -> anyhow::Result<()> {
             _ = terminate.recv() => true,
             () = sleep_until(deadline) => true,
         };
+        for open in batch.iter().filter_map(Event::open) {
+            python.on_open(&open.owner, Some(&mut tracer));
+        }
+        if exits_checked.elapsed() >= std::time::Duration::from_secs(1) {
+            python.detach_exited(&mut tracer);
+            exits_checked = std::time::Instant::now();
+        }
         if !write_events(&mut out, &mut batch, filter.as_mut())? {
             return Ok(());
         }
@@ -102,6 +114,8 @@ pub fn report_counters(counters: &KernelCounters) {
         (counters.transitions_missed, "state transitions missed by every hook"),
         (counters.goroutines_recorded, "goroutine creations recorded for goroutine ancestry"),
         (counters.goroutines_unrecorded, "goroutine creations that could not be recorded"),
+        (counters.python_walks, "opens with their thread's Python frames"),
+        (counters.python_walks_failed, "opens in Python processes whose Python frames could not be taken"),
     ];
     for (count, what) in extra {
         if count > 0 {

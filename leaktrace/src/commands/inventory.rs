@@ -114,7 +114,7 @@ fn take(source: &mut SocketInventory, cgroups: bool) -> anyhow::Result<Inventory
 }
 
 /// The cgroup v2 id (the directory's inode) a process belongs to, for `--cgroup`.
-fn cgroup_of(pid: u32) -> Option<u64> {
+pub(crate) fn cgroup_of(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|line| line.strip_prefix("0::"))?;
     let metadata = std::fs::metadata(format!("/sys/fs/cgroup{path}")).ok()?;

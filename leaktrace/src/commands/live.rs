@@ -15,6 +15,7 @@ use crate::{
     event::Event,
     goruntime::policy::{AncestryMode, AncestryPolicy},
     kernel::{KernelCounters, Tracer, TracerOptions, Transitions},
+    pyruntime::policy::PythonPolicy,
     recording::{self, Mark, RECORDING_VERSION},
     report::{LiveResolver, Report},
     symbolize::Symbolizer,
@@ -57,6 +58,8 @@ pub struct Live {
     thresholds: Thresholds,
     ancestry: AncestryPolicy,
     go_ancestry: AncestryMode,
+    /// Which CPython processes get their Python frames walked.
+    python: PythonPolicy,
     batch: Vec<Event>,
     inventories_taken: u64,
     inventories_failed: u64,
@@ -83,7 +86,7 @@ impl Live {
         if let Some(path) = options.record {
             crate::export::check_writable("--record", path)?;
         }
-        let tracer = Tracer::start(tracer_options)?;
+        let mut tracer = Tracer::start(tracer_options)?;
         let recorder = match options.record {
             Some(path) => Some(BufWriter::new(
                 File::create(path).with_context(|| format!("--record {}: cannot create the file", path.display()))?,
@@ -92,6 +95,8 @@ impl Live {
         };
         let started_ns = monotonic_ns();
         let symbolizer = Symbolizer::spawn();
+        let mut python = PythonPolicy::new(symbolizer.python_names().clone(), tracer.options());
+        python.scan(&mut tracer);
         let containers = container::start(&pod_names).await;
         let tracker = Tracker::new(thresholds.clone(), options.limits.limits()?, filter, started_ns);
         let inventories =
@@ -107,6 +112,7 @@ impl Live {
             thresholds,
             ancestry: AncestryPolicy::new(options.go.go_ancestry, go_ancestry_max_rate, started_ns),
             go_ancestry: options.go.go_ancestry,
+            python,
             batch: Vec::new(),
             inventories_taken: 0,
             inventories_failed: 0,
@@ -153,6 +159,7 @@ impl Live {
         let resolver = LiveResolver { symbolizer: &self.symbolizer, containers: &self.containers };
         let mut report = Report::new(&self.tracker.snapshot(now), Some(counters), &self.thresholds, &resolver);
         self.ancestry.after_report(&mut report, &mut self.tracer, now);
+        self.python.after_report(&mut report, &mut self.tracer);
         report.retain_workloads(&self.workload_filter);
         Ok(report)
     }
@@ -163,19 +170,23 @@ impl Live {
         self.go_ancestry != AncestryMode::Off
     }
 
-    /// Forgets what no longer matters (see [`Tracker::expire`]) without building a report.
+    /// Forgets what no longer matters (see [`Tracker::expire`]) without building a report, and
+    /// detaches the Python walk from processes that exited.
     pub fn expire(&mut self) {
         self.tracker.expire(monotonic_ns());
+        self.python.detach_exited(&mut self.tracer);
     }
 
     /// Detaches the probes, applies what they still wrote, closes the recording, and returns the
     /// final report, whose counters balance.
     pub fn finish(self) -> anyhow::Result<(Report, KernelCounters)> {
-        let Self { tracer, mut tracker, mut recorder, symbolizer, containers, workload_filter, thresholds, ancestry, mut batch, .. } =
-            self;
+        let Self {
+            tracer, mut tracker, mut recorder, symbolizer, containers, workload_filter, thresholds, ancestry, mut python, mut batch, ..
+        } = self;
         let counters = tracer.finish(&mut batch)?;
         for event in batch.drain(..) {
-            feed(&mut tracker, &mut recorder, &symbolizer, &containers, event)?;
+            let fed = Fed { tracker: &mut tracker, recorder: &mut recorder, symbolizer: &symbolizer, containers: &containers };
+            feed(fed, (&mut python, None), event)?;
         }
         let end_ns = monotonic_ns();
         mark(&mut recorder, &Mark::Counters(counters))?;
@@ -187,6 +198,7 @@ impl Live {
         let resolver = LiveResolver { symbolizer: &symbolizer, containers: &containers };
         let mut report = Report::new(&tracker.snapshot(end_ns), Some(counters), &thresholds, &resolver);
         ancestry.annotate(&mut report);
+        python.annotate(&mut report);
         report.retain_workloads(&workload_filter);
         Ok((report, counters))
     }
@@ -214,7 +226,9 @@ impl Live {
 
     fn apply_batch(&mut self) -> anyhow::Result<()> {
         for event in self.batch.drain(..) {
-            feed(&mut self.tracker, &mut self.recorder, &self.symbolizer, &self.containers, event)?;
+            let fed =
+                Fed { tracker: &mut self.tracker, recorder: &mut self.recorder, symbolizer: &self.symbolizer, containers: &self.containers };
+            feed(fed, (&mut self.python, Some(&mut self.tracer)), event)?;
         }
         Ok(())
     }
@@ -246,18 +260,28 @@ impl Live {
     }
 }
 
+/// What an event is fed to.
+struct Fed<'a> {
+    tracker: &'a mut Tracker,
+    recorder: &'a mut Option<BufWriter<File>>,
+    symbolizer: &'a Symbolizer,
+    containers: &'a Containers,
+}
+
 /// One event to the tracker and the recording, so a replay sees exactly what the tracker saw.
-fn feed(
-    tracker: &mut Tracker,
-    recorder: &mut Option<BufWriter<File>>,
-    symbolizer: &Symbolizer,
-    containers: &Containers,
-    event: Event,
-) -> anyhow::Result<()> {
+/// The Python policy registers a CPython process at its first event (with the tracer, while
+/// the probes run), and its frames are named now, while the process runs.
+fn feed(fed: Fed<'_>, (python, tracer): (&mut PythonPolicy, Option<&mut Tracer>), event: Event) -> anyhow::Result<()> {
+    let Fed { tracker, recorder, symbolizer, containers } = fed;
     if let Some(open) = event.open() {
         // At the first sight of a process: capture its mappings and its cgroup while it runs.
         symbolizer.note_process(open.owner.pid, open.owner.process_start_ns);
         containers.note_process(open.owner.pid, open.owner.process_start_ns, open.owner.cgroup_id);
+        python.on_open(&open.owner, tracer);
+        if !open.python.is_empty() {
+            let key = crate::symbolize::capture::ProcessKey { pid: open.owner.pid, start_ns: open.owner.process_start_ns };
+            symbolizer.python_names().resolve(key, open.python.iter().map(|frame| (frame.code, frame.instr)));
+        }
     }
     tracker.apply(&event);
     if let Some(recorder) = recorder.as_mut() {

@@ -2,7 +2,7 @@
 pub mod clock;
 pub mod diff;
 pub mod events;
-mod inventory;
+pub(crate) mod inventory;
 pub mod live;
 pub mod replay;
 mod view;

@@ -60,6 +60,8 @@ mod tests {
             stack: Vec::new(),
             stack_error: None,
             goroutine: None,
+            python: vec![],
+            python_status: None,
         };
         Event { ts_ns: 1, cpu: 0, socket: SocketId { sk, birth_ns: 1 }, cookie: sk, body: EventBody::Connect(open) }
     }

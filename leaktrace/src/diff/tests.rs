@@ -18,6 +18,7 @@ use crate::{
 
 fn frame(address: u64, function: &str, line: u32) -> Frame {
     Frame {
+        runtime: None,
         address,
         function: Some(function.to_string()),
         file: Some("main.go".into()),
@@ -258,6 +259,8 @@ fn open_event(sk: u64, ts_ns: u64) -> Event {
         stack: vec![0x40_1000, 0x40_2000],
         stack_error: None,
         goroutine: None,
+        python: vec![],
+        python_status: None,
     };
     Event { ts_ns, cpu: 0, socket: SocketId { sk, birth_ns: ts_ns }, cookie: sk, body: EventBody::Connect(open) }
 }

@@ -32,9 +32,11 @@ pub fn stackless_frame(site: &CallSite) -> Option<String> {
 }
 
 /// What both profiles call a frame: its function, else (nothing could name it) its address and
-/// module, as the table shows it, so that such frames stay apart.
+/// module, as the table shows it, so that such frames stay apart. A Python frame is named as
+/// the table names it, `handle_job (jobs.py:42)`: its line is what tells its call sites apart.
 pub fn frame_name(frame: &Frame) -> Cow<'_, str> {
     match &frame.function {
+        Some(_) if frame.runtime.is_some() => Cow::Owned(frame.short()),
         Some(function) => Cow::Borrowed(function),
         None => Cow::Owned(frame.short()),
     }

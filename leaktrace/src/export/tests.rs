@@ -19,6 +19,7 @@ use crate::{
 
 fn frame(address: u64, function: Option<&str>, file: Option<&str>, line: Option<u32>, module: Option<&str>) -> Frame {
     Frame {
+        runtime: None,
         address,
         function: function.map(String::from),
         file: file.map(String::from),

@@ -19,7 +19,8 @@
 //! they read found in their tracefs formats and BTF; without them only io_uring is untraced.
 //!
 //! Goroutine ancestry (`go_ancestry`) is a uprobe loaded at start and attached later, per Go
-//! process, where it is wanted.
+//! process, where it is wanted. Python frames (`python_frames`) need no probe of their own: a
+//! CPython process registered in a map gets them walked by the probes that see its opens.
 
 pub mod btf;
 mod go_ancestry;
@@ -27,6 +28,7 @@ mod kernel_log;
 mod loader;
 pub mod privileges;
 mod prog_info;
+mod python_frames;
 mod reader;
 mod stats;
 mod switch;
@@ -34,6 +36,7 @@ pub mod tracefs;
 
 pub use go_ancestry::AncestryError;
 pub use loader::{AttachedHook, LoadError, StateHook, Tracer, TracerOptions, Transitions};
+pub use python_frames::PythonFramesError;
 pub use reader::{KernelCounters, ReadError};
 pub use stats::{MapMemory, ProgramStats, RunTimeStats, StatsError};
 pub use switch::SwitchError;

@@ -82,6 +82,11 @@ pub struct KernelCounters {
     /// Goroutine creations seen there but not recorded (a runtime structure unreadable, or the
     /// stack walk failed): their connects lack that hop.
     pub goroutines_unrecorded: u64,
+    /// Opens in registered CPython processes whose thread's Python frames were taken.
+    pub python_walks: u64,
+    /// Opens there whose Python frames could not be taken (the thread not found, a read
+    /// failed...): they carry the native stack alone.
+    pub python_walks_failed: u64,
 }
 
 impl KernelCounters {
@@ -134,6 +139,8 @@ impl Tracer {
             nested_skips: self.nested_skips(),
             goroutines_recorded: sum(Counter::GoroutinesRecorded)?,
             goroutines_unrecorded: sum(Counter::GoroutinesUnrecorded)?,
+            python_walks: sum(Counter::PythonWalks)?,
+            python_walks_failed: sum(Counter::PythonWalksFailed)?,
         })
     }
 

@@ -31,7 +31,15 @@ impl SiteIdentity {
             process: ProcessIdentity::Instance { pid: site.pid, start_ns: site.process_start_ns },
             direction: site.direction,
             born_before_start: site.born_before_start,
-            frames: site.frames.iter().map(|frame| format!("{:#x}/{}", frame.address, frame.spawned_by.unwrap_or(0))).collect(),
+            frames: site
+                .frames
+                .iter()
+                .map(|frame| match frame.runtime {
+                    // A Python frame's address is its code object's: its line tells its calls apart.
+                    Some(_) => format!("{:#x}:{}", frame.address, frame.line.unwrap_or(0)),
+                    None => format!("{:#x}/{}", frame.address, frame.spawned_by.unwrap_or(0)),
+                })
+                .collect(),
         }
     }
 

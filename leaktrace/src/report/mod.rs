@@ -143,6 +143,10 @@ pub struct CallSite {
     /// the dialing one, and why not when they do not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub go_ancestry: Option<AncestryNote>,
+    /// For a CPython process's call site without Python frames: why it has none (a version
+    /// leaktrace cannot walk, or connections opened before the process was registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python_frames: Option<String>,
 }
 
 /// What a call site's stack holds of its goroutine ancestry.
@@ -256,6 +260,7 @@ impl CallSite {
             verdict: site.verdict,
             findings: site.findings.clone(),
             go_ancestry: None,
+            python_frames: None,
         }
     }
 

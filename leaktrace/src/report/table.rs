@@ -91,6 +91,9 @@ pub fn render_final(report: &Report, max_rows: usize) -> String {
         {
             let _ = writeln!(out, "  goroutine ancestry: {}", note.detail);
         }
+        if let Some(note) = &site.python_frames {
+            let _ = writeln!(out, "  python frames: {note}");
+        }
         if site.frames.is_empty() {
             let _ = writeln!(out, "  {}", site.telling_frame_text());
         }

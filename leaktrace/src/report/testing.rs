@@ -40,6 +40,7 @@ pub fn call_site(pid: u32, comm: &str, frames: Vec<Frame>, live: u64, opened: u6
         verdict,
         findings: Vec::new(),
         go_ancestry: None,
+        python_frames: None,
     }
 }
 

@@ -23,6 +23,8 @@ fn connect(sk: u64, ts_ns: u64, pid: u32, comm: &str, stack: &[u64], remote: &st
         stack: stack.to_vec(),
         stack_error: None,
         goroutine: None,
+        python: vec![],
+        python_status: None,
     };
     event(sk, ts_ns, if accept { EventBody::Accept(open) } else { EventBody::Connect(open) })
 }

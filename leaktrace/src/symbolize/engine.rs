@@ -103,10 +103,11 @@ impl Engine {
             return hit.clone();
         }
         let started = Instant::now();
+        let (native, python) = crate::pyruntime::stack::split(&request.stack);
         let mut image = self.image(key);
         if image
             .as_deref()
-            .is_some_and(|image| self.needs_recapture(image, &request.stack))
+            .is_some_and(|image| self.needs_recapture(image, native))
         {
             if let Some(fresh) = self.shared.registry.recapture(key) {
                 image = Some(fresh);
@@ -119,7 +120,7 @@ impl Engine {
         }
         let mut frames = Vec::with_capacity(request.stack.len());
         let mut truncated = false;
-        for (spawned_by, segment) in super::goroutine_segments(&request.stack) {
+        for (spawned_by, segment) in super::goroutine_segments(native) {
             let first = frames.len();
             for (index, &address) in segment.iter().enumerate() {
                 if index == 1
@@ -150,6 +151,14 @@ impl Engine {
                         leaktrace_common::MAX_STACK_DEPTH,
                     );
             }
+        }
+        // Python frames are the callers of the native ones, named at event time. The native walk
+        // of an interpreter without frame pointers stops early; its Python frames go on to the
+        // interpreter's outermost, so such a stack is not marked cut short.
+        for (code, instr) in python {
+            let name = self.shared.python.frame(key, code, instr);
+            frames.push(crate::pyruntime::stack::frame(code, name.as_deref()));
+            truncated = false;
         }
         let stack = SymbolizedStack {
             telling_frame: telling::pick(&frames),
@@ -215,6 +224,7 @@ impl Engine {
         frames: &mut Vec<Frame>,
     ) {
         let unknown = |module: Option<String>| Frame {
+            runtime: None,
             address,
             function: None,
             file: None,
@@ -240,6 +250,7 @@ impl Engine {
                 let offset = lookup - mapping.start + mapping.offset;
                 for located in self.locate_in_file(pinned, offset).iter() {
                     frames.push(Frame {
+                        runtime: None,
                         address,
                         function: located.function.clone(),
                         file: located.file.clone(),
@@ -408,6 +419,7 @@ impl Engine {
             .callers_recovered
             .fetch_add(1, Ordering::Relaxed);
         Some(Frame {
+            runtime: None,
             address: target,
             function: Some(name),
             file,

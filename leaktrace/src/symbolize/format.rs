@@ -29,6 +29,8 @@ impl Frame {
     /// nothing better is known.
     pub fn short(&self) -> String {
         match (&self.function, self.location()) {
+            // A Python frame: `handle_job (jobs.py:42)`, as tracebacks name them.
+            (Some(function), Some(location)) if self.runtime.is_some() => format!("{function} ({location})"),
             (Some(function), Some(location)) => format!("{function} {location}"),
             (Some(function), None) => function.clone(),
             (None, _) => match self.module_name() {
@@ -58,7 +60,10 @@ impl fmt::Display for Frame {
         if let Some(location) = self.location() {
             write!(f, " {location}")?;
         }
-        write!(f, " ({})", self.module.as_deref().unwrap_or(UNKNOWN))
+        match self.runtime {
+            Some(super::FrameRuntime::Python) => write!(f, " (python)"),
+            None => write!(f, " ({})", self.module.as_deref().unwrap_or(UNKNOWN)),
+        }
     }
 }
 
@@ -108,6 +113,7 @@ mod tests {
     #[test]
     fn frames_read_like_perf_script_with_lines() {
         let frame = Frame {
+            runtime: None,
             address: 0x4011f6,
             function: Some("main.dialBackend".into()),
             file: Some("/src/grpcleak/main.go".into()),

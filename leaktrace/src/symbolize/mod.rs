@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use capture::{CaptureError, ProcessKey, Registry, Slot, SlotState};
 
+use crate::pyruntime::names::FrameNames;
+
 /// How many processes' captures are kept (oldest forgotten first).
 const MAX_PROCESSES: usize = 16_384;
 
@@ -65,6 +67,17 @@ pub struct Frame {
     /// `2` for the spawner's spawner... (see `goroutine`'s frames in the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spawned_by: Option<u32>,
+    /// An interpreted language's frame rather than machine code: `"python"` for a CPython
+    /// frame (its `address` is the code object's, its `module` null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<FrameRuntime>,
+}
+
+/// The interpreter whose frame a [`Frame`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameRuntime {
+    Python,
 }
 
 /// A stack's frames, innermost first.
@@ -81,9 +94,11 @@ pub struct SymbolizedStack {
 impl SymbolizedStack {
     /// A stack nothing could be said about: its addresses alone (each goroutine hop's marked).
     pub fn addresses_only(stack: &[u64]) -> Self {
-        let frames = goroutine_segments(stack)
+        let (native, python) = crate::pyruntime::stack::split(stack);
+        let mut frames: Vec<Frame> = goroutine_segments(native)
             .flat_map(|(spawned_by, segment)| {
                 segment.iter().map(move |&address| Frame {
+                    runtime: None,
                     address,
                     function: None,
                     file: None,
@@ -95,6 +110,7 @@ impl SymbolizedStack {
                 })
             })
             .collect();
+        frames.extend(python.map(|(code, _)| crate::pyruntime::stack::frame(code, None)));
         Self {
             frames,
             telling_frame: None,
@@ -202,6 +218,8 @@ impl Counters {
 struct Shared {
     registry: Registry,
     counters: Counters,
+    /// Python frames named at event time (see [`crate::pyruntime::names`]).
+    python: Arc<FrameNames>,
 }
 
 enum CaptureMessage {
@@ -230,6 +248,7 @@ impl Symbolizer {
         let shared = Arc::new(Shared {
             registry: Registry::new(MAX_PROCESSES),
             counters: Counters::default(),
+            python: Arc::default(),
         });
         let (captures, capture_rx) = mpsc::channel::<CaptureMessage>();
         let (requests, request_rx) = mpsc::channel::<SymbolizeMessage>();
@@ -284,6 +303,12 @@ impl Symbolizer {
                 .fetch_add(1, Ordering::Relaxed);
             let _ = self.captures.send(CaptureMessage::Capture(key, slot));
         }
+    }
+
+    /// The Python frames of CPython processes, named while they run: the event loop names
+    /// each open event's frames there, the symbolizer reads them.
+    pub fn python_names(&self) -> &Arc<FrameNames> {
+        &self.shared.python
     }
 
     /// Waits until every process noted so far has been captured (or found gone). For tests and
@@ -476,6 +501,7 @@ mod tests {
     #[test]
     fn frames_serialize_as_the_report_contract_says() {
         let frame = Frame {
+            runtime: None,
             address: 0x401234,
             function: Some("dial".into()),
             file: Some("/src/sockpuppet.c".into()),

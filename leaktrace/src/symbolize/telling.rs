@@ -140,7 +140,31 @@ const RUNTIME_SOURCE_DIRS: &[&str] = &[
     "/lib/ruby/",
 ];
 
+/// Directories of Python packages: a library's, native code or Python alike (urllib3,
+/// psycopg2 and its `_psycopg` extension).
+const PYTHON_PACKAGE_DIRS: &[&str] = &["/site-packages/", "/dist-packages/"];
+
+/// Where CPython's standard library lives: `/usr/lib/python3.11/`, `.../versions/3.12.1/lib/python3.12/`.
+const PYTHON_STDLIB_DIRS: &[&str] = &["/lib/python3.", "/lib64/python3.", "/lib/python2."];
+
+/// A Python frame's origin, by its file: the standard library (`socket.py`, `http/client.py`
+/// under the interpreter's `lib/python3.X`) and frozen modules are the runtime, installed
+/// packages libraries, anything else the application.
+fn python_origin(frame: &Frame) -> Origin {
+    let Some(file) = frame.file.as_deref() else { return Origin::Unknown };
+    if PYTHON_PACKAGE_DIRS.iter().any(|dir| file.contains(dir)) {
+        Origin::Library
+    } else if file.starts_with("<frozen ") || PYTHON_STDLIB_DIRS.iter().any(|dir| file.contains(dir)) {
+        Origin::Runtime
+    } else {
+        Origin::Application
+    }
+}
+
 pub fn origin(frame: &Frame) -> Origin {
+    if frame.runtime == Some(super::FrameRuntime::Python) {
+        return python_origin(frame);
+    }
     let module = frame
         .module
         .as_deref()
@@ -185,6 +209,12 @@ pub fn origin(frame: &Frame) -> Origin {
             Origin::Library
         }
         Some("[anon]") if frame.function.is_none() => Origin::Unknown,
+        // A Python package's native extension (`_psycopg.cpython-311-x86_64-linux-gnu.so`).
+        Some(_) if frame.module.as_deref().is_some_and(|path| PYTHON_PACKAGE_DIRS.iter().any(|dir| path.contains(dir))) => {
+            Origin::Library
+        }
+        // The standard library's extensions (`lib-dynload/_socket.cpython-311-...so`).
+        Some(_) if frame.module.as_deref().is_some_and(|path| path.contains("/lib-dynload/")) => Origin::Runtime,
         Some(_) => Origin::Application,
     }
 }
@@ -196,6 +226,16 @@ pub fn origin(frame: &Frame) -> Origin {
 /// says more than nothing), else none.
 pub fn pick(frames: &[Frame]) -> Option<usize> {
     let origins: Vec<Origin> = frames.iter().map(origin).collect();
+    // In a Python process the application's Python function names the call site: the native
+    // stack of an interpreter built without frame pointers can end in return addresses that
+    // merely land in some library.
+    if let Some(index) = frames
+        .iter()
+        .zip(&origins)
+        .position(|(frame, &origin)| frame.runtime.is_some() && origin == Origin::Application)
+    {
+        return Some(index);
+    }
     origins
         .iter()
         .position(|&origin| origin == Origin::Application)
@@ -214,6 +254,7 @@ mod tests {
 
     fn frame(function: Option<&str>, module: Option<&str>) -> Frame {
         Frame {
+            runtime: None,
             address: 0x1000,
             function: function.map(str::to_string),
             file: None,
@@ -223,6 +264,38 @@ mod tests {
             recovered: false,
             spawned_by: None,
         }
+    }
+
+    fn python(function: &str, file: &str) -> Frame {
+        Frame { runtime: Some(super::super::FrameRuntime::Python), file: Some(file.to_string()), ..frame(Some(function), None) }
+    }
+
+    #[test]
+    fn the_python_application_is_told_before_psycopg2_libpq_and_the_standard_library() {
+        let frames = [
+            frame(Some("__libc_connect"), Some("/usr/lib/x86_64-linux-gnu/libc.so.6")),
+            frame(Some("PQconnectdb"), Some("/usr/lib/x86_64-linux-gnu/libpq.so.5.15")),
+            frame(Some("conn_connect"), Some("/usr/lib/python3/dist-packages/psycopg2/_psycopg.cpython-311-x86_64-linux-gnu.so")),
+            frame(Some("_PyEval_EvalFrameDefault"), Some("/usr/bin/python3.11")),
+            python("connect", "/usr/lib/python3/dist-packages/psycopg2/__init__.py"),
+            python("create_connection", "/usr/lib/python3.11/socket.py"),
+            python("HTTPConnection.connect", "/root/.pyenv/versions/3.12.1/lib/python3.12/http/client.py"),
+            python("<module>", "<frozen runpy>"),
+            python("handle_job", "/srv/worker/jobs.py"),
+            python("main", "/srv/worker/jobs.py"),
+        ];
+        let origins: Vec<Origin> = frames.iter().map(origin).collect();
+        assert_eq!(origins[2], Origin::Library);
+        assert_eq!(origins[4..8], [Origin::Library, Origin::Runtime, Origin::Runtime, Origin::Runtime]);
+        assert_eq!(pick(&frames), Some(8));
+        // A native frame the walk left in some unknown library does not outrank it.
+        let mut with_stray = frames.to_vec();
+        with_stray.insert(1, frame(Some("inflate"), Some("/usr/lib/x86_64-linux-gnu/libz.so.1")));
+        assert_eq!(pick(&with_stray), Some(9));
+        // A Python function whose name looks like CPython's own C functions is still the application's.
+        assert_eq!(origin(&python("PyQueueWorker.run", "/srv/worker/queue.py")), Origin::Application);
+        // Without the application's frames, the package says the most.
+        assert_eq!(pick(&frames[..8]), Some(1));
     }
 
     #[test]

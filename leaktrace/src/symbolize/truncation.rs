@@ -60,6 +60,7 @@ mod tests {
 
     fn frame(function: Option<&str>, module: Option<&str>) -> Frame {
         Frame {
+            runtime: None,
             address: 0x1000,
             function: function.map(str::to_string),
             file: None,

@@ -43,6 +43,8 @@ fn open(socket: SocketId, cookie: u64, ts_ns: u64, owner: Owner, accept: bool, s
         stack: stack.to_vec(),
         stack_error: None,
         goroutine: None,
+        python: vec![],
+        python_status: None,
     };
     let body = if accept { EventBody::Accept(open) } else { EventBody::Connect(open) };
     Event { ts_ns, cpu: 0, socket, cookie, body }
@@ -481,4 +483,25 @@ fn past_max_sites_the_quietest_closed_call_sites_are_evicted_and_counted_while_l
     assert_eq!((t.stats().sites_evicted, t.stats().sites_expired), (21, 21));
     let leak = snapshot.sites.iter().find(|site| site.comm == "client").expect("the live call site is kept");
     assert_eq!(leak.verdict, Verdict::Leak);
+}
+
+#[test]
+fn two_python_functions_dialing_through_one_c_path_are_two_call_sites() {
+    let mut t = tracker();
+    let mut stream = Stream::new();
+    let mut emit = |t: &mut Tracker, frames: &[(u64, u64)]| {
+        let (socket, cookie) = stream.socket(START);
+        let mut event = open(socket, cookie, START, owner(1, "python3"), false, DIAL, "127.0.0.1:5432");
+        let EventBody::Connect(connect) = &mut event.body else { unreachable!() };
+        connect.python = frames.iter().map(|&(code, instr)| crate::event::PythonFrameRef { code, instr }).collect();
+        t.apply(&event);
+    };
+    // handle_job twice at one line, report_job once, and handle_job at another line.
+    emit(&mut t, &[(0x7f00_1000, 0x7f00_10c4), (0x7f00_9000, 0x7f00_9030)]);
+    emit(&mut t, &[(0x7f00_1000, 0x7f00_10c4), (0x7f00_9000, 0x7f00_9030)]);
+    emit(&mut t, &[(0x7f00_2000, 0x7f00_20c4), (0x7f00_9000, 0x7f00_9060)]);
+    emit(&mut t, &[(0x7f00_1000, 0x7f00_1100), (0x7f00_9000, 0x7f00_9030)]);
+    let snapshot = t.snapshot(START + S);
+    assert_eq!(snapshot.sites.len(), 3, "one native path, three Python call sites");
+    assert_eq!(snapshot.sites[0].facts.live, 2);
 }

@@ -13,6 +13,7 @@ use crate::{
 
 fn frame(function: &str) -> Frame {
     Frame {
+        runtime: None,
         address: 0x401000,
         function: Some(function.into()),
         file: Some("/src/main.go".into()),

@@ -13,6 +13,7 @@ use crate::{
 
 fn frame(function: &str, file: &str, line: u32, module: &str, address: u64, spawned_by: Option<u32>) -> Frame {
     Frame {
+        runtime: None,
         address,
         function: Some(function.into()),
         file: Some(file.into()),
