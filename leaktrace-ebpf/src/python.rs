@@ -41,8 +41,9 @@ pub static PYTHON_PROCESSES: HashMap<u32, PythonOffsets> = HashMap::with_max_ent
 #[map]
 static FRAME_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
 
-/// Twice the bytes read of a frame: room past any masked offset (see [`bounded`]).
-type Window = [u8; 2 * PYTHON_FRAME_WINDOW];
+/// Twice the bytes read of a frame: room past any masked offset (see [`bounded`]). Words, so
+/// that the fields (all at multiples of 8, checked at attach) are read with aligned loads.
+type Window = [u64; 2 * PYTHON_FRAME_WINDOW / 8];
 
 /// The Python offsets of the current process, if it is registered and not a later process that
 /// reused its pid (userspace may know its start time only to the clock tick `/proc` gives).
@@ -150,9 +151,11 @@ fn bounded(value: usize, mask: usize) -> usize {
 /// Bounds `native` (checked <= PYTHON_NATIVE_DEPTH = 63 before use) for the verifier.
 const NATIVE_MASK: usize = 63;
 const _: () = assert!(PYTHON_NATIVE_DEPTH == NATIVE_MASK);
-/// Bounds an offset into the window (checked to be below [`PYTHON_FRAME_WINDOW`]); the map value
-/// is twice the window, so a word at any masked offset stays inside it.
+/// Bounds a byte offset into the window (checked to be below [`PYTHON_FRAME_WINDOW`]); the map
+/// value is twice the window, so a word at any masked offset stays inside it.
 const WINDOW_MASK: usize = PYTHON_FRAME_WINDOW - 1;
+/// Bounds a word's offset into the window, keeping it a multiple of 8.
+const WORD_MASK: usize = PYTHON_FRAME_WINDOW - 8;
 
 /// Where a frame's fields are in the bytes read of it, bounded for the verifier (userspace
 /// refuses offsets past [`PYTHON_FRAME_WINDOW`]).
@@ -195,9 +198,8 @@ impl FrameFields {
 
     #[inline(always)]
     fn word(window: &Window, at: usize) -> u64 {
-        let at = bounded(at, WINDOW_MASK);
-        // SAFETY: at + 8 <= 2 * PYTHON_FRAME_WINDOW.
-        unsafe { core::ptr::read_unaligned(window.as_ptr().add(at).cast::<u64>()) }
+        // SAFETY: a multiple of 8 below PYTHON_FRAME_WINDOW: an aligned word of the window.
+        unsafe { core::ptr::read_volatile(window.as_ptr().cast::<u8>().add(bounded(at, WORD_MASK)).cast::<u64>()) }
     }
 
     #[inline(always)]
@@ -217,7 +219,9 @@ impl FrameFields {
 
     #[inline(always)]
     fn is_shim(&self, window: &Window) -> bool {
-        self.has_owner && window[bounded(self.owner, WINDOW_MASK)] == PYTHON_FRAME_OWNED_BY_CSTACK
+        // SAFETY: a byte below PYTHON_FRAME_WINDOW.
+        let owner = unsafe { core::ptr::read_volatile(window.as_ptr().cast::<u8>().add(bounded(self.owner, WINDOW_MASK))) };
+        self.has_owner && owner == PYTHON_FRAME_OWNED_BY_CSTACK
     }
 }
 

@@ -70,6 +70,9 @@ fn check(pid: u32, offsets: &PythonOffsets) -> Result<(), PythonFramesError> {
         offsets.frame_instr as u64 + offsets.frame_instr_size as u64,
         owner_end,
     ];
+    if [offsets.frame_code, offsets.frame_previous, offsets.frame_instr].iter().any(|offset| offset % 8 != 0) {
+        return bad("frame fields at multiples of 8 bytes (the walk reads them as aligned words)");
+    }
     if ends.iter().any(|&end| end > PYTHON_FRAME_WINDOW as u64) {
         return bad("frame fields within the first 128 bytes of a frame (the bytes the walk reads)");
     }
@@ -88,7 +91,8 @@ mod tests {
             (PythonOffsets { interpreters_head: 0, ..good }, "interpreters.head"),
             (PythonOffsets { process_start_ns: 0, ..good }, "start time"),
             (PythonOffsets { frame_instr_size: 2, ..good }, "4 or 8 bytes"),
-            (PythonOffsets { frame_instr: 124, ..good }, "first 128 bytes"),
+            (PythonOffsets { frame_instr: 124, frame_instr_size: 4, ..good }, "multiples of 8"),
+            (PythonOffsets { frame_instr: 128, ..good }, "first 128 bytes"),
             (PythonOffsets { frame_owner: 128, ..good }, "first 128 bytes"),
         ] {
             let message = check(7, &bad).unwrap_err().to_string();
