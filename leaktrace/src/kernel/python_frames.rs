@@ -12,6 +12,8 @@ const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PythonFramesError {
+    #[error("this kernel's verifier did not take the probes with the Python walk: {0}")]
+    NotLoaded(String),
     #[error("this kernel's BTF has no task_struct.thread.fsbase (Python frames need x86_64 to find the calling thread)")]
     NoFsbase,
     #[error("pid 0 is not a process")]
@@ -27,6 +29,9 @@ impl Tracer {
     /// frames, walked with `offsets` (whose `process_start_ns` must be the process's: a later
     /// process that reuses the pid is not walked). Registering a pid again replaces its offsets.
     pub fn attach_python(&mut self, pid: u32, offsets: PythonOffsets) -> Result<(), PythonFramesError> {
+        if let Some(reason) = &self.python_frames_unavailable {
+            return Err(PythonFramesError::NotLoaded(reason.clone()));
+        }
         if self.kernel_offsets.task_thread_fsbase == 0 {
             return Err(PythonFramesError::NoFsbase);
         }
