@@ -486,6 +486,10 @@ pub struct Config {
     /// Non-zero: take the user stack at each open. Zero: opens carry no stack (`stack_error`
     /// -ENOENT); for measuring what the stack walk costs.
     pub user_stacks: u32,
+    /// Non-zero: walk the Python frames of registered CPython processes at their opens. Zero
+    /// (where the probes with the walk do not pass this kernel's verifier): the verifier prunes
+    /// the walk, and no process is walked.
+    pub python_frames: u32,
 }
 
 /// [`Config::reported_states`] values.

@@ -39,12 +39,20 @@ pub static PYTHON_PROCESSES: HashMap<u32, PythonOffsets> = HashMap::with_max_ent
 /// Where each frame's first bytes are read to (too big for the BPF stack beside the rest). Per
 /// CPU.
 #[map]
-static FRAME_WINDOW: PerCpuArray<[u8; PYTHON_FRAME_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+static FRAME_WINDOW: PerCpuArray<Window> = PerCpuArray::with_max_entries(1, 0);
+
+/// Twice the bytes read of a frame: room past any masked offset (see [`bounded`]). Words, so
+/// that the fields (all at multiples of 8, checked at attach) are read with aligned loads.
+type Window = [u64; 2 * PYTHON_FRAME_WINDOW / 8];
 
 /// The Python offsets of the current process, if it is registered and not a later process that
 /// reused its pid (userspace may know its start time only to the clock tick `/proc` gives).
 #[inline(always)]
 pub fn offsets_of(tgid: u32, process_start_ns: u64) -> Option<PythonOffsets> {
+    // A constant to the verifier (frozen .rodata): off, it never sees the walk.
+    if config!(python_frames) == 0 {
+        return None;
+    }
     let offsets = unsafe { PYTHON_PROCESSES.get(tgid) }.copied()?;
     (offsets.process_start_ns.abs_diff(process_start_ns) <= PROCESS_START_TOLERANCE_NS).then_some(offsets)
 }
@@ -120,7 +128,7 @@ fn walk(open: &mut ConnOpenRecord, native: usize, offsets: &PythonOffsets) -> Re
         // inside the array (PYTHON_NATIVE_DEPTH + 2 * MAX_PYTHON_DEPTH <= MAX_STACK_DEPTH); the
         // verifier checks the same bound.
         unsafe {
-            let words = open.stack.as_mut_ptr().add(native + 2 * depth);
+            let words = open.stack.as_mut_ptr().add(bounded(native, NATIVE_MASK) + 2 * depth);
             *words = fields.code(window);
             *words.add(1) = fields.instr(window);
         }
@@ -134,6 +142,24 @@ fn walk(open: &mut ConnOpenRecord, native: usize, offsets: &PythonOffsets) -> Re
     fields.read(window, frame)?;
     Ok(if fields.is_shim(window) && fields.previous(window) == 0 { PythonWalk::Complete } else { PythonWalk::Truncated })
 }
+
+/// `value & mask`, computed on the value as it is used: older verifiers (5.10, 6.1) keep a bound
+/// only on the register a check was made on, and the compiler may index with a copy made
+/// before the check; the volatile load keeps it from dropping a mask it can prove redundant.
+#[inline(always)]
+fn bounded(value: usize, mask: usize) -> usize {
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&value) & mask }
+}
+
+/// Bounds `native` (checked <= PYTHON_NATIVE_DEPTH = 63 before use) for the verifier.
+const NATIVE_MASK: usize = 63;
+const _: () = assert!(PYTHON_NATIVE_DEPTH == NATIVE_MASK);
+/// Bounds a byte offset into the window (checked to be below [`PYTHON_FRAME_WINDOW`]); the map
+/// value is twice the window, so a word at any masked offset stays inside it.
+const WINDOW_MASK: usize = PYTHON_FRAME_WINDOW - 1;
+/// Bounds a word's offset into the window, keeping it a multiple of 8.
+const WORD_MASK: usize = PYTHON_FRAME_WINDOW - 8;
 
 /// Where a frame's fields are in the bytes read of it, bounded for the verifier (userspace
 /// refuses offsets past [`PYTHON_FRAME_WINDOW`]).
@@ -166,8 +192,8 @@ impl FrameFields {
 
     /// The frame's first `span` bytes into `window`.
     #[inline(always)]
-    fn read(&self, window: &mut [u8; PYTHON_FRAME_WINDOW], frame: u64) -> Result<(), i32> {
-        let span = if self.span as usize <= PYTHON_FRAME_WINDOW { self.span } else { PYTHON_FRAME_WINDOW as u32 };
+    fn read(&self, window: &mut Window, frame: u64) -> Result<(), i32> {
+        let span = bounded(self.span as usize, 2 * PYTHON_FRAME_WINDOW - 1) as u32;
         let read = unsafe {
             aya_ebpf::helpers::generated::bpf_probe_read_user(window.as_mut_ptr().cast(), span, frame as *const c_void)
         };
@@ -175,31 +201,31 @@ impl FrameFields {
     }
 
     #[inline(always)]
-    fn word(window: &[u8; PYTHON_FRAME_WINDOW], at: usize) -> u64 {
-        let at = if at < LAST_WORD { at } else { LAST_WORD };
-        // SAFETY: at + 8 <= PYTHON_FRAME_WINDOW.
-        unsafe { core::ptr::read_unaligned(window.as_ptr().add(at).cast::<u64>()) }
+    fn word(window: &Window, at: usize) -> u64 {
+        // SAFETY: a multiple of 8 below PYTHON_FRAME_WINDOW: an aligned word of the window.
+        unsafe { core::ptr::read_volatile(window.as_ptr().cast::<u8>().add(bounded(at, WORD_MASK)).cast::<u64>()) }
     }
 
     #[inline(always)]
-    fn code(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> u64 {
+    fn code(&self, window: &Window) -> u64 {
         Self::word(window, self.code)
     }
 
     #[inline(always)]
-    fn previous(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> u64 {
+    fn previous(&self, window: &Window) -> u64 {
         Self::word(window, self.previous)
     }
 
     #[inline(always)]
-    fn instr(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> u64 {
+    fn instr(&self, window: &Window) -> u64 {
         Self::word(window, self.instr) & self.instr_mask
     }
 
     #[inline(always)]
-    fn is_shim(&self, window: &[u8; PYTHON_FRAME_WINDOW]) -> bool {
-        let owner = if self.owner < PYTHON_FRAME_WINDOW { self.owner } else { PYTHON_FRAME_WINDOW - 1 };
-        self.has_owner && window[owner] == PYTHON_FRAME_OWNED_BY_CSTACK
+    fn is_shim(&self, window: &Window) -> bool {
+        // SAFETY: a byte below PYTHON_FRAME_WINDOW.
+        let owner = unsafe { core::ptr::read_volatile(window.as_ptr().cast::<u8>().add(bounded(self.owner, WINDOW_MASK))) };
+        self.has_owner && owner == PYTHON_FRAME_OWNED_BY_CSTACK
     }
 }
 

@@ -142,6 +142,8 @@ pub struct Tracer {
     /// Why the goroutine probe did not load, if it did not (ancestry is then unavailable).
     pub(super) go_probe_unavailable: Option<String>,
     pub(super) ancestry: super::go_ancestry::AncestryLinks,
+    /// Why the probes were loaded without the Python walk, if they were.
+    pub(super) python_frames_unavailable: Option<String>,
     /// Reads the probes' own messages (rare anomalies) while the probes run.
     _kernel_log: Option<super::kernel_log::KernelLog>,
 }
@@ -150,6 +152,24 @@ pub struct Tracer {
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 #[cfg(not(leaktrace_ebpf_embedded))]
 static EBPF_OBJECT: &[u8] = &[];
+
+type Loaded = (Ebpf, Option<super::kernel_log::KernelLog>, Vec<AttachedHook>);
+
+/// Loads the object with `config` and attaches the state and accept probes.
+fn load_and_attach(config: &Config, options: &TracerOptions) -> Result<Loaded, LoadError> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", options.ring_buffer_bytes)
+        .map_max_entries("SOCKETS", options.max_sockets);
+    super::kernel_log::set_level(&mut loader);
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
+    let kernel_log = super::kernel_log::start(&mut ebpf);
+    fill_filters(&mut ebpf, options)?;
+    let mut hooks = attach_state_probes(&mut ebpf, options.state_hook)?;
+    hooks.extend(attach_accept_probes(&mut ebpf)?);
+    Ok((ebpf, kernel_log, hooks))
+}
 
 const STATE_BTF: &str = "inet_sock_set_state_btf";
 const STATE_BTF_TWIN: &str = "inet_sock_set_state_btf_twin";
@@ -196,20 +216,20 @@ impl Tracer {
             wakeup_bytes: options.ring_buffer_bytes / 8,
             reported_states: options.transitions.reported_states(),
             user_stacks: u32::from(options.user_stacks),
+            python_frames: 1,
         };
 
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global("CONFIG", &config, true)
-            .map_max_entries("EVENTS", options.ring_buffer_bytes)
-            .map_max_entries("SOCKETS", options.max_sockets);
-        super::kernel_log::set_level(&mut loader);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
-        let kernel_log = super::kernel_log::start(&mut ebpf);
-        fill_filters(&mut ebpf, &options)?;
-
-        let mut hooks = attach_state_probes(&mut ebpf, options.state_hook)?;
-        hooks.extend(attach_accept_probes(&mut ebpf)?);
+        // The Python walk makes the open probes the verifier's longest work: where a kernel's
+        // verifier gives up on them (5.10's instruction limit), they load without it.
+        let (mut ebpf, kernel_log, mut hooks, python_frames_unavailable) = match load_and_attach(&config, &options) {
+            Ok((ebpf, log, hooks)) => (ebpf, log, hooks, None),
+            Err(err) => {
+                let reason = err.to_string();
+                log::warn!("Python frames unavailable: the probes with the Python walk did not load ({reason}); loading them without it");
+                let (ebpf, log, hooks) = load_and_attach(&Config { python_frames: 0, ..config }, &options)?;
+                (ebpf, log, hooks, Some(reason))
+            }
+        };
         if let Ok((_, submit)) = &iouring {
             match attach_iouring_probes(&mut ebpf, submit) {
                 Ok(attached) => hooks.extend(attached),
@@ -239,6 +259,7 @@ impl Tracer {
             kernel_offsets: offsets,
             go_probe_unavailable,
             ancestry: Default::default(),
+            python_frames_unavailable,
             _kernel_log: kernel_log,
         })
     }

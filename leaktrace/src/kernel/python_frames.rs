@@ -12,6 +12,8 @@ const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PythonFramesError {
+    #[error("this kernel's verifier did not take the probes with the Python walk: {0}")]
+    NotLoaded(String),
     #[error("this kernel's BTF has no task_struct.thread.fsbase (Python frames need x86_64 to find the calling thread)")]
     NoFsbase,
     #[error("pid 0 is not a process")]
@@ -27,6 +29,9 @@ impl Tracer {
     /// frames, walked with `offsets` (whose `process_start_ns` must be the process's: a later
     /// process that reuses the pid is not walked). Registering a pid again replaces its offsets.
     pub fn attach_python(&mut self, pid: u32, offsets: PythonOffsets) -> Result<(), PythonFramesError> {
+        if let Some(reason) = &self.python_frames_unavailable {
+            return Err(PythonFramesError::NotLoaded(reason.clone()));
+        }
         if self.kernel_offsets.task_thread_fsbase == 0 {
             return Err(PythonFramesError::NoFsbase);
         }
@@ -70,6 +75,9 @@ fn check(pid: u32, offsets: &PythonOffsets) -> Result<(), PythonFramesError> {
         offsets.frame_instr as u64 + offsets.frame_instr_size as u64,
         owner_end,
     ];
+    if [offsets.frame_code, offsets.frame_previous, offsets.frame_instr].iter().any(|offset| offset % 8 != 0) {
+        return bad("frame fields at multiples of 8 bytes (the walk reads them as aligned words)");
+    }
     if ends.iter().any(|&end| end > PYTHON_FRAME_WINDOW as u64) {
         return bad("frame fields within the first 128 bytes of a frame (the bytes the walk reads)");
     }
@@ -88,7 +96,8 @@ mod tests {
             (PythonOffsets { interpreters_head: 0, ..good }, "interpreters.head"),
             (PythonOffsets { process_start_ns: 0, ..good }, "start time"),
             (PythonOffsets { frame_instr_size: 2, ..good }, "4 or 8 bytes"),
-            (PythonOffsets { frame_instr: 124, ..good }, "first 128 bytes"),
+            (PythonOffsets { frame_instr: 124, frame_instr_size: 4, ..good }, "multiples of 8"),
+            (PythonOffsets { frame_instr: 128, ..good }, "first 128 bytes"),
             (PythonOffsets { frame_owner: 128, ..good }, "first 128 bytes"),
         ] {
             let message = check(7, &bad).unwrap_err().to_string();
