@@ -31,6 +31,11 @@ pub enum StateHook {
     Classic,
 }
 
+/// The oldest kernel whose verifier the probes with the Python walk are tried on: 5.10's and
+/// 6.1's give up on them (`cargo xtask vmtest`), 6.12's and 6.18's take them; a failed try costs
+/// seconds of verification, minutes under emulation.
+const PYTHON_WALK_KERNEL: (u32, u32) = (6, 2);
+
 #[derive(Clone, Debug)]
 pub struct TracerOptions {
     /// Trace only these processes (tgids). Empty: all.
@@ -216,13 +221,26 @@ impl Tracer {
             wakeup_bytes: options.ring_buffer_bytes / 8,
             reported_states: options.transitions.reported_states(),
             user_stacks: u32::from(options.user_stacks),
-            python_frames: 1,
+            python_frames: u32::from(privileges::kernel_at_least(PYTHON_WALK_KERNEL.0, PYTHON_WALK_KERNEL.1)),
         };
 
-        // The Python walk makes the open probes the verifier's longest work: where a kernel's
-        // verifier gives up on them (5.10's instruction limit), they load without it.
-        let (mut ebpf, kernel_log, mut hooks, python_frames_unavailable) = match load_and_attach(&config, &options) {
-            Ok((ebpf, log, hooks)) => (ebpf, log, hooks, None),
+        // The Python walk makes the open probes the verifier's longest work. Kernels older than
+        // PYTHON_WALK_KERNEL load them without it at once; where a later kernel's verifier still
+        // gives up on them, they are loaded again without it.
+        let attempt = if config.python_frames == 0 {
+            let (major, minor) = PYTHON_WALK_KERNEL;
+            let reason = format!(
+                "the verifier of kernels before {major}.{minor} gives up on the Python walk at its 1M-instruction \
+                 limit (5.10 and 6.1 measured)"
+            );
+            log::info!("Python frames unavailable: {reason}");
+            load_and_attach(&config, &options).map(|(ebpf, log, hooks)| (ebpf, log, hooks, Some(reason)))
+        } else {
+            load_and_attach(&config, &options).map(|(ebpf, log, hooks)| (ebpf, log, hooks, None))
+        };
+        let (mut ebpf, kernel_log, mut hooks, python_frames_unavailable) = match attempt {
+            Ok(loaded) => loaded,
+            Err(err) if config.python_frames == 0 => return Err(err),
             Err(err) => {
                 let reason = err.to_string();
                 log::warn!("Python frames unavailable: the probes with the Python walk did not load ({reason}); loading them without it");

@@ -91,7 +91,8 @@ pub fn raise_memlock_rlimit() -> Result<(), String> {
     }
 }
 
-fn kernel_at_least(major: u32, minor: u32) -> bool {
+/// Whether the running kernel's release is `major.minor` or later.
+pub(super) fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
     let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
