@@ -92,7 +92,7 @@ impl From<i32> for Failure {
 
 #[inline(always)]
 fn user<T>(address: u64) -> Result<T, i32> {
-    unsafe { bpf_probe_read_user(address as *const T) }.map_err(|error| error as i32)
+    unsafe { bpf_probe_read_user(address as *const T) }
 }
 
 /// The thread's frames into `open.stack` from word `native` on, `open.python.depth` counting.

@@ -21,34 +21,13 @@ use leaktrace::{
     pyruntime::{Detection, detect},
     symbolize::capture::process_start_ns,
 };
-use leaktrace_tests::{events_until, require_privileges};
-
-const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+use leaktrace_tests::{
+    events_until,
+    python::{DEBIAN_PYTHON, interpreters},
+    require_privileges,
+};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helpers/python/frames_at_open.py");
-
-/// The interpreters to try: Debian's, then pyenv's, by path.
-fn interpreters() -> Vec<String> {
-    let mut found = Vec::new();
-    match Path::new(DEBIAN_PYTHON).exists() {
-        true => found.push(DEBIAN_PYTHON.to_string()),
-        false => eprintln!("skipped Debian's Python 3.11: no {DEBIAN_PYTHON} (apt-get install python3.11)"),
-    }
-    for minor in 8..=13 {
-        let patches = std::fs::read_dir("/root/.pyenv/versions").into_iter().flatten().flatten();
-        let mut versions: Vec<_> = patches
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&format!("3.{minor}.")))
-            .map(|entry| entry.path().join(format!("bin/python3.{minor}")))
-            .filter(|path| path.exists())
-            .collect();
-        versions.sort();
-        match versions.pop() {
-            Some(path) => found.push(path.display().to_string()),
-            None => eprintln!("skipped Python 3.{minor}: no /root/.pyenv/versions/3.{minor}.*/bin/python3.{minor} here"),
-        }
-    }
-    found
-}
 
 /// A running `frames_at_open.py`: its pid, its listener's port and its code objects by name.
 struct PythonProgram {
@@ -184,6 +163,7 @@ fn connects_and_accepts_of_a_registered_python_process_carry_its_frames_innermos
     runtime.block_on(async {
         let mut tracer = Tracer::start(TracerOptions { ports, ..Default::default() }).unwrap();
         for (python, listener) in pythons.into_iter().zip(&python_listeners) {
+            let python = python.display().to_string();
             let mut program = PythonProgram::start(&python, port, listener);
             let pid = program.pid();
             let Detection::Python(found) = detect(pid).unwrap() else {
