@@ -7,8 +7,14 @@ use crate::symbolize::{Frame, FrameRuntime};
 /// Never a return address (the top of the address space, next to Go's boundary).
 pub const PYTHON_BOUNDARY: u64 = u64::MAX - 1;
 
-/// `native` then the Python frames `(code, instr)`, innermost first.
+/// `native` then the Python frames `(code, instr)`, innermost first. A native walk through an
+/// interpreter built without frame pointers may end on zero words (no caller found there): they
+/// are no frames, and left out.
 pub fn join(native: &[u64], python: impl ExactSizeIterator<Item = (u64, u64)>) -> Vec<u64> {
+    let native = match native.iter().rposition(|&word| word != 0) {
+        Some(last) => &native[..=last],
+        None => &[],
+    };
     let mut joined = Vec::with_capacity(native.len() + 1 + 2 * python.len());
     joined.extend_from_slice(native);
     joined.push(PYTHON_BOUNDARY);
@@ -56,5 +62,12 @@ mod tests {
         assert_eq!(python.collect::<Vec<_>>(), [(0x7f00, 0x7f40), (0x7e00, 12)]);
         let (native, python) = split(&[0x401000]);
         assert_eq!((native, python.count()), (&[0x401000][..], 0));
+    }
+
+    #[test]
+    fn zero_words_ending_the_native_walk_are_left_out() {
+        let joined = join(&[0x401000, 0, 0], [(0x7f00, 0x7f40)].into_iter());
+        assert_eq!(joined, [0x401000, PYTHON_BOUNDARY, 0x7f00, 0x7f40]);
+        assert_eq!(join(&[0], [(0x7f00, 2)].into_iter()), [PYTHON_BOUNDARY, 0x7f00, 2]);
     }
 }
