@@ -227,20 +227,18 @@ impl Tracer {
         // The Python walk makes the open probes the verifier's longest work. Kernels older than
         // PYTHON_WALK_KERNEL load them without it at once; where a later kernel's verifier still
         // gives up on them, they are loaded again without it.
-        let attempt = if config.python_frames == 0 {
+        let skipped = (config.python_frames == 0).then(|| {
             let (major, minor) = PYTHON_WALK_KERNEL;
             let reason = format!(
                 "the verifier of kernels before {major}.{minor} gives up on the Python walk at its 1M-instruction \
                  limit (5.10 and 6.1 measured)"
             );
             log::info!("Python frames unavailable: {reason}");
-            load_and_attach(&config, &options).map(|(ebpf, log, hooks)| (ebpf, log, hooks, Some(reason)))
-        } else {
-            load_and_attach(&config, &options).map(|(ebpf, log, hooks)| (ebpf, log, hooks, None))
-        };
-        let (mut ebpf, kernel_log, mut hooks, python_frames_unavailable) = match attempt {
-            Ok(loaded) => loaded,
-            Err(err) if config.python_frames == 0 => return Err(err),
+            reason
+        });
+        let (mut ebpf, kernel_log, mut hooks, python_frames_unavailable) = match load_and_attach(&config, &options) {
+            Ok((ebpf, log, hooks)) => (ebpf, log, hooks, skipped),
+            Err(err) if skipped.is_some() => return Err(err),
             Err(err) => {
                 let reason = err.to_string();
                 log::warn!("Python frames unavailable: the probes with the Python walk did not load ({reason}); loading them without it");
