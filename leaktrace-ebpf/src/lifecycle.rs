@@ -6,8 +6,9 @@
 //!   (loopback), so no owner is taken: the socket is tracked silently until accept() returns
 //!   it in the acceptor ([`on_accept`]), or an io_uring accept completes with it
 //!   ([`on_submitted_accept`], owner and stack taken when the accept was submitted).
-//! - Every other transition of a reported socket becomes a `StateChangeRecord`; the transition
-//!   to CLOSE ends its life and its entry.
+//! - A transition of a reported socket into a state userspace asked for becomes a
+//!   `StateChangeRecord`; the transition to CLOSE ends its life and its entry. Transitions
+//!   into other states cost a run that returns at once ([`wants_transition`]).
 //!
 //! The kernel skips a tracing program that fires while the same program already runs on that
 //! CPU (a softirq interrupting it): `recursion_misses`. So userspace attaches this logic twice,
@@ -17,7 +18,7 @@
 //! `last_state` says whether it already was. Between the two `tp_btf` programs a per-CPU mark
 //! (`maps::TransitionMark`) saves the second even that lookup when the first was not skipped.
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_ANY, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_smp_processor_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel_buf,
@@ -32,6 +33,8 @@ use leaktrace_common::{
 
 /// The `stack_error` of an open whose stack was not asked for (`CONFIG.user_stacks` off).
 const ENOENT: i32 = 2;
+/// What a `BPF_NOEXIST` insert returns when the key is there.
+const EEXIST: i32 = 17;
 
 use crate::{
     anomaly, emit, goroutines, python,
@@ -42,8 +45,30 @@ use crate::{
     },
 };
 
-/// Entry point for every `inet_sock_set_state` of a TCP socket, read through `M` (see
-/// [`kernel::SockAccess`]).
+/// Whether the probes have anything to do at a transition from `old` to `new`: a birth, an end,
+/// or a transition into a state userspace is told of (`CONFIG.reported_states`). The others
+/// (FIN_WAIT1, FIN_WAIT2, LAST_ACK... in the live view) are neither sent nor followed, so a
+/// run for one returns before it reads the socket or the socket map: a socket's entry keeps
+/// the last state the probes applied. Every transition is wanted when every one is reported.
+/// Only the transition's arguments are looked at, so both attachments answer alike.
+#[inline(always)]
+pub fn wants_transition(old: u32, new: u32) -> bool {
+    new == tcp_state::CLOSE
+        || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT)
+        || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
+        || reported_states::reports(config!(reported_states), new)
+}
+
+/// Whether the probes follow a socket in state `state`, i.e. its entry's `last_state` is set on
+/// entering it: then a transition out of it that finds another `last_state` is a gap. SYN_RECV
+/// is left out: a simultaneous open enters it from SYN_SENT unfollowed when it is not reported.
+#[inline(always)]
+fn followed(state: u32) -> bool {
+    state == tcp_state::SYN_SENT || reported_states::reports(config!(reported_states), state)
+}
+
+/// Entry point for every `inet_sock_set_state` of a TCP socket that [`wants_transition`], read
+/// through `M` (see [`kernel::SockAccess`]).
 #[inline(always)]
 pub fn on_state_change<M: SockAccess>(ctx: *mut c_void, sk: u64, old: u32, new: u32) {
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
@@ -52,6 +77,24 @@ pub fn on_state_change<M: SockAccess>(ctx: *mut c_void, sk: u64, old: u32, new: 
         on_passive_birth::<M>(sk);
     } else {
         on_transition::<M>(sk, old, new);
+    }
+}
+
+/// Starts tracking `sk` at its birth (`entry.last_state` is SYN_SENT or SYN_RECV): one hash
+/// operation when the address is free, as it is at nearly every birth. An entry found there is
+/// either this very birth, applied by the other attachment (`Ok(false)`: nothing left to do),
+/// or a socket at the same address whose end was never seen, which the new one replaces.
+#[inline(always)]
+fn start_tracking<M: SockAccess>(sk: u64, entry: &SocketEntry) -> Result<bool, i32> {
+    match SOCKETS.insert(sk, entry, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(true),
+        Err(error) if error == -EEXIST => {
+            if already_applied::<M>(sk, entry.last_state) {
+                return Ok(false);
+            }
+            SOCKETS.insert(sk, entry, BPF_ANY as u64).map(|()| true)
+        }
+        Err(error) => Err(error),
     }
 }
 
@@ -77,9 +120,6 @@ fn adopt_cookie<M: SockAccess>(entry: &mut SocketEntry, sk: u64) {
 
 #[inline(always)]
 fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
-    if already_applied::<M>(sk, tcp_state::SYN_SENT) {
-        return;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -93,9 +133,13 @@ fn on_connect<M: SockAccess>(ctx: *mut c_void, sk: u64) {
     let now = unsafe { bpf_ktime_get_ns() };
     let cookie = M::socket_cookie(sk);
     let entry = SocketEntry { birth_ns: now, cookie, flags: SOCKET_ACTIVE, last_state: tcp_state::SYN_SENT };
-    if let Err(error) = SOCKETS.insert(sk, entry, 0) {
-        anomaly::connect_not_tracked(tgid, &tuple, error);
-        return;
+    match start_tracking::<M>(sk, &entry) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => {
+            anomaly::connect_not_tracked(tgid, &tuple, error);
+            return;
+        }
     }
     let Some(open) = OPEN_SCRATCH.get_ptr_mut(SCRATCH_CONNECT) else {
         let _ = SOCKETS.remove(sk);
@@ -155,9 +199,6 @@ fn emit_open(open: &ConnOpenRecord) -> bool {
 
 #[inline(always)]
 fn on_passive_birth<M: SockAccess>(sk: u64) {
-    if already_applied::<M>(sk, tcp_state::SYN_RECV) {
-        return;
-    }
     let mut tuple = Tuple::default();
     if kernel::sock_tuple::<M>(sk, &mut tuple).is_err() || !ports_wanted(&tuple) {
         return;
@@ -168,7 +209,7 @@ fn on_passive_birth<M: SockAccess>(sk: u64) {
     // the socket inventory, which matches by cookie, would take the connection for closed). The
     // next transition, once the clone is done, adopts the cookie the socket keeps.
     let entry = SocketEntry { birth_ns, cookie: 0, flags: SOCKET_PASSIVE, last_state: tcp_state::SYN_RECV };
-    if let Err(error) = SOCKETS.insert(sk, entry, 0) {
+    if let Err(error) = start_tracking::<M>(sk, &entry) {
         anomaly::passive_not_tracked(&tuple, error);
     }
 }
@@ -183,7 +224,7 @@ fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
     if entry.last_state == new {
         return;
     }
-    if entry.last_state != old {
+    if entry.last_state != old && followed(old) {
         count(Counter::TransitionsMissed);
     }
     entry.last_state = new;
@@ -196,8 +237,7 @@ fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
         }
         return;
     }
-    // Transitions the reader has no use for (FIN_WAIT1, FIN_WAIT2, LAST_ACK... in the live
-    // view) are not sent: the entry above already follows them.
+    // Only a CLOSE that is not reported gets this far unreported (see `wants_transition`).
     let reported = reported_states::reports(config!(reported_states), new);
     if let Some(mut record) = reported.then(emit::reserve::<StateChangeRecord>).flatten() {
         let change = unsafe { &mut *record.as_mut_ptr() };

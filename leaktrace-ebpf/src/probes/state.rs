@@ -49,6 +49,10 @@ fn on_btf(ctx: &BtfTracePointContext, twin: Twin) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    // Decided from the arguments alone, alike in both twins: neither sets nor takes a mark then.
+    if !lifecycle::wants_transition(old as u32, new as u32) {
+        return 0;
+    }
     let mark = TransitionMark::new(sk as u64, old as u32, new as u32);
     match twin {
         // What the first is about to apply, so the second can tell it was not skipped.
@@ -77,13 +81,16 @@ pub fn inet_sock_set_state_classic(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_classic(ctx: &TracePointContext) -> Result<(), i32> {
+    let old: i32 = unsafe { ctx.read_at(config!(classic.oldstate) as usize)? };
+    let new: i32 = unsafe { ctx.read_at(config!(classic.newstate) as usize)? };
+    if !lifecycle::wants_transition(old as u32, new as u32) {
+        return Ok(());
+    }
     let protocol: u16 = unsafe { ctx.read_at(config!(classic.protocol) as usize)? };
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let sk: u64 = unsafe { ctx.read_at(config!(classic.skaddr) as usize)? };
-    let old: i32 = unsafe { ctx.read_at(config!(classic.oldstate) as usize)? };
-    let new: i32 = unsafe { ctx.read_at(config!(classic.newstate) as usize)? };
     lifecycle::on_state_change::<Probed>(ctx.as_ptr(), sk, old as u32, new as u32);
     Ok(())
 }
