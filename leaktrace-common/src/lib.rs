@@ -493,6 +493,14 @@ pub struct Config {
 }
 
 /// [`Config::reported_states`] values.
+/// Bits of the kernel's `RUNTIMES_REGISTERED` map: which per-runtime process maps userspace
+/// has put a process in since the probes were loaded. An open looks its process up in a
+/// runtime's map only once that runtime's bit is set.
+pub mod runtimes {
+    pub const PYTHON: u32 = 1;
+    pub const GO: u32 = 2;
+}
+
 pub mod reported_states {
     use super::tcp_state;
 

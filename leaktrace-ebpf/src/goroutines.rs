@@ -19,12 +19,12 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use leaktrace_common::{
     ConnOpenRecord, Counter, GO_SPAWN_DEPTH, GoRuntimeOffsets, GoroutineKey, MAX_GO_HOPS, MAX_STACK_DEPTH,
-    PROCESS_START_TOLERANCE_NS,
+    PROCESS_START_TOLERANCE_NS, runtimes,
 };
 
 use crate::{
     kernel::read,
-    maps::{config, count},
+    maps::{config, count, runtime_registered},
 };
 
 /// The Go processes with ancestry attached, by tgid, with their runtime's field offsets.
@@ -62,6 +62,9 @@ pub struct GoroutineSpawn {
 /// hence the tolerance.
 #[inline(always)]
 fn offsets_of(tgid: u32, process_start_ns: u64) -> Option<GoRuntimeOffsets> {
+    if !runtime_registered(runtimes::GO) {
+        return None;
+    }
     let offsets = unsafe { GO_PROCESSES.get(tgid) }.copied()?;
     (offsets.process_start_ns.abs_diff(process_start_ns) <= PROCESS_START_TOLERANCE_NS).then_some(offsets)
 }

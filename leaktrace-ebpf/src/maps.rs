@@ -56,6 +56,19 @@ pub static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, BPF_
 #[map]
 pub static PAUSED: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Which runtimes' process maps (`GO_PROCESSES`, `PYTHON_PROCESSES`) userspace has filled
+/// since load, as `leaktrace_common::runtimes` bits in slot 0. Set before the first process
+/// goes in, never cleared: a host with no Go or Python process registered pays this inlined
+/// array load at each open, not a hash lookup per runtime.
+#[map]
+pub static RUNTIMES_REGISTERED: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether any process was ever registered for `runtime` (a `leaktrace_common::runtimes` bit).
+#[inline(always)]
+pub fn runtime_registered(runtime: u32) -> bool {
+    RUNTIMES_REGISTERED.get(0).is_some_and(|bits| *bits & runtime != 0)
+}
+
 /// Whether userspace has paused the probes (see [`PAUSED`]). The verifier inlines this lookup
 /// of a one-entry array: a load and a compare.
 #[inline(always)]

@@ -11,8 +11,8 @@
 //! The walk looks the thread state up by `thread_id` (the thread's `pthread_t`, which on x86_64
 //! glibc and musl is the thread's TLS base, `task->thread.fsbase`).
 //!
-//! Only processes userspace registered in [`PYTHON_PROCESSES`] are walked: every other open
-//! pays one hash lookup. Every read of the process's memory may fail (a page not resident: a
+//! Only processes userspace registered in [`PYTHON_PROCESSES`] are walked: once one is, every
+//! other open pays one hash lookup (before, none: `maps::RUNTIMES_REGISTERED`). Every read of the process's memory may fail (a page not resident: a
 //! probe cannot fault it in); the open is then sent with its native stack alone and the reason.
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_user},
@@ -23,12 +23,13 @@ use core::ffi::c_void;
 use leaktrace_common::{
     ConnOpenRecord, Counter, MAX_PYTHON_DEPTH, MAX_PYTHON_THREADS, PROCESS_START_TOLERANCE_NS,
     PYTHON_FRAME_OWNED_BY_CSTACK, PYTHON_FRAME_WINDOW, PYTHON_NATIVE_DEPTH, PythonOffsets, PythonTrail, PythonWalk,
+    runtimes,
 };
 
 use crate::{
     anomaly,
     kernel::read,
-    maps::{config, count},
+    maps::{config, count, runtime_registered},
 };
 
 /// The CPython processes registered for Python frames, by tgid, with where their interpreter
@@ -50,7 +51,7 @@ type Window = [u64; 2 * PYTHON_FRAME_WINDOW / 8];
 #[inline(always)]
 pub fn offsets_of(tgid: u32, process_start_ns: u64) -> Option<PythonOffsets> {
     // A constant to the verifier (frozen .rodata): off, it never sees the walk.
-    if config!(python_frames) == 0 {
+    if config!(python_frames) == 0 || !runtime_registered(runtimes::PYTHON) {
         return None;
     }
     let offsets = unsafe { PYTHON_PROCESSES.get(tgid) }.copied()?;

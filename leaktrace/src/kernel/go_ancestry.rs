@@ -58,6 +58,7 @@ impl Tracer {
             m_curg: program.layout.m_curg,
             _pad: 0,
         };
+        self.mark_runtime_registered(leaktrace_common::runtimes::GO).map_err(AncestryError::Map)?;
         let map = self.ebpf.map_mut("GO_PROCESSES").ok_or_else(|| AncestryError::Map("missing".into()))?;
         let mut processes: HashMap<_, u32, GoRuntimeOffsets> =
             HashMap::try_from(map).map_err(|err| AncestryError::Map(err.to_string()))?;

@@ -30,6 +30,7 @@ pub mod privileges;
 mod prog_info;
 mod python_frames;
 mod reader;
+mod runtimes;
 mod stats;
 mod switch;
 pub mod tracefs;

@@ -39,6 +39,7 @@ impl Tracer {
             return Err(PythonFramesError::BadPid);
         }
         check(pid, &offsets)?;
+        self.mark_runtime_registered(leaktrace_common::runtimes::PYTHON).map_err(PythonFramesError::Map)?;
         let map = self.ebpf.map_mut(PYTHON_PROCESSES).ok_or_else(|| PythonFramesError::Map("missing".into()))?;
         let mut processes: HashMap<_, u32, PythonOffsets> =
             HashMap::try_from(map).map_err(|err| PythonFramesError::Map(err.to_string()))?;
