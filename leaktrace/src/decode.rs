@@ -37,8 +37,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let kind = EventKind::from_u32(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
     let body = match kind {
         EventKind::Connect | EventKind::Accept => {
-            let record = read_open_record(bytes, kind)?;
-            let open = conn_open(&record)?;
+            let open = with_open_record(bytes, kind, conn_open)?;
             if kind == EventKind::Connect { EventBody::Connect(open) } else { EventBody::Accept(open) }
         }
         EventKind::StateChange => {
@@ -158,27 +157,46 @@ fn endpoints(tuple: &Tuple) -> (std::net::SocketAddr, std::net::SocketAddr) {
     )
 }
 
+std::thread_local! {
+    /// Where an open record is assembled to be read: kept from one record to the next, so that a
+    /// decode copies the few hundred bytes the probe sent, not zeroes and moves the whole
+    /// record (1 KiB and more, for its stack array) several times. Past the bytes of the record
+    /// being read it holds an earlier record's, which nothing reads: every frame read is within
+    /// the record's own length, checked first.
+    static OPEN_SCRATCH: std::cell::RefCell<Box<ConnOpenRecord>> =
+        // SAFETY: the record is made of integers only, valid as zeros.
+        std::cell::RefCell::new(Box::new(unsafe { std::mem::zeroed() }));
+}
+
 /// An open record, which the probes send only up to the end of its frames: the fixed part, then
-/// `stack_depth` frames, the goroutine hops' and the Python frames' words (the rest of the array
-/// reads as zeros).
-fn read_open_record(bytes: &[u8], kind: EventKind) -> Result<ConnOpenRecord, DecodeError> {
+/// `stack_depth` frames, the goroutine hops' and the Python frames' words. `read` sees it once
+/// its frames are checked to lie within `bytes`.
+fn with_open_record<R>(
+    bytes: &[u8],
+    kind: EventKind,
+    read: impl FnOnce(&ConnOpenRecord) -> Result<R, DecodeError>,
+) -> Result<R, DecodeError> {
     let truncated = |expected| DecodeError::Truncated { kind, len: bytes.len(), expected };
     if bytes.len() < OPEN_RECORD_FIXED {
         return Err(truncated(OPEN_RECORD_FIXED));
     }
-    let mut whole = [0u8; size_of::<ConnOpenRecord>()];
-    let len = bytes.len().min(whole.len());
-    whole[..len].copy_from_slice(&bytes[..len]);
-    let record: ConnOpenRecord = read_record(&whole).expect("the buffer is one record long");
-    let depth = frames_in(&record)?;
-    if depth > MAX_STACK_DEPTH {
-        return Err(DecodeError::StackTooDeep { depth: depth as u32, max: MAX_STACK_DEPTH });
-    }
-    let expected = OPEN_RECORD_FIXED + depth * 8;
-    if bytes.len() < expected {
-        return Err(truncated(expected));
-    }
-    Ok(record)
+    OPEN_SCRATCH.with_borrow_mut(|record| {
+        let len = bytes.len().min(size_of::<ConnOpenRecord>());
+        // SAFETY: `len` bytes fit in both; the record is made of integers only, so any bytes
+        // are a valid value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut **record).cast::<u8>(), len);
+        }
+        let depth = frames_in(record)?;
+        if depth > MAX_STACK_DEPTH {
+            return Err(DecodeError::StackTooDeep { depth: depth as u32, max: MAX_STACK_DEPTH });
+        }
+        let expected = OPEN_RECORD_FIXED + depth * 8;
+        if bytes.len() < expected {
+            return Err(truncated(expected));
+        }
+        read(record)
+    })
 }
 
 /// Copies a `#[repr(C)]` plain-data record out of the front of `bytes`, if it is long enough.
@@ -242,6 +260,23 @@ pub(crate) mod tests {
             panic!("not a connect")
         };
         assert_eq!((open.stack, open.stack_error), (vec![], Some(-14)));
+    }
+
+    /// Records are assembled in one buffer kept between them: a short record after a long one
+    /// reads its own frames only, never the long one's.
+    #[test]
+    fn a_short_open_after_a_long_one_keeps_none_of_its_frames() {
+        let mut long = connect_record(6);
+        long.stack[2..6].copy_from_slice(&[0x3333, 0x4444, 0x5555, 0x6666]);
+        assert_eq!(decode(&as_bytes(&long)).unwrap().open().unwrap().stack.len(), 6);
+        let short = as_bytes(&connect_record(1));
+        let open = decode(&short[..OPEN_RECORD_FIXED + 8]).unwrap();
+        assert_eq!(open.open().unwrap().stack, vec![0x1111]);
+        // A record cut inside its fixed part is refused, whatever the buffer held before.
+        assert_eq!(
+            decode(&short[..OPEN_RECORD_FIXED - 1]),
+            Err(DecodeError::Truncated { kind: EventKind::Connect, len: OPEN_RECORD_FIXED - 1, expected: OPEN_RECORD_FIXED })
+        );
     }
 
     #[test]
