@@ -7,6 +7,7 @@
 //! (loadgen, the tracers) and returns a [`report::Section`]. Adding a row is adding one.
 mod agent_soak;
 mod aggregator;
+mod baseline;
 mod children;
 mod events;
 mod figures;
@@ -61,6 +62,8 @@ pub struct Options {
     /// Only the section of this name (hidden `--only`, for working on one): the report goes to
     /// target/bench/BENCHMARKS.only.md, never BENCHMARKS.md.
     pub only: Option<String>,
+    /// An earlier commit whose probes and live view are measured beside this one's.
+    pub baseline: Option<String>,
 }
 
 /// What a section runs with.
@@ -104,12 +107,14 @@ pub fn bench(ready: &Ready, options: Options) -> Result<()> {
     let release = cargo::target_dir().join("release");
     let scratch = cargo::target_dir().join("bench");
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let baseline = options.baseline.as_deref().map(|rev| baseline::build(ready, rev)).transpose()?;
     let bench = Bench {
         bins: Binaries {
             leaktrace: release.join("leaktrace"),
             bench: release.join("leaktrace-bench"),
             loadgen: release.join("loadgen"),
             reference_script: rig::write_reference_script(&scratch)?,
+            baseline,
         },
         options,
     };

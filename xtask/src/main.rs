@@ -137,6 +137,10 @@ enum Task {
         /// Only the section of this name; writes target/bench/BENCHMARKS.only.md instead.
         #[arg(long, hide = true, value_name = "SECTION")]
         only: Option<String>,
+        /// Also build this earlier commit and measure its probes and live view side by side
+        /// (kernel cost and throughput rows named after it).
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
 }
 
@@ -224,12 +228,12 @@ fn dispatch(task: Task) -> Result<()> {
             let ready = setup::setup(&build_opts())?;
             cargo::clippy(&ready)
         }
-        Task::Bench { smoke, epochs, seconds, live, only } => {
+        Task::Bench { smoke, epochs, seconds, live, only, baseline } => {
             let ready = setup::setup(&build_opts())?;
             let options = if smoke {
-                bench::Options { smoke, epochs: 1, seconds: 0.3, live: vec![2_000], only }
+                bench::Options { smoke, epochs: 1, seconds: 0.3, live: vec![2_000], only, baseline }
             } else {
-                bench::Options { smoke, epochs, seconds, live, only }
+                bench::Options { smoke, epochs, seconds, live, only, baseline }
             };
             bench::bench(&ready, options)
         }

@@ -105,7 +105,7 @@ struct Held {
 
 fn measure(bench: &Bench, live: usize) -> Result<Held> {
     let max_sockets = (2 * live + HEADROOM).to_string();
-    let mut trace = rig::start_bench_trace(&bench.bins, &["trace", "--max-sockets", &max_sockets])?;
+    let mut trace = rig::start_bench_trace(&bench.bins.bench, &["trace", "--max-sockets", &max_sockets])?;
     let before = rig::snapshot(&mut trace, "snapshot sockets")?;
     let mut hold = Command::new(&bench.bins.loadgen);
     hold.args(["hold", "--connections", &live.to_string()]);

@@ -69,7 +69,7 @@ pub fn section(bench: &Bench) -> Result<Section> {
         }
     });
     let port_text = port.to_string();
-    let mut trace = rig::start_bench_trace(&bench.bins, &["trace", "--run-time-stats", "--port", &port_text])?;
+    let mut trace = rig::start_bench_trace(&bench.bins.bench, &["trace", "--run-time-stats", "--port", &port_text])?;
     let mut runs: Vec<Vec<f64>> = Variant::ALL.iter().map(|_| Vec::new()).collect();
     let mut version = String::new();
     for epoch in 0..epochs {

@@ -28,6 +28,8 @@ pub struct Binaries {
     pub loadgen: PathBuf,
     /// The bpftrace script of the reference row.
     pub reference_script: PathBuf,
+    /// An earlier commit's tracer, measured beside this one's (`--baseline`).
+    pub baseline: Option<super::baseline::Baseline>,
 }
 
 /// What a `loadgen run` reported.
@@ -42,7 +44,19 @@ pub struct LoadResult {
 
 /// One `loadgen run`: `args` after the defaults (2 client threads, 4 ports, normal close).
 pub fn run_load(bins: &Binaries, args: &[String]) -> Result<LoadResult> {
-    let mut command = Command::new(&bins.loadgen);
+    run_load_on(bins, args, None)
+}
+
+/// [`run_load`], with every thread of loadgen kept on CPU `cpu` when given (`taskset`).
+pub fn run_load_on(bins: &Binaries, args: &[String], cpu: Option<usize>) -> Result<LoadResult> {
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.arg("--cpu-list").arg(cpu.to_string()).arg(&bins.loadgen);
+            taskset
+        }
+        None => Command::new(&bins.loadgen),
+    };
     command.arg("run").args(args);
     let finished =
         Running::spawn("loadgen", &mut command, Stdout::Lines)?.wait(Duration::from_secs(600))?;
@@ -91,6 +105,8 @@ pub enum TracerKind {
     /// `leaktrace --format jsonl` (the live view, a report a second), all processes, default
     /// settings, stdout to /dev/null: the product as it is left running.
     LiveView,
+    /// The same, run by the `--baseline` commit's binary.
+    BaselineLiveView,
     /// `leaktrace events`, all processes, default settings, stdout to /dev/null: every event
     /// as a JSON line.
     Events,
@@ -107,6 +123,7 @@ impl TracerKind {
         match self {
             Self::Untraced => "untraced",
             Self::LiveView => "traced: `leaktrace` live view (all processes)",
+            Self::BaselineLiveView => "traced: the baseline's `leaktrace` live view (all processes)",
             Self::Events => "traced: `leaktrace events` (all processes, every event as JSON)",
             Self::Reader => "traced: probes + reader only (no output)",
             Self::Paused => "probes attached, paused by their switch",
@@ -126,8 +143,13 @@ impl Tracer {
     pub fn start(bins: &Binaries, kind: TracerKind) -> Result<Self> {
         let running = match kind {
             TracerKind::Untraced => None,
-            TracerKind::LiveView | TracerKind::Events => {
-                let mut command = Command::new(&bins.leaktrace);
+            TracerKind::LiveView | TracerKind::BaselineLiveView | TracerKind::Events => {
+                let binary = if kind == TracerKind::BaselineLiveView {
+                    &bins.baseline.as_ref().context("no --baseline was built")?.leaktrace
+                } else {
+                    &bins.leaktrace
+                };
+                let mut command = Command::new(binary);
                 if kind == TracerKind::Events {
                     command.arg("events");
                 } else {
@@ -146,7 +168,7 @@ impl Tracer {
                 if kind == TracerKind::Paused {
                     args.push("--paused");
                 }
-                Some(start_bench_trace(bins, &args)?)
+                Some(start_bench_trace(&bins.bench, &args)?)
             }
             TracerKind::Bpftrace => {
                 let mut command = Command::new("bpftrace");
@@ -172,13 +194,14 @@ impl Tracer {
             return Ok(());
         };
         let finished = match self.kind {
-            TracerKind::LiveView | TracerKind::Events | TracerKind::Bpftrace => {
+            TracerKind::LiveView | TracerKind::BaselineLiveView | TracerKind::Events | TracerKind::Bpftrace => {
                 running.signal_and_wait(libc::SIGINT, STOP_TIMEOUT)?
             }
             _ => running.close_stdin_and_wait(STOP_TIMEOUT)?,
         };
         // The live view exits with 1 when it found a leak: some process on the host may leak.
-        let leaks_found = self.kind == TracerKind::LiveView && finished.exit_code == Some(LEAKS_FOUND_EXIT_CODE);
+        let live_view = matches!(self.kind, TracerKind::LiveView | TracerKind::BaselineLiveView);
+        let leaks_found = live_view && finished.exit_code == Some(LEAKS_FOUND_EXIT_CODE);
         if !finished.success && !leaks_found {
             bail!("{} failed ({})", self.kind.label(), finished.status);
         }
@@ -212,9 +235,9 @@ pub fn other_tracers(bins: &Binaries) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `leaktrace-bench trace ARGS`, once it says `ready`.
-pub fn start_bench_trace(bins: &Binaries, args: &[&str]) -> Result<Running> {
-    let mut command = Command::new(&bins.bench);
+/// `leaktrace-bench trace ARGS` (`bench` the binary), once it says `ready`.
+pub fn start_bench_trace(bench: &Path, args: &[&str]) -> Result<Running> {
+    let mut command = Command::new(bench);
     command.args(args);
     let mut running = Running::spawn("leaktrace-bench trace", &mut command, Stdout::Lines)?;
     running.wait_line(READY_TIMEOUT, "`ready`", |line| {
