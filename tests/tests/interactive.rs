@@ -24,7 +24,11 @@ impl Pane {
     /// Runs `program ARGS` in the pane; stderr goes to a file (shown when the test fails), and
     /// when the program ends the pane says how, and stays.
     fn run(program: &Path, args: &[&str]) -> Self {
-        let socket = format!("leaktrace-test-{}", std::process::id());
+        // A server of its own per pane: a pane's server is killed when the pane is dropped, and
+        // tmux may still be shutting it down when the next pane starts.
+        static PANES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = PANES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let socket = format!("leaktrace-test-{}-{nth}", std::process::id());
         let stderr = std::env::temp_dir().join(format!("{socket}.stderr"));
         let command = format!(
             "{} {} 2>{}; echo \"leaktrace exited with status $?\"; sleep 3600",
