@@ -492,7 +492,6 @@ pub struct Config {
     pub python_frames: u32,
 }
 
-/// [`Config::reported_states`] values.
 /// Bits of the kernel's `RUNTIMES_REGISTERED` map: which per-runtime process maps userspace
 /// has put a process in since the probes were loaded. An open looks its process up in a
 /// runtime's map only once that runtime's bit is set.
@@ -501,6 +500,7 @@ pub mod runtimes {
     pub const GO: u32 = 2;
 }
 
+/// [`Config::reported_states`] values.
 pub mod reported_states {
     use super::tcp_state;
 

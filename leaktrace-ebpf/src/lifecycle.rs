@@ -56,7 +56,13 @@ pub fn wants_transition(old: u32, new: u32) -> bool {
     new == tcp_state::CLOSE
         || (old == tcp_state::CLOSE && new == tcp_state::SYN_SENT)
         || (old == tcp_state::LISTEN && new == tcp_state::SYN_RECV)
-        || reported_states::reports(config!(reported_states), new)
+        || reported(new)
+}
+
+/// Whether userspace is told of transitions into `state` (`CONFIG.reported_states`).
+#[inline(always)]
+fn reported(state: u32) -> bool {
+    reported_states::reports(config!(reported_states), state)
 }
 
 /// Whether the probes follow a socket in state `state`, i.e. its entry's `last_state` is set on
@@ -64,7 +70,7 @@ pub fn wants_transition(old: u32, new: u32) -> bool {
 /// is left out: a simultaneous open enters it from SYN_SENT unfollowed when it is not reported.
 #[inline(always)]
 fn followed(state: u32) -> bool {
-    state == tcp_state::SYN_SENT || reported_states::reports(config!(reported_states), state)
+    state == tcp_state::SYN_SENT || reported(state)
 }
 
 /// Entry point for every `inet_sock_set_state` of a TCP socket that [`wants_transition`], read
@@ -238,8 +244,7 @@ fn on_transition<M: SockAccess>(sk: u64, old: u32, new: u32) {
         return;
     }
     // Only a CLOSE that is not reported gets this far unreported (see `wants_transition`).
-    let reported = reported_states::reports(config!(reported_states), new);
-    if let Some(mut record) = reported.then(emit::reserve::<StateChangeRecord>).flatten() {
+    if let Some(mut record) = reported(new).then(emit::reserve::<StateChangeRecord>).flatten() {
         let change = unsafe { &mut *record.as_mut_ptr() };
         let now = unsafe { bpf_ktime_get_ns() };
         change.header = header(EventKind::StateChange, now, sk, &entry);

@@ -12,8 +12,9 @@
 //! glibc and musl is the thread's TLS base, `task->thread.fsbase`).
 //!
 //! Only processes userspace registered in [`PYTHON_PROCESSES`] are walked: once one is, every
-//! other open pays one hash lookup (before, none: `maps::RUNTIMES_REGISTERED`). Every read of the process's memory may fail (a page not resident: a
-//! probe cannot fault it in); the open is then sent with its native stack alone and the reason.
+//! other open pays one hash lookup (before, none: `maps::RUNTIMES_REGISTERED`). Every read of
+//! the process's memory may fail (a page not resident: a probe cannot fault it in); the open is
+//! then sent with its native stack alone and the reason.
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_probe_read_user},
     macros::map,

@@ -11,16 +11,12 @@ impl Tracer {
     /// Sets `runtime`'s bit (a `leaktrace_common::runtimes` bit) before its first process is put
     /// in its map. Bits stay set: a bit with no process left only costs the probes a lookup.
     pub(super) fn mark_runtime_registered(&mut self, runtime: u32) -> Result<(), String> {
-        let map = self
-            .ebpf
-            .map_mut(RUNTIMES_MAP)
-            .ok_or_else(|| format!("map {RUNTIMES_MAP} missing from the eBPF object"))?;
-        let mut bits: Array<_, u32> =
-            Array::try_from(map).map_err(|err| format!("map {RUNTIMES_MAP}: {err}"))?;
-        let now = bits.get(&0, 0).map_err(|err| format!("map {RUNTIMES_MAP}: {err}"))?;
+        let failed = |err: &dyn std::fmt::Display| format!("map {RUNTIMES_MAP}: {err}");
+        let map = self.ebpf.map_mut(RUNTIMES_MAP).ok_or_else(|| failed(&"missing from the eBPF object"))?;
+        let mut bits: Array<_, u32> = Array::try_from(map).map_err(|err| failed(&err))?;
+        let now = bits.get(&0, 0).map_err(|err| failed(&err))?;
         if now & runtime == 0 {
-            bits.set(0, now | runtime, 0)
-                .map_err(|err| format!("map {RUNTIMES_MAP}: {err}"))?;
+            bits.set(0, now | runtime, 0).map_err(|err| failed(&err))?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     cargo,
-    cmd::run,
+    cmd::{capture, run},
     setup::Ready,
 };
 
@@ -29,7 +29,8 @@ pub struct Baseline {
 /// `leaktrace-bench` in release mode (target/bench/baseline/target, kept between runs).
 pub fn build(ready: &Ready, rev: &str) -> Result<Baseline> {
     let root = cargo::workspace_root();
-    let short = git(&["rev-parse", "--short", &format!("{rev}^{{commit}}")])
+    let short = capture(Command::new("git").current_dir(&root).args(["rev-parse", "--short", &format!("{rev}^{{commit}}")]))
+        .map(|out| out.trim().to_string())
         .with_context(|| format!("--baseline {rev}: not a commit of this repository (fix: a commit id or tag)"))?;
     let scratch = cargo::target_dir().join("bench").join("baseline");
     let tree = scratch.join(&short);
@@ -72,14 +73,3 @@ pub fn build(ready: &Ready, rev: &str) -> Result<Baseline> {
     Ok(Baseline { leaktrace: copy("leaktrace")?, bench: copy("leaktrace-bench")?, rev: short })
 }
 
-fn git(args: &[&str]) -> Result<String> {
-    let output = Command::new("git")
-        .current_dir(cargo::workspace_root())
-        .args(args)
-        .output()
-        .context("running git")?;
-    if !output.status.success() {
-        bail!("git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-}
