@@ -3,7 +3,11 @@
 //! each variant once, in an order rotated per epoch, so that the machine's drift (other
 //! people's builds and tests) falls on all variants alike. Ratios are taken within an epoch
 //! (variant / untraced of the same epoch), then summarized over epochs.
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 
@@ -146,12 +150,16 @@ pub fn section(bench: &Bench) -> Result<Section> {
             "`loadgen run --duration {s}` (2 client threads, 4 server ports with a thread each, 64-byte request and \
              response, the client closes first) in a private network namespace, saturating; {epochs} interleaved epochs \
              of the {n} variants, each epoch in a rotated order, each measured run after an unmeasured one of \
-             {WARM_UP} s under the same tracer (its one-time work at a new binary, such as reading its symbols, falls \
-             outside the window, as for a tracer that has been running). Every tracer traces all processes with its \
+             {WARM_UP} s under the same tracer and once the tracer has settled (under {quiet} ms of CPU in {tick} ms, \
+             at most {limit} s): its one-time work at a new binary, such as reading its symbols, falls outside the \
+             window, as for a tracer that has been running. Every tracer traces all processes with its \
              default settings. CPU is loadgen's (getrusage, includes the probes, which run in its context) and the tracer \
              process's during the load window (schedstat), per connection.",
             s = bench.load_seconds(),
             n = variants.len(),
+            quiet = SETTLED_CPU.as_millis(),
+            tick = SETTLE_TICK.as_millis(),
+            limit = SETTLE_LIMIT.as_secs(),
         ),
         table,
         targets,
@@ -166,9 +174,32 @@ pub fn section(bench: &Bench) -> Result<Section> {
 /// Every variant gets it, the untraced one too.
 const WARM_UP: &str = "0.5";
 
+/// After the warm-up a tracer is still naming what it saw (the live view reads the new binary's
+/// DWARF, tens of milliseconds of CPU, after the load has ended): the measured run starts once
+/// it uses less than [`SETTLED_CPU`] in a [`SETTLE_TICK`], or after [`SETTLE_LIMIT`].
+const SETTLE_TICK: Duration = Duration::from_millis(100);
+const SETTLED_CPU: Duration = Duration::from_millis(2);
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits until `tracer` has settled after the warm-up (see [`SETTLE_TICK`]).
+fn settle(tracer: &Tracer) -> Result<()> {
+    let started = Instant::now();
+    let mut last = tracer.cpu_time()?;
+    while started.elapsed() < SETTLE_LIMIT {
+        thread::sleep(SETTLE_TICK);
+        let now = tracer.cpu_time()?;
+        if now.saturating_sub(last) < SETTLED_CPU {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
 fn measure(bench: &Bench, kind: TracerKind) -> Result<Sample> {
     let tracer = Tracer::start(&bench.bins, kind)?;
     rig::run_load(&bench.bins, &["--duration".into(), WARM_UP.into()])?;
+    settle(&tracer)?;
     let before = tracer.cpu_time()?;
     let load = rig::run_load(&bench.bins, &["--duration".into(), bench.load_seconds()]);
     let tracer_cpu = tracer.cpu_time()?.saturating_sub(before);
