@@ -13,7 +13,7 @@
 //! Memory is bounded: at most [`MAX_PROCESSES`] processes, [`MAX_CGROUPS`] cgroup ids and
 //! [`MAX_NAMED`] named containers are remembered, the oldest forgotten first.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     fs::File,
     os::fd::AsFd,
     sync::{Arc, Mutex, OnceLock, mpsc},
@@ -26,7 +26,7 @@ use super::{
     cgroup::{self, CgroupContainer},
     kubernetes::{PodContainer, PodIndex},
 };
-use crate::tracker::ProcessKey;
+use crate::tracker::{ProcessKey, hash::FastMap};
 
 /// How many processes' containers are remembered.
 pub const MAX_PROCESSES: usize = 16_384;
@@ -62,7 +62,7 @@ struct Shared {
 /// process differ by up to a few clock ticks, so a process noted from an event is found from an
 /// inventory's owner too. Bounded: past `capacity` the oldest noted is forgotten.
 struct ProcessTable {
-    by_pid: HashMap<u32, Vec<(u64, Arc<Slot>)>>,
+    by_pid: FastMap<u32, Vec<(u64, Arc<Slot>)>>,
     order: VecDeque<ProcessKey>,
     capacity: usize,
 }
@@ -121,7 +121,7 @@ impl Containers {
     /// With `read` standing for the read of `/proc/PID/cgroup` (tests).
     pub(super) fn spawn_reading(pods: Option<PodIndex>, read: impl Fn(ProcessKey) -> Read + Send + 'static) -> Self {
         let shared = Arc::new(Shared {
-            processes: Mutex::new(ProcessTable { by_pid: HashMap::new(), order: VecDeque::new(), capacity: MAX_PROCESSES }),
+            processes: Mutex::new(ProcessTable { by_pid: FastMap::default(), order: VecDeque::new(), capacity: MAX_PROCESSES }),
             by_cgroup: Mutex::new(Bounded::new(MAX_CGROUPS)),
             named: Mutex::new(Bounded::new(MAX_NAMED)),
             pods,

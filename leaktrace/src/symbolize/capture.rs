@@ -20,6 +20,8 @@ use procfs_core::{
     process::{MMPermissions, MMapPath, MemoryMap, MemoryMaps, Stat, Status},
 };
 
+use crate::tracker::hash::FastMap;
+
 /// A process across pid reuse: its pid and its start time (CLOCK_MONOTONIC ns, as the kernel
 /// events carry it in [`crate::event::Owner::process_start_ns`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -344,7 +346,7 @@ pub struct Registry {
 }
 
 struct RegistryInner {
-    slots: HashMap<ProcessKey, Arc<Slot>>,
+    slots: FastMap<ProcessKey, Arc<Slot>>,
     order: VecDeque<ProcessKey>,
 }
 
@@ -358,7 +360,7 @@ impl Registry {
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(RegistryInner {
-                slots: HashMap::new(),
+                slots: FastMap::default(),
                 order: VecDeque::new(),
             }),
             pins: Pins::default(),

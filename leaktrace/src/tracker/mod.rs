@@ -11,7 +11,7 @@
 //! - memory stays bounded: closed sockets are forgotten at once, call sites without live
 //!   connections age out after [`Limits::site_ttl`], and at most [`Limits::max_sites`] are kept.
 mod connection;
-mod hash;
+pub(crate) mod hash;
 mod inventory;
 mod process;
 mod site;

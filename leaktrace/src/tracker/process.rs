@@ -1,8 +1,10 @@
 //! Processes as the tracker knows them: (pid, start time), so a reused pid is a new process,
 //! and the userspace filters (`--comm`, and replay's `--pid`/`--port`/`--cgroup`).
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Serialize;
+
+use super::hash::FastMap;
 
 /// A process's identity. `start_ns` is the task's start time (CLOCK_MONOTONIC ns).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -24,7 +26,7 @@ pub struct Process {
 
 #[derive(Default)]
 pub struct Processes {
-    by_pid: HashMap<u32, Vec<(u64, Process)>>,
+    by_pid: FastMap<u32, Vec<(u64, Process)>>,
 }
 
 impl Processes {

@@ -145,7 +145,7 @@ fn a_process_gone_before_its_read_takes_its_cgroup_s_container_when_that_is_unam
 
 #[test]
 fn memory_is_bounded() {
-    let mut table = ProcessTable { by_pid: HashMap::new(), order: VecDeque::new(), capacity: 2 };
+    let mut table = ProcessTable { by_pid: FastMap::default(), order: VecDeque::new(), capacity: 2 };
     assert!(table.add(ProcessKey { pid: 1, start_ns: S }).is_some());
     assert!(table.add(ProcessKey { pid: 1, start_ns: S + 1000 }).is_none(), "the same process");
     assert!(table.add(ProcessKey { pid: 1, start_ns: 9 * S }).is_some(), "pid reused");
