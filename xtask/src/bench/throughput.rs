@@ -150,13 +150,14 @@ pub fn section(bench: &Bench) -> Result<Section> {
             "`loadgen run --duration {s}` (2 client threads, 4 server ports with a thread each, 64-byte request and \
              response, the client closes first) in a private network namespace, saturating; {epochs} interleaved epochs \
              of the {n} variants, each epoch in a rotated order, each measured run after an unmeasured one of \
-             {WARM_UP} s under the same tracer and once the tracer has settled (under {quiet} ms of CPU in {tick} ms, \
-             at most {limit} s): its one-time work at a new binary, such as reading its symbols, falls outside the \
+             {WARM_UP} s under the same tracer and once the tracer has settled (at least {least} s, then under {quiet} ms \
+             of CPU in {tick} ms, at most {limit} s in all): its one-time work at a new binary, such as reading its symbols, falls outside the \
              window, as for a tracer that has been running. Every tracer traces all processes with its \
              default settings. CPU is loadgen's (getrusage, includes the probes, which run in its context) and the tracer \
              process's during the load window (schedstat), per connection.",
             s = bench.load_seconds(),
             n = variants.len(),
+            least = SETTLE_AT_LEAST.as_secs_f64(),
             quiet = SETTLED_CPU.as_millis(),
             tick = SETTLE_TICK.as_millis(),
             limit = SETTLE_LIMIT.as_secs(),
@@ -174,16 +175,19 @@ pub fn section(bench: &Bench) -> Result<Section> {
 /// Every variant gets it, the untraced one too.
 const WARM_UP: &str = "0.5";
 
-/// After the warm-up a tracer is still naming what it saw (the live view reads the new binary's
-/// DWARF, tens of milliseconds of CPU, after the load has ended): the measured run starts once
-/// it uses less than [`SETTLED_CPU`] in a [`SETTLE_TICK`], or after [`SETTLE_LIMIT`].
+/// After the warm-up a tracer still has to name what it saw: the live view does it at its next
+/// refresh (every second), reading the new binary's DWARF (tens of milliseconds of CPU). The
+/// measured run starts after [`SETTLE_AT_LEAST`], once the tracer uses less than
+/// [`SETTLED_CPU`] in a [`SETTLE_TICK`], or after [`SETTLE_LIMIT`].
+const SETTLE_AT_LEAST: Duration = Duration::from_millis(1200);
 const SETTLE_TICK: Duration = Duration::from_millis(100);
 const SETTLED_CPU: Duration = Duration::from_millis(2);
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
-/// Waits until `tracer` has settled after the warm-up (see [`SETTLE_TICK`]).
+/// Waits until `tracer` has settled after the warm-up (see [`SETTLE_AT_LEAST`]).
 fn settle(tracer: &Tracer) -> Result<()> {
     let started = Instant::now();
+    thread::sleep(SETTLE_AT_LEAST);
     let mut last = tracer.cpu_time()?;
     while started.elapsed() < SETTLE_LIMIT {
         thread::sleep(SETTLE_TICK);
