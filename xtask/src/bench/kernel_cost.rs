@@ -212,9 +212,9 @@ pub fn section(bench: &Bench) -> Result<Section> {
         limit: (above_floor > TARGET_NS_PER_CONN).then(|| {
             format!(
                 "sharing between the two CPUs ({:.0} ns of it: the same probes cost that much less with the load on \
-                 one CPU): the one ring buffer, whose lock and positions every record takes, and the socket map's \
-                 buckets, written by both ends of a connection on different CPUs; then the user stack walks ({:.0} \
-                 ns). Per-CPU ring buffers and socket-local storage would remove the first",
+                 one CPU): they read sockets and socket-map entries last written on the other CPU (a ring buffer \
+                 per CPU, tried, took 2% off; socket-local storage, tried, cost more: see \"Reading these \
+                 figures\"); then the user stack walks ({:.0} ns)",
                 shipped - one_cpu,
                 shipped - stackless
             )
