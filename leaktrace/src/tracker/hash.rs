@@ -1,10 +1,11 @@
 //! The hash of the maps every event consults: the tracker's (a socket per event, a call site by
-//! its whole stack per open) and the per-process tables looked up at each open, millions a second: SipHash, std's default, costs more than the rest of an
-//! event. foldhash (hashbrown's own default) is a fraction of that, and seeded per map at
-//! random, so keys chosen by a traced program (its stacks, its peers) cannot be made to
-//! collide without knowing the seed. Its `quality` flavour: the `fast` one leaves the low bits
-//! (the bucket index) of strided keys such as socket addresses clustered under some seeds, up
-//! to four keys a bucket; `quality` adds one multiply and spreads them as a random function.
+//! its whole stack per open) and the per-process tables looked up at each open, millions a
+//! second: SipHash, std's default, costs more than the rest of an event. foldhash (hashbrown's
+//! own default) is a fraction of that, and seeded per map at random, so keys chosen by a traced
+//! program (its stacks, its peers) cannot be made to collide without knowing the seed. Its
+//! `quality` flavour: the `fast` one leaves the low bits (the bucket index) of strided keys such
+//! as socket addresses clustered under some seeds, up to four keys a bucket; `quality` adds one
+//! multiply and spreads them as a random function.
 use std::collections::{HashMap, HashSet};
 
 /// Builds a randomly seeded foldhash hasher per map.

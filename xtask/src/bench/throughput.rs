@@ -151,8 +151,9 @@ pub fn section(bench: &Bench) -> Result<Section> {
              response, the client closes first) in a private network namespace, saturating; {epochs} interleaved epochs \
              of the {n} variants, each epoch in a rotated order, each measured run after an unmeasured one of \
              {WARM_UP} s under the same tracer and once the tracer has settled (at least {least} s, then under {quiet} ms \
-             of CPU in {tick} ms, at most {limit} s in all): its one-time work at a new binary, such as reading its symbols, falls outside the \
-             window, as for a tracer that has been running. Every tracer traces all processes with its \
+             of CPU in {tick} ms, at most {limit} s in all): its one-time work at a new binary, such as reading its \
+             symbols, falls outside the window, as for a tracer that has been running. Every tracer traces all \
+             processes with its \
              default settings. CPU is loadgen's (getrusage, includes the probes, which run in its context) and the tracer \
              process's during the load window (schedstat), per connection.",
             s = bench.load_seconds(),
